@@ -75,8 +75,9 @@ def ipo(score_w: torch.Tensor, score_l: torch.Tensor, beta: float) -> torch.Tens
     .. math:: \ell = \left( (s_w - s_l) - \frac{1}{2\beta} \right)^2
 
     Azar et al. (2023), "A General Theoretical Paradigm to Understand Learning from Human Preferences", the
-    empirical IPO loss (τ there is β here). Unlike Bradley-Terry the margin is pulled to a finite target, so deterministic
-    preferences do not push scores to infinity. β is the regularisation strength and has no default on purpose.
+    empirical IPO loss (τ there is β here). Unlike Bradley-Terry the margin is pulled to a finite target, so
+    deterministic preferences do not push scores to infinity. β is the regularisation strength
+    and has no default on purpose.
 
     Args:
         score_w: scores of the preferred candidates, ``[B]``.
