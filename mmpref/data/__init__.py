@@ -1,0 +1,28 @@
+"""Typed preference records and their readers/writers."""
+
+from __future__ import annotations
+
+from mmpref.data.io import (
+    DataError,
+    atomic_write,
+    read_jsonl_manifest,
+    read_pickapic_parquet,
+    write_jsonl_manifest,
+    write_pickapic_parquet,
+)
+from mmpref.data.records import PreferenceList, PreferencePair, Rating, RecordError, Segment, SegmentPair
+
+__all__ = [
+    "DataError",
+    "PreferenceList",
+    "PreferencePair",
+    "Rating",
+    "RecordError",
+    "Segment",
+    "SegmentPair",
+    "atomic_write",
+    "read_jsonl_manifest",
+    "read_pickapic_parquet",
+    "write_jsonl_manifest",
+    "write_pickapic_parquet",
+]
