@@ -134,7 +134,7 @@ def ranklist(
     *,
     beta: float = 1.0,
     skip: int | None = None,
-    approx: RankListApprox = "lse",
+    approx: RankListApprox = "exact",
 ) -> torch.Tensor:
     r"""RankList: RankNet generalised to a list, with local and non-local constraints and skip-wise comparisons.
 
@@ -152,8 +152,11 @@ def ranklist(
     constraints, the log-sum-exp approximation for efficiency and skip-wise comparisons, whose window a trainer can
     grow over training for progressive exposure. This is mmpref's reading of that description (the paper's full
     text was not available offline); the properties it guarantees are tested: ``skip=1`` is adjacent-pair RankNet,
-    K = 2 is Bradley-Terry, and max_j ℓ_ij ≤ ℓ_lse,i ≤ ℓ_exact,i (the log-sum-exp form is a tight lower bound).
-    Strictly tied targets are never compared, so with ``skip=None`` the loss is invariant to reordering ties.
+    K = 2 is Bradley-Terry, and max_j ℓ_ij ≤ ℓ_lse,i ≤ ℓ_exact,i (the log-sum-exp form is a lower bound). Note that
+    with ``skip=None`` and no tied targets the log-sum-exp form *is* Plackett-Luce: log(1 + Σ_{j>i} e^{s_j − s_i})
+    = logsumexp_{j≥i} s_j − s_i. It differs from ListMLE only through the window and ties; the default is therefore
+    the exact pairwise form. Strictly tied targets are never compared, so with ``skip=None`` the loss is invariant
+    to reordering ties.
 
     Args:
         scores: model scores, ``[B, K]``.
@@ -166,7 +169,9 @@ def ranklist(
     Returns:
         The unreduced loss per list, ``[B]``.
 
-    >>> ranklist(torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([[3.0, 2.0, 1.0]]))  # log 3 + log 2
+    >>> ranklist(torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([[3.0, 2.0, 1.0]]))  # three pairs: 3 log 2
+    tensor([2.0794])
+    >>> ranklist(torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([[3.0, 2.0, 1.0]]), approx="lse")  # log 3 + log 2
     tensor([1.7918])
     """
     check_positive("beta", beta)

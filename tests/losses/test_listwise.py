@@ -78,9 +78,17 @@ def test_hand_computed_values():
     # RankList exact: softplus(−1) + softplus(−2) + softplus(−1)
     exact = 2 * math.log1p(math.exp(-1)) + math.log1p(math.exp(-2))
     assert ranklist(s, y, approx="exact").item() == pytest.approx(exact, abs=1e-6)
+    assert ranklist(s, y).item() == pytest.approx(exact, abs=1e-6)  # the exact form is the default
     # RankList lse: log(1 + e^{−1} + e^{−2}) + log(1 + e^{−1})
     lse = math.log1p(math.exp(-1) + math.exp(-2)) + math.log1p(math.exp(-1))
-    assert ranklist(s, y).item() == pytest.approx(lse, abs=1e-6)
+    assert ranklist(s, y, approx="lse").item() == pytest.approx(lse, abs=1e-6)
+
+
+def test_ranklist_lse_over_all_pairs_is_plackett_luce_without_ties():
+    scores, targets = _random_lists(b=8, k=7, seed=11)
+    torch.testing.assert_close(ranklist(scores, targets, approx="lse"), plackett_luce(scores, targets))
+    # ...but not once the window is limited or targets tie.
+    assert not torch.allclose(ranklist(scores, targets, approx="lse", skip=2), plackett_luce(scores, targets))
 
 
 @pytest.mark.parametrize("ties", [False, True])
@@ -123,7 +131,7 @@ def test_two_item_lists_reduce_to_bradley_terry():
     y = torch.tensor([[1.0, 0.0]]).expand(32, 2)
     bt = bradley_terry(s[:, 0], s[:, 1], beta=2.0)
     torch.testing.assert_close(plackett_luce(s, y, beta=2.0), bt)
-    torch.testing.assert_close(ranklist(s, y, beta=2.0), bt)
+    torch.testing.assert_close(ranklist(s, y, beta=2.0, approx="lse"), bt)
     torch.testing.assert_close(ranklist(s, y, beta=2.0, approx="exact"), bt)
     # ListNet on a 2-list with a hard target is BT in the limit of a cold target distribution.
     torch.testing.assert_close(listnet(s, y, beta=2.0, target_temperature=1e-3), bt)
@@ -134,9 +142,9 @@ def test_ranklist_skip_one_is_adjacent_ranknet_and_lse_is_sandwiched():
     order = torch.argsort(targets, dim=-1, descending=True)
     s_sorted = scores.gather(-1, order)
     adjacent = bradley_terry(s_sorted[:, :-1], s_sorted[:, 1:]).sum(-1)
-    torch.testing.assert_close(ranklist(scores, targets, skip=1), adjacent)
+    torch.testing.assert_close(ranklist(scores, targets, skip=1, approx="lse"), adjacent)
     torch.testing.assert_close(ranklist(scores, targets, skip=1, approx="exact"), adjacent)
-    lse = ranklist(scores, targets)
+    lse = ranklist(scores, targets, approx="lse")
     exact = ranklist(scores, targets, approx="exact")
     assert (lse <= exact + 1e-12).all()
     assert (lse > 0).all()
@@ -172,7 +180,7 @@ def test_invariance_to_list_order_and_to_reordering_ties():
     swap = torch.tensor([0, 3, 1, 2, 5, 4])  # reorders items only within tie groups
     torch.testing.assert_close(listnet(s[:, swap], tied), listnet(s, tied))
     torch.testing.assert_close(ranklist(s[:, swap], tied), ranklist(s, tied))
-    torch.testing.assert_close(ranklist(s[:, swap], tied, approx="exact"), ranklist(s, tied, approx="exact"))
+    torch.testing.assert_close(ranklist(s[:, swap], tied, approx="lse"), ranklist(s, tied, approx="lse"))
 
 
 @pytest.mark.parametrize("fn", [plackett_luce, listnet, ranklist], ids=lambda f: f.__name__)

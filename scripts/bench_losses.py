@@ -1,0 +1,505 @@
+"""Benchmark forward + backward time of every registered preference loss against two baselines.
+
+What is measured
+    For each loss in ``mmpref.losses.PAIRWISE_LOSSES`` (scores ``[B]``) and ``mmpref.losses.LISTWISE_LOSSES``
+    (scores, targets and a mask ``[B, K]``), plus ``ranklist`` with ``approx="exact"`` as an extra row, the wall time
+    of one ``loss(...).sum().backward()`` call: median of ``--repeats`` timed calls after warm-up calls, with
+    ``time.perf_counter`` (and ``torch.cuda.synchronize`` around each call on CUDA). Every loss is called with
+    ``beta=1.0``; ``margin`` also with ``margin=0.5``. The mask hides about 20% of the list entries and keeps at least
+    two valid entries per list. Inputs are float32 and identical on every device (drawn once on the CPU, seed 0).
+
+    Each row is compared with two baselines measured in the same run on the same tensors:
+
+    * naive: a Python loop over the pairs (or over the lists, and inside each list over its positions or pairs),
+      written from the loss's equation with scalar torch ops, then ``sum().backward()``. It is slow, so it is timed on
+      the first 256 pairs / 64 lists and its time is scaled linearly to B (field ``naive_measured_on``). Before timing,
+      the script checks that the naive loop and the loss agree (value and gradient) on that subset, so the speed-up is
+      against a correct reference.
+    * logsigmoid: a bare ``F.logsigmoid(x).sum().backward()``, the cheapest op a Bradley-Terry style loss can be
+      built from; ``x`` is a leaf holding ``s_w - s_l`` (``[B]``) for pairwise rows and the ``[B, K]`` scores for
+      listwise rows.
+
+    Reported: ``speedup_vs_naive = naive_time / loss_time`` (target >= 50x) and
+    ``ratio_vs_logsigmoid = loss_time / logsigmoid_time`` (target <= 3x), with a pass/fail per row. Torch keeps its
+    default thread count, which is recorded.
+
+How to run
+    python scripts/bench_losses.py                      # B = 4096, K = 16, CPU and (if available) CUDA
+    python scripts/bench_losses.py --device cpu --repeats 50 --out-dir runs/bench_losses/
+
+    Writes ``bench_losses.json`` and ``bench_losses.md`` to ``--out-dir`` (default ``runs/bench_losses/``) and prints
+    the markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mmpref.losses import LISTWISE_LOSSES, PAIRWISE_LOSSES
+
+TARGET_SPEEDUP_VS_NAIVE = 50.0
+TARGET_RATIO_VS_LOGSIGMOID = 3.0
+
+BETA = 1.0
+MARGIN = 0.5
+# robust's own default, passed explicitly so that the loss and the naive loop cannot drift apart silently.
+ROBUST_EPS = 0.1
+# listnet's default target temperature; the naive loop below hard-codes the same value.
+LISTNET_TEMPERATURE = 1.0
+MASKED_FRACTION = 0.2
+
+NAIVE_PAIRS = 256
+NAIVE_LISTS = 64
+WARMUP = 5
+# The naive loops take milliseconds per call, so one warm-up and a few repeats already give a stable median.
+NAIVE_WARMUP = 1
+NAIVE_MAX_REPEATS = 5
+# float32 sums of a few hundred terms: agreement well inside these bounds means both sides compute the same loss.
+AGREE_REL_VALUE = 1e-4
+AGREE_ABS_GRAD = 1e-4
+
+EXTRA_PAIR_KWARGS: dict[str, dict[str, Any]] = {"margin": {"margin": MARGIN}, "robust": {"eps": ROBUST_EPS}}
+EXACT_RANKLIST = "ranklist[exact]"
+
+Step = Callable[[], None]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Naive references, written from each loss's equation with one scalar op at a time (no code shared with mmpref).
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _naive_bradley_terry(s_w: torch.Tensor, s_l: torch.Tensor) -> torch.Tensor:
+    return -F.logsigmoid(BETA * (s_w - s_l))
+
+
+def _naive_hinge(s_w: torch.Tensor, s_l: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(1.0 - BETA * (s_w - s_l), min=0.0)
+
+
+def _naive_ipo(s_w: torch.Tensor, s_l: torch.Tensor) -> torch.Tensor:
+    return ((s_w - s_l) - 1.0 / (2.0 * BETA)) ** 2
+
+
+def _naive_robust(s_w: torch.Tensor, s_l: torch.Tensor) -> torch.Tensor:
+    x = BETA * (s_w - s_l)
+    return -(1.0 - ROBUST_EPS) * F.logsigmoid(x) - ROBUST_EPS * F.logsigmoid(-x)
+
+
+def _naive_margin(s_w: torch.Tensor, s_l: torch.Tensor) -> torch.Tensor:
+    return -F.logsigmoid(BETA * (s_w - s_l) - MARGIN)
+
+
+NAIVE_PAIR_TERMS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "bradley_terry": _naive_bradley_terry,
+    "hinge": _naive_hinge,
+    "ipo": _naive_ipo,
+    "robust": _naive_robust,
+    "margin": _naive_margin,
+}
+
+
+def naive_pairwise(name: str, s_w: torch.Tensor, s_l: torch.Tensor, n: int) -> torch.Tensor:
+    """Summed loss of the first ``n`` pairs, one Python iteration and a handful of scalar ops per pair."""
+    term = NAIVE_PAIR_TERMS[name]
+    return torch.stack([term(s_w[i], s_l[i]) for i in range(n)]).sum()
+
+
+def _valid_entries(targets: torch.Tensor, mask: torch.Tensor, n: int) -> list[list[tuple[int, float]]]:
+    """Per list, the (position, target) of its valid entries; targets carry no gradient, so Python floats do."""
+    return [
+        [(j, y) for j, (y, valid) in enumerate(zip(ys, ms, strict=True)) if valid]
+        for ys, ms in zip(targets[:n].tolist(), mask[:n].tolist(), strict=True)
+    ]
+
+
+def naive_plackett_luce(scores: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
+    """Σ_lists Σ_i [log Σ_{j≥i} exp(β s_π(j)) − β s_π(i)], π = valid entries best-first by target."""
+    zero = scores.new_zeros(())
+    per_list = []
+    for b, valid in enumerate(_valid_entries(targets, mask, n)):
+        # Python's sort is stable, so tied targets keep list order, the tie rule the loss documents.
+        order = [j for j, _ in sorted(valid, key=lambda entry: -entry[1])]
+        s = [BETA * scores[b, j] for j in order]
+        nll = zero
+        for i in range(len(s)):
+            nll = nll + torch.logsumexp(torch.stack(s[i:]), dim=0) - s[i]
+        per_list.append(nll)
+    return torch.stack(per_list).sum()
+
+
+def naive_listnet(scores: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
+    """Σ_lists −Σ_j softmax(y / T)_j log softmax(β s)_j over the valid entries (0 for lists with < 2 of them)."""
+    zero = scores.new_zeros(())
+    per_list = []
+    for b, valid in enumerate(_valid_entries(targets, mask, n)):
+        if len(valid) < 2:
+            continue
+        s = [BETA * scores[b, j] for j, _ in valid]
+        log_z = torch.logsumexp(torch.stack(s), dim=0)
+        top = max(y for _, y in valid)
+        weights = [math.exp((y - top) / LISTNET_TEMPERATURE) for _, y in valid]
+        total = sum(weights)
+        ce = zero
+        for weight, s_j in zip(weights, s, strict=True):
+            ce = ce - (weight / total) * (s_j - log_z)
+        per_list.append(ce)
+    return torch.stack(per_list).sum() if per_list else zero
+
+
+def _naive_ranklist(
+    scores: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, n: int, *, exact: bool
+) -> torch.Tensor:
+    """RankList with every pair compared (skip=None): item i against every valid item with a strictly lower target.
+
+    exact: Σ_i Σ_{j∈W_i} log(1 + e^{β(s_j − s_i)}); lse: Σ_i log(1 + Σ_{j∈W_i} e^{β(s_j − s_i)}).
+    """
+    zero = scores.new_zeros(())
+    per_list = []
+    for b, valid in enumerate(_valid_entries(targets, mask, n)):
+        total = zero
+        for i, y_i in valid:
+            diffs = [BETA * (scores[b, j] - scores[b, i]) for j, y_j in valid if y_j < y_i]
+            if not diffs:
+                continue
+            if exact:
+                for d in diffs:
+                    total = total + torch.logaddexp(zero, d)
+            else:
+                # log(1 + Σ e^d) as a log-sum-exp with a 0 term for the "1".
+                total = total + torch.logsumexp(torch.stack([zero, *diffs]), dim=0)
+        per_list.append(total)
+    return torch.stack(per_list).sum()
+
+
+NAIVE_LIST_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
+    "plackett_luce": naive_plackett_luce,
+    "listnet": naive_listnet,
+    "ranklist": lambda s, y, m, n: _naive_ranklist(s, y, m, n, exact=False),
+    EXACT_RANKLIST: lambda s, y, m, n: _naive_ranklist(s, y, m, n, exact=True),
+}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    # CUDA kernels run asynchronously: without a sync the clock would only see the launch, not the work.
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_step(step: Step, leaves: Sequence[torch.Tensor], device: torch.device, warmup: int, repeats: int) -> dict:
+    """Median and min wall time of ``step()`` over ``repeats`` calls after ``warmup`` untimed ones."""
+    times = []
+    for it in range(warmup + repeats):
+        # Start every call from empty .grad: accumulating into an existing one would add an op the loss doesn't do.
+        for leaf in leaves:
+            leaf.grad = None
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        if it >= warmup:
+            times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
+
+
+def check_agreement(
+    loss_values: Callable[[], torch.Tensor],
+    naive_sum: Callable[[], torch.Tensor],
+    leaves: Sequence[torch.Tensor],
+    n: int,
+) -> dict[str, float]:
+    """Compare the naive loop with the loss on the first ``n`` rows, value and gradient; raise if they differ."""
+    grads = []
+    values = []
+    for compute in (naive_sum, lambda: loss_values()[:n].sum()):
+        for leaf in leaves:
+            leaf.grad = None
+        value = compute()
+        value.backward()
+        values.append(value.item())
+        grads.append([leaf.grad[:n].clone() for leaf in leaves])
+    rel_value = abs(values[0] - values[1]) / max(1.0, abs(values[1]))
+    abs_grad = max((a - b).abs().max().item() for a, b in zip(grads[0], grads[1], strict=True))
+    for leaf in leaves:
+        leaf.grad = None
+    if rel_value > AGREE_REL_VALUE or abs_grad > AGREE_ABS_GRAD:
+        raise RuntimeError(
+            f"naive reference disagrees with the loss (relative value error {rel_value:.2e}, max gradient error "
+            f"{abs_grad:.2e}): the speed-up would be measured against a different computation"
+        )
+    return {"naive_rel_value_error": rel_value, "naive_max_grad_error": abs_grad}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Benchmark
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def make_inputs(batch: int, k: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """CPU float32 inputs; drawn once so that every device times the same values."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.rand(batch, k, generator=gen) >= MASKED_FRACTION
+    # Two always-valid slots per list at random positions: every list keeps >= 2 valid entries (a list with fewer
+    # has loss 0 and would make the listwise losses look cheaper than they are).
+    keep = torch.rand(batch, k, generator=gen).argsort(dim=-1)[:, :2]
+    mask.scatter_(1, keep, True)
+    return {
+        "score_w": torch.randn(batch, generator=gen),
+        "score_l": torch.randn(batch, generator=gen),
+        "scores": torch.randn(batch, k, generator=gen),
+        # Continuous targets: no ties, so the order is unambiguous for Plackett-Luce.
+        "targets": torch.randn(batch, k, generator=gen),
+        "mask": mask,
+    }
+
+
+def _row(
+    loss: str,
+    kind: str,
+    device: torch.device,
+    loss_t: dict,
+    naive_t: dict,
+    naive_n: int,
+    batch: int,
+    logsig_t: dict,
+    agreement: dict,
+) -> dict[str, Any]:
+    unit = "pairs" if kind == "pairwise" else "lists"
+    naive_scaled = naive_t["median_s"] * batch / naive_n
+    speedup = naive_scaled / loss_t["median_s"]
+    ratio = loss_t["median_s"] / logsig_t["median_s"]
+    return {
+        "loss": loss,
+        "kind": kind,
+        "device": str(device),
+        "loss_time_s": loss_t["median_s"],
+        "loss_min_s": loss_t["min_s"],
+        "naive_time_s": naive_scaled,
+        "naive_measured_time_s": naive_t["median_s"],
+        "naive_measured_on": f"first {naive_n} of {batch} {unit}, time scaled linearly by {batch / naive_n:g}",
+        "naive_n": naive_n,
+        "naive_repeats": naive_t["repeats"],
+        "logsigmoid_time_s": logsig_t["median_s"],
+        "logsigmoid_min_s": logsig_t["min_s"],
+        "speedup_vs_naive": speedup,
+        "ratio_vs_logsigmoid": ratio,
+        "pass_speedup_vs_naive": speedup >= TARGET_SPEEDUP_VS_NAIVE,
+        "pass_ratio_vs_logsigmoid": ratio <= TARGET_RATIO_VS_LOGSIGMOID,
+        "pass": speedup >= TARGET_SPEEDUP_VS_NAIVE and ratio <= TARGET_RATIO_VS_LOGSIGMOID,
+        **agreement,
+    }
+
+
+def bench_device(device: torch.device, inputs: dict[str, torch.Tensor], repeats: int) -> list[dict[str, Any]]:
+    """All rows for one device."""
+    batch, _ = inputs["scores"].shape
+    naive_repeats = min(repeats, NAIVE_MAX_REPEATS)
+    s_w = inputs["score_w"].to(device).requires_grad_()
+    s_l = inputs["score_l"].to(device).requires_grad_()
+    scores = inputs["scores"].to(device).requires_grad_()
+    targets = inputs["targets"].to(device)
+    mask = inputs["mask"].to(device)
+    # The baseline's input is a leaf of its own so that only logsigmoid (and the sum) is timed, not the subtraction.
+    delta = (s_w - s_l).detach().requires_grad_()
+
+    def logsigmoid_step(x: torch.Tensor) -> Step:
+        return lambda: F.logsigmoid(x).sum().backward()
+
+    logsig_pairs = time_step(logsigmoid_step(delta), [delta], device, WARMUP, repeats)
+    logsig_lists = time_step(logsigmoid_step(scores), [scores], device, WARMUP, repeats)
+
+    rows = []
+    n_pairs = min(NAIVE_PAIRS, batch)
+    for name, fn in PAIRWISE_LOSSES.items():
+        if name not in NAIVE_PAIR_TERMS:
+            raise KeyError(f"no naive reference for the pairwise loss {name!r}: add one to NAIVE_PAIR_TERMS")
+        kwargs = {"beta": BETA, **EXTRA_PAIR_KWARGS.get(name, {})}
+
+        def loss_values(fn: Callable[..., torch.Tensor] = fn, kwargs: dict = kwargs) -> torch.Tensor:
+            return fn(s_w, s_l, **kwargs)
+
+        def naive_sum(name: str = name) -> torch.Tensor:
+            return naive_pairwise(name, s_w, s_l, n_pairs)
+
+        leaves = [s_w, s_l]
+        agreement = check_agreement(loss_values, naive_sum, leaves, n_pairs)
+        loss_t = time_step(lambda f=loss_values: f().sum().backward(), leaves, device, WARMUP, repeats)
+        naive_t = time_step(lambda f=naive_sum: f().backward(), leaves, device, NAIVE_WARMUP, naive_repeats)
+        rows.append(_row(name, "pairwise", device, loss_t, naive_t, n_pairs, batch, logsig_pairs, agreement))
+
+    n_lists = min(NAIVE_LISTS, batch)
+    listwise = [(name, fn, {}) for name, fn in LISTWISE_LOSSES.items()]
+    listwise.append((EXACT_RANKLIST, LISTWISE_LOSSES["ranklist"], {"approx": "exact"}))
+    for name, fn, extra in listwise:
+        if name not in NAIVE_LIST_LOSSES:
+            raise KeyError(f"no naive reference for the listwise loss {name!r}: add one to NAIVE_LIST_LOSSES")
+        kwargs = {"beta": BETA, **extra}
+
+        def loss_values(fn: Callable[..., torch.Tensor] = fn, kwargs: dict = kwargs) -> torch.Tensor:
+            return fn(scores, targets, mask, **kwargs)
+
+        def naive_sum(name: str = name) -> torch.Tensor:
+            return NAIVE_LIST_LOSSES[name](scores, targets, mask, n_lists)
+
+        agreement = check_agreement(loss_values, naive_sum, [scores], n_lists)
+        loss_t = time_step(lambda f=loss_values: f().sum().backward(), [scores], device, WARMUP, repeats)
+        naive_t = time_step(lambda f=naive_sum: f().backward(), [scores], device, NAIVE_WARMUP, naive_repeats)
+        rows.append(_row(name, "listwise", device, loss_t, naive_t, n_lists, batch, logsig_lists, agreement))
+    return rows
+
+
+def _cpu_name() -> str:
+    # platform.processor() is often empty on Linux; /proc/cpuinfo has the model name there.
+    name = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return name or platform.machine()
+
+
+def machine_info(devices: Sequence[torch.device]) -> dict[str, Any]:
+    """Where the numbers come from: enough to tell two runs' machines apart."""
+    device_names = {}
+    for device in devices:
+        device_names[str(device)] = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "processor": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "cpus_available": len(affinity) if affinity is not None else os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "torch_num_threads": torch.get_num_threads(),
+        "torch_num_interop_threads": torch.get_num_interop_threads(),
+        "devices": device_names,
+    }
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """The result as a markdown report: machine, setup, then one table row per loss and device."""
+    m, c = result["machine"], result["config"]
+    devices = ", ".join(f"{d}: {name}" for d, name in m["devices"].items())
+    lines = [
+        "# Preference-loss benchmark: forward + backward",
+        "",
+        f"- Machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs ({m['cpus_available']} available), "
+        f"torch {m['torch']} with {m['torch_num_threads']} threads, Python {m['python']}; devices: {devices}; "
+        f"run {m['date']}.",
+        f"- Setup: B = {c['batch']} pairs / lists, K = {c['k']} items per list, float32, "
+        f"{100 * c['masked_fraction']:.1f}% of list entries masked (>= 2 valid per list), beta = {BETA}, "
+        f"margin = {MARGIN}, robust eps = {ROBUST_EPS}. Time = median of {c['repeats']} calls of "
+        f"`loss(...).sum().backward()` after {WARMUP} warm-up calls.",
+        f"- Naive = Python loop with scalar torch ops, timed on the first {c['naive_pairs']} pairs / "
+        f"{c['naive_lists']} lists (median of {c['naive_repeats']}) and scaled linearly to B; checked to match the "
+        "loss in value and gradient on that subset.",
+        "- logsigmoid = bare `F.logsigmoid(x).sum().backward()` with x = s_w - s_l [B] (pairwise rows) or the "
+        "[B, K] scores (listwise rows).",
+        f"- Targets: speedup vs naive >= {TARGET_SPEEDUP_VS_NAIVE:g}x, ratio vs logsigmoid <= "
+        f"{TARGET_RATIO_VS_LOGSIGMOID:g}x.",
+        "",
+        "| device | loss | kind | loss (µs) | naive, scaled to B (ms) | naive measured on | logsigmoid (µs) "
+        f"| speedup vs naive (>= {TARGET_SPEEDUP_VS_NAIVE:g}x) "
+        f"| ratio vs logsigmoid (<= {TARGET_RATIO_VS_LOGSIGMOID:g}x) | pass |",
+        "|---|---|---|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for r in result["rows"]:
+        unit = "pairs" if r["kind"] == "pairwise" else "lists"
+        verdict = "pass" if r["pass"] else "FAIL"
+        lines.append(
+            f"| {r['device']} | {r['loss']} | {r['kind']} | {1e6 * r['loss_time_s']:.1f} "
+            f"| {1e3 * r['naive_time_s']:.1f} | {r['naive_n']} {unit} | {1e6 * r['logsigmoid_time_s']:.1f} "
+            f"| {r['speedup_vs_naive']:.0f}x {'ok' if r['pass_speedup_vs_naive'] else 'MISS'} "
+            f"| {r['ratio_vs_logsigmoid']:.2f}x {'ok' if r['pass_ratio_vs_logsigmoid'] else 'MISS'} | {verdict} |"
+        )
+    failed = [f"{r['loss']} ({r['device']})" for r in result["rows"] if not r["pass"]]
+    lines += ["", f"Rows missing a target: {', '.join(failed)}." if failed else "Every row meets both targets."]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=4096, help="pairs / lists per call (B)")
+    parser.add_argument("--k", type=int, default=16, help="items per list (K), at least 2")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per measurement (median reported)")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda", "all"), default="all", help="all = CPU, plus CUDA when available"
+    )
+    parser.add_argument("--out-dir", type=Path, default=Path("runs/bench_losses"), help="where the JSON/md go")
+    args = parser.parse_args(argv)
+    if args.batch < 1 or args.repeats < 1:
+        parser.error("--batch and --repeats must be >= 1")
+    if args.k < 2:
+        parser.error("--k must be >= 2: a list needs two valid entries to have a loss")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda asked for, but torch.cuda.is_available() is False")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, write ``bench_losses.json`` and ``bench_losses.md``, print the table, return the result."""
+    args = parse_args(argv)
+    devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
+    if args.device in ("cuda", "all") and torch.cuda.is_available():
+        devices.append(torch.device("cuda", torch.cuda.current_device()))
+
+    inputs = make_inputs(args.batch, args.k)
+    rows = []
+    for device in devices:
+        rows += bench_device(device, inputs, args.repeats)
+    result = {
+        "machine": machine_info(devices),
+        "config": {
+            "batch": args.batch,
+            "k": args.k,
+            "repeats": args.repeats,
+            "warmup": WARMUP,
+            "naive_pairs": min(NAIVE_PAIRS, args.batch),
+            "naive_lists": min(NAIVE_LISTS, args.batch),
+            "naive_repeats": min(args.repeats, NAIVE_MAX_REPEATS),
+            "naive_warmup": NAIVE_WARMUP,
+            "masked_fraction": 1.0 - inputs["mask"].float().mean().item(),
+            "dtype": "float32",
+            "beta": BETA,
+            "margin": MARGIN,
+            "robust_eps": ROBUST_EPS,
+        },
+        "targets": {
+            "speedup_vs_naive_min": TARGET_SPEEDUP_VS_NAIVE,
+            "ratio_vs_logsigmoid_max": TARGET_RATIO_VS_LOGSIGMOID,
+        },
+        "rows": rows,
+        "all_pass": all(r["pass"] for r in rows),
+    }
+    markdown = to_markdown(result)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "bench_losses.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out_dir / "bench_losses.md").write_text(markdown)
+    print(markdown)
+    return result
+
+
+if __name__ == "__main__":
+    main()
