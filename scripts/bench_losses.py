@@ -2,9 +2,10 @@
 
 What is measured
     For each loss in ``mmpref.losses.PAIRWISE_LOSSES`` (scores ``[B]``) and ``mmpref.losses.LISTWISE_LOSSES``
-    (scores, targets and a mask ``[B, K]``), plus ``ranklist`` with ``approx="exact"`` as an extra row, the wall time
-    of one ``loss(...).sum().backward()`` call: median of ``--repeats`` timed calls after warm-up calls, with
-    ``time.perf_counter`` (and ``torch.cuda.synchronize`` around each call on CUDA). Every loss is called with
+    (scores, targets and a mask ``[B, K]``), each with its own defaults, plus ``ranklist`` with its other ``approx``
+    form as an extra row ``ranklist[approx=...]`` (``"exact"`` while the default is ``"lse"``, and vice versa): the
+    wall time of one ``loss(...).sum().backward()`` call, median of ``--repeats`` timed calls after warm-up calls,
+    with ``time.perf_counter`` (and ``torch.cuda.synchronize`` around each call on CUDA). Every loss is called with
     ``beta=1.0``; ``margin`` also with ``margin=0.5``. The mask hides about 20% of the list entries and keeps at least
     two valid entries per list. Inputs are float32 and identical on every device (drawn once on the CPU, seed 0).
 
@@ -35,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
+import inspect
 import json
 import math
 import os
@@ -43,12 +46,14 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 import torch.nn.functional as F
 
+import mmpref.losses
 from mmpref.losses import LISTWISE_LOSSES, PAIRWISE_LOSSES
+from mmpref.losses.listwise import RankListApprox
 
 TARGET_SPEEDUP_VS_NAIVE = 50.0
 TARGET_RATIO_VS_LOGSIGMOID = 3.0
@@ -72,7 +77,6 @@ AGREE_REL_VALUE = 1e-4
 AGREE_ABS_GRAD = 1e-4
 
 EXTRA_PAIR_KWARGS: dict[str, dict[str, Any]] = {"margin": {"margin": MARGIN}, "robust": {"eps": ROBUST_EPS}}
-EXACT_RANKLIST = "ranklist[exact]"
 
 Step = Callable[[], None]
 
@@ -188,8 +192,8 @@ def _naive_ranklist(
 NAIVE_LIST_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
     "plackett_luce": naive_plackett_luce,
     "listnet": naive_listnet,
-    "ranklist": lambda s, y, m, n: _naive_ranklist(s, y, m, n, exact=False),
-    EXACT_RANKLIST: lambda s, y, m, n: _naive_ranklist(s, y, m, n, exact=True),
+    "ranklist[approx=lse]": lambda s, y, m, n: _naive_ranklist(s, y, m, n, exact=False),
+    "ranklist[approx=exact]": lambda s, y, m, n: _naive_ranklist(s, y, m, n, exact=True),
 }
 
 
@@ -308,13 +312,38 @@ def _row(
     }
 
 
+def listwise_cases() -> list[tuple[str, Callable[..., torch.Tensor], dict[str, Any], str]]:
+    """(row name, loss, extra kwargs, naive reference) for every listwise row.
+
+    Each registered loss is called with its own defaults, like a trainer picking it by name; ranklist's other
+    ``approx`` variant(s) are extra rows named ``ranklist[approx=...]``. The default is read from the signature, not
+    assumed, so that the registry row is always checked against the matching naive form.
+    """
+    cases = []
+    for name, fn in LISTWISE_LOSSES.items():
+        if name != "ranklist":
+            cases.append((name, fn, {}, name))
+            continue
+        default = inspect.signature(fn).parameters["approx"].default
+        cases.append((name, fn, {}, f"ranklist[approx={default}]"))
+        for approx in get_args(RankListApprox):
+            if approx != default:
+                variant = f"ranklist[approx={approx}]"
+                cases.append((variant, fn, {"approx": approx}, variant))
+    return cases
+
+
 def bench_device(device: torch.device, inputs: dict[str, torch.Tensor], repeats: int) -> list[dict[str, Any]]:
     """All rows for one device."""
     batch, _ = inputs["scores"].shape
     naive_repeats = min(repeats, NAIVE_MAX_REPEATS)
-    s_w = inputs["score_w"].to(device).requires_grad_()
-    s_l = inputs["score_l"].to(device).requires_grad_()
-    scores = inputs["scores"].to(device).requires_grad_()
+
+    def leaf(name: str) -> torch.Tensor:
+        # detach() first: a fresh leaf per device. Without it the CPU pass would flag the shared input itself as
+        # requiring grad, and the CUDA copy of it would then be a non-leaf whose .grad stays None.
+        return inputs[name].detach().to(device).requires_grad_()
+
+    s_w, s_l, scores = leaf("score_w"), leaf("score_l"), leaf("scores")
     targets = inputs["targets"].to(device)
     mask = inputs["mask"].to(device)
     # The baseline's input is a leaf of its own so that only logsigmoid (and the sum) is timed, not the subtraction.
@@ -344,25 +373,27 @@ def bench_device(device: torch.device, inputs: dict[str, torch.Tensor], repeats:
         loss_t = time_step(lambda f=loss_values: f().sum().backward(), leaves, device, WARMUP, repeats)
         naive_t = time_step(lambda f=naive_sum: f().backward(), leaves, device, NAIVE_WARMUP, naive_repeats)
         rows.append(_row(name, "pairwise", device, loss_t, naive_t, n_pairs, batch, logsig_pairs, agreement))
+        rows[-1].update(kwargs=kwargs, label=name)
 
     n_lists = min(NAIVE_LISTS, batch)
-    listwise = [(name, fn, {}) for name, fn in LISTWISE_LOSSES.items()]
-    listwise.append((EXACT_RANKLIST, LISTWISE_LOSSES["ranklist"], {"approx": "exact"}))
-    for name, fn, extra in listwise:
-        if name not in NAIVE_LIST_LOSSES:
-            raise KeyError(f"no naive reference for the listwise loss {name!r}: add one to NAIVE_LIST_LOSSES")
+    for name, fn, extra, naive_key in listwise_cases():
+        if naive_key not in NAIVE_LIST_LOSSES:
+            raise KeyError(f"no naive reference for the listwise loss {naive_key!r}: add one to NAIVE_LIST_LOSSES")
         kwargs = {"beta": BETA, **extra}
 
         def loss_values(fn: Callable[..., torch.Tensor] = fn, kwargs: dict = kwargs) -> torch.Tensor:
             return fn(scores, targets, mask, **kwargs)
 
-        def naive_sum(name: str = name) -> torch.Tensor:
-            return NAIVE_LIST_LOSSES[name](scores, targets, mask, n_lists)
+        def naive_sum(naive_key: str = naive_key) -> torch.Tensor:
+            return NAIVE_LIST_LOSSES[naive_key](scores, targets, mask, n_lists)
 
         agreement = check_agreement(loss_values, naive_sum, [scores], n_lists)
         loss_t = time_step(lambda f=loss_values: f().sum().backward(), [scores], device, WARMUP, repeats)
         naive_t = time_step(lambda f=naive_sum: f().backward(), [scores], device, NAIVE_WARMUP, naive_repeats)
         rows.append(_row(name, "listwise", device, loss_t, naive_t, n_lists, batch, logsig_lists, agreement))
+        # The registry row runs ranklist's default form; the label says which, since the default may change.
+        label = name if naive_key == name else f"{name} (default {naive_key.removeprefix(name)[1:-1]})"
+        rows[-1].update(kwargs=kwargs, label=label)
     return rows
 
 
@@ -377,8 +408,12 @@ def _cpu_name() -> str:
     return name or platform.machine()
 
 
-def machine_info(devices: Sequence[torch.device]) -> dict[str, Any]:
-    """Where the numbers come from: enough to tell two runs' machines apart."""
+def _loadavg() -> list[float] | None:
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def machine_info(devices: Sequence[torch.device], loadavg_before: list[float] | None) -> dict[str, Any]:
+    """Where the numbers come from: enough to tell two runs' machines apart, and whether the CPU was shared."""
     device_names = {}
     for device in devices:
         device_names[str(device)] = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
@@ -395,7 +430,20 @@ def machine_info(devices: Sequence[torch.device]) -> dict[str, Any]:
         "torch_num_threads": torch.get_num_threads(),
         "torch_num_interop_threads": torch.get_num_interop_threads(),
         "devices": device_names,
+        # The losses are being optimised: the digest of each source file ties these numbers to one version of them.
+        "loss_sources_sha256": {
+            path.name: hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+            for path in sorted(Path(mmpref.losses.__file__).parent.glob("*.py"))
+        },
+        # Other processes on the CPU distort small-tensor timings badly (an OpenMP thread descheduled mid-op stalls the
+        # op for a scheduler tick), so the 1/5/15-minute load averages before and after the run are kept as a witness.
+        "loadavg_before": loadavg_before,
+        "loadavg_after": _loadavg(),
     }
+
+
+def _fmt_load(load: list[float] | None) -> str:
+    return "n/a" if load is None else f"{load[0]:.2f}"
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -407,7 +455,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         "",
         f"- Machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs ({m['cpus_available']} available), "
         f"torch {m['torch']} with {m['torch_num_threads']} threads, Python {m['python']}; devices: {devices}; "
-        f"run {m['date']}.",
+        f"run {m['date']}; load average (1 min) {_fmt_load(m['loadavg_before'])} before, "
+        f"{_fmt_load(m['loadavg_after'])} after.",
         f"- Setup: B = {c['batch']} pairs / lists, K = {c['k']} items per list, float32, "
         f"{100 * c['masked_fraction']:.1f}% of list entries masked (>= 2 valid per list), beta = {BETA}, "
         f"margin = {MARGIN}, robust eps = {ROBUST_EPS}. Time = median of {c['repeats']} calls of "
@@ -429,7 +478,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         unit = "pairs" if r["kind"] == "pairwise" else "lists"
         verdict = "pass" if r["pass"] else "FAIL"
         lines.append(
-            f"| {r['device']} | {r['loss']} | {r['kind']} | {1e6 * r['loss_time_s']:.1f} "
+            f"| {r['device']} | {r['label']} | {r['kind']} | {1e6 * r['loss_time_s']:.1f} "
             f"| {1e3 * r['naive_time_s']:.1f} | {r['naive_n']} {unit} | {1e6 * r['logsigmoid_time_s']:.1f} "
             f"| {r['speedup_vs_naive']:.0f}x {'ok' if r['pass_speedup_vs_naive'] else 'MISS'} "
             f"| {r['ratio_vs_logsigmoid']:.2f}x {'ok' if r['pass_ratio_vs_logsigmoid'] else 'MISS'} | {verdict} |"
@@ -461,6 +510,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, write ``bench_losses.json`` and ``bench_losses.md``, print the table, return the result."""
     args = parse_args(argv)
+    loadavg_before = _loadavg()
     devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
     if args.device in ("cuda", "all") and torch.cuda.is_available():
         devices.append(torch.device("cuda", torch.cuda.current_device()))
@@ -470,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for device in devices:
         rows += bench_device(device, inputs, args.repeats)
     result = {
-        "machine": machine_info(devices),
+        "machine": machine_info(devices, loadavg_before),
         "config": {
             "batch": args.batch,
             "k": args.k,

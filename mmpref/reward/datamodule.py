@@ -14,7 +14,7 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mmpref.data import DataError, PreferenceList, PreferencePair, read_jsonl_manifest
 from mmpref.reward.synthetic import HiddenUtilityTask
@@ -60,13 +60,26 @@ class _LoaderMixin(L.LightningDataModule):
 
     batch_size: int
     shuffle: bool
+    shuffle_seed: int = 0
     train_set: Dataset | None = None
     val_set: Dataset | None = None
     test_set: Dataset | None = None
 
     def train_dataloader(self) -> DataLoader:
-        """Training batches, shuffled if asked."""
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=self.shuffle)
+        """Training batches, shuffled (if asked) by one seeded permutation per epoch that every process shares.
+
+        The sampler is a ``DistributedSampler`` at every world size, also on one process: the epoch's permutation
+        then depends only on (seed, epoch), and under DDP with N processes the union of the processes' k-th batches
+        is exactly the single-process k-th batch of N × ``batch_size``. Training with the same global batch thus
+        sees the same data in the same order at any process count (Lightning's own sampler would reshuffle
+        differently per world size, and always shuffles under DDP).
+        """
+        trainer = self.trainer  # None when the data module is used outside a Trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = DistributedSampler(
+            self.train_set, num_replicas=world, rank=rank, shuffle=self.shuffle, seed=self.shuffle_seed
+        )
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation batches (none if there is no validation set)."""
@@ -116,6 +129,7 @@ class SyntheticPreferenceDataModule(_LoaderMixin):
         self.save_hyperparameters()
         self.batch_size = batch_size
         self.shuffle = shuffle
+        self.shuffle_seed = seed
         self.noise_ceiling: float | None = None
 
     def setup(self, stage: str | None = None) -> None:
