@@ -35,7 +35,7 @@ def run_lightning(argv: Sequence[str]) -> None:
         datamodule_class=None,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        trainer_defaults={"default_root_dir": "runs"},
+        trainer_defaults={"default_root_dir": "runs", "log_every_n_steps": 10},
         save_config_kwargs={"overwrite": True},
         args=list(argv),
         parser_kwargs={"prog": "mmpref"},
