@@ -122,7 +122,7 @@ def test_manifest_feature_data_module_trains(tmp_path):
     (tmp_path / "val.jsonl").write_text("\n".join(lists))
     data = ManifestFeatureDataModule(train=tmp_path / "train.jsonl", val=tmp_path / "val.jsonl", batch_size=16)
     system = RewardModelSystem(MLPScorer(4, hidden=[8]))
-    trainer = _trainer(max_epochs=2)
+    trainer = _trainer(max_epochs=2, default_root_dir=tmp_path)
     trainer.fit(system, data)
     assert trainer.global_step == 8
     assert data.val_set.tensors["mask"].shape == (8, 4) and not data.val_set.tensors["mask"][0, 3]
