@@ -16,9 +16,8 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
-from mmpref.losses._tensors import MASK_FILL, check_positive, check_same_shape, compute_dtype
+from mmpref.losses._tensors import MASK_FILL, check_positive, check_same_shape, compute_dtype, softplus
 
 
 def _prepare(
@@ -47,6 +46,58 @@ def _sort_by_targets(
     key = targets.masked_fill(~mask, float("-inf"))
     order = torch.sort(key, dim=-1, descending=True, stable=True).indices
     return scores.gather(-1, order), targets.gather(-1, order), mask.gather(-1, order)
+
+
+# exp(x − row max) is summed directly only when every valid score of the list lies within this range of the list's
+# maximum, so no term that matters can underflow (float32 underflows below e^−87); wider lists take the exact
+# log-sum-exp path. The fast path avoids logcumsumexp's slow backward on the CPU (see scripts/bench_losses.py).
+_FAST_RANGE = {torch.float32: 60.0, torch.float64: 600.0}
+
+
+def _spread_rows(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-list shift (max valid score, no gradient) and the lists too spread out for the shifted-exp fast path."""
+    detached = x.detach()
+    shift = detached.masked_fill(~mask, float("-inf")).amax(-1, keepdim=True)
+    shift = torch.where(mask.any(-1, keepdim=True), shift, torch.zeros_like(shift))
+    low = detached.masked_fill(~mask, float("inf")).amin(-1, keepdim=True)
+    too_wide = (shift - low).squeeze(-1) > _FAST_RANGE.get(x.dtype, 60.0)
+    return shift, too_wide
+
+
+def _plackett_luce_sorted_reference(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Plackett-Luce NLL of lists already in target order, with ``logcumsumexp`` (exact at any spread; slower)."""
+    filled = x.masked_fill(~mask, MASK_FILL)
+    tail = torch.logcumsumexp(filled.flip(-1), dim=-1).flip(-1)  # log Σ_{j ≥ i} exp(x_j)
+    return torch.where(mask, tail - filled, torch.zeros_like(filled)).sum(-1)
+
+
+class _PlackettLuceSorted(torch.autograd.Function):
+    """Fused Plackett-Luce NLL of lists in target order, for lists whose scores lie within ``_FAST_RANGE``.
+
+    Forward: with e_i = exp(x_i − c) (c = the list's max, 0 for masked i) and tails T_i = Σ_{j ≥ i} e_j,
+    ℓ = Σ_{valid i} [log T_i − (x_i − c)]. Backward, by hand: ∂ℓ/∂x_k = m_k (e_k Σ_{valid i ≤ k} 1/T_i − 1).
+    Two cumulative sums and a few element-wise ops replace ``logcumsumexp``'s slow backward; parity with
+    :func:`_plackett_luce_sorted_reference` is tested forward and backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, mask: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        weights = torch.where(mask, torch.exp(x - shift), torch.zeros_like(x))
+        tail = weights.flip(-1).cumsum(-1).flip(-1)
+        # Masked tails (nothing left) and underflowed ones (too-wide lists, recomputed by the caller) take 1 here,
+        # so neither the loss nor the backward pass sees log 0 or 1/0.
+        usable = mask & (tail > torch.finfo(tail.dtype).tiny)
+        tail = torch.where(usable, tail, torch.ones_like(tail))
+        ctx.save_for_backward(weights, tail, usable, mask)
+        return torch.where(mask, torch.log(tail) - (x - shift), torch.zeros_like(x)).sum(-1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        weights, tail, usable, mask = ctx.saved_tensors
+        inverse_tails = torch.where(usable, tail.reciprocal(), torch.zeros_like(tail)).cumsum(-1)
+        per_entry = torch.where(mask, weights * inverse_tails - 1.0, torch.zeros_like(weights))
+        return grad.unsqueeze(-1) * per_entry, None, None
 
 
 def listnet(
@@ -100,7 +151,9 @@ def plackett_luce(
 
     Xia et al. (2008), "Listwise Approach to Learning to Rank: Theory and Algorithm", ListMLE (the likelihood
     loss with the Plackett-Luce permutation probability); listwise DPO uses it on implicit rewards. Computed in
-    O(K log K) with a reversed ``logcumsumexp``. Ties in ``targets`` are broken by list position (stable sort).
+    O(K log K): one sort, then a fused reversed cumulative sum of shifted exponentials with a hand-written
+    backward (exact ``logcumsumexp`` for lists whose scores spread wider than float precision allows).
+    Ties in ``targets`` are broken by list position (stable sort).
 
     Args:
         scores: model scores, ``[B, K]``.
@@ -117,11 +170,12 @@ def plackett_luce(
     check_positive("beta", beta)
     scores, targets, mask = _prepare(scores, targets, mask)
     s_sorted, _, m_sorted = _sort_by_targets(beta * scores, targets, mask)
-    filled = s_sorted.masked_fill(~m_sorted, MASK_FILL)
-    # log Σ_{j ≥ i} exp(s_π(j)): cumulative log-sum-exp from the end of each list.
-    tail_lse = torch.logcumsumexp(filled.flip(-1), dim=-1).flip(-1)
-    per_position = torch.where(m_sorted, tail_lse - filled, torch.zeros_like(filled))
-    return per_position.sum(-1)
+    shift, too_wide = _spread_rows(s_sorted, m_sorted)
+    loss = _PlackettLuceSorted.apply(s_sorted, m_sorted, shift)
+    if bool(too_wide.any()):
+        rows = too_wide.nonzero().squeeze(-1)
+        loss = loss.index_put((rows,), _plackett_luce_sorted_reference(s_sorted[rows], m_sorted[rows]))
+    return loss
 
 
 RankListApprox = Literal["lse", "exact"]
@@ -182,15 +236,30 @@ def ranklist(
     scores, targets, mask = _prepare(scores, targets, mask)
     s, y, m = _sort_by_targets(beta * scores, targets, mask)
     k = s.shape[-1]
-    position = torch.arange(k, device=s.device)
-    gap = position[None, :] - position[:, None]  # gap[i, j] = pos(j) − pos(i)
-    in_window = gap > 0 if skip is None else (gap > 0) & (gap <= skip)
-    # compare[b, i, j]: item i (better) is compared with item j (strictly worse, inside the window).
-    compare = in_window & m[:, :, None] & m[:, None, :] & (y[:, :, None] > y[:, None, :])
-    diff = s[:, None, :] - s[:, :, None]  # diff[b, i, j] = s_j − s_i
+    # Only pairs (i above j) inside the window can be compared: enumerate them once, [P] with P ≤ K(K−1)/2.
+    upper_i, upper_j = torch.triu_indices(k, k, offset=1, device=s.device)
+    if skip is not None:
+        near = (upper_j - upper_i) <= skip
+        upper_i, upper_j = upper_i[near], upper_j[near]
+    compare = m[:, upper_i] & m[:, upper_j] & (y[:, upper_i] > y[:, upper_j])  # [B, P]
     if approx == "exact":
-        per_pair = torch.where(compare, F.softplus(diff), torch.zeros_like(diff))
-        return per_pair.sum(dim=(-1, -2))
-    window_lse = torch.logsumexp(diff.masked_fill(~compare, MASK_FILL), dim=-1)  # log Σ_{j∈W_i} e^{s_j − s_i}
-    per_item = torch.where(compare.any(-1), F.softplus(window_lse), torch.zeros_like(window_lse))
-    return per_item.sum(-1)
+        # index_select, not s[:, idx]: its backward is an index_add, far faster than advanced indexing's on CPU.
+        per_pair = softplus(s.index_select(-1, upper_j) - s.index_select(-1, upper_i))
+        return torch.where(compare, per_pair, torch.zeros_like(per_pair)).sum(-1)
+    # log(1 + Σ_{j∈W_i} e^{s_j − s_i}) = log(e^{s_i − c} + Σ_{j∈W_i} e^{s_j − c}) − (s_i − c) for any shift c.
+    window = torch.zeros(s.shape[0], k, k, dtype=s.dtype, device=s.device)
+    window[:, upper_i, upper_j] = compare.to(s.dtype)  # window[b, i, j] = 1 if j ∈ W_i
+    shift, too_wide = _spread_rows(s, m)
+    weights = torch.where(m, torch.exp(s - shift), torch.zeros_like(s))
+    window_sum = torch.bmm(window, weights.unsqueeze(-1)).squeeze(-1)
+    own = torch.where(m, weights, torch.ones_like(weights))
+    total = own + window_sum  # underflows to 0 only in too-wide lists, which are recomputed below
+    total = torch.where(total > torch.finfo(total.dtype).tiny, total, torch.ones_like(total))
+    per_item = torch.log(total) - torch.where(m, s - shift, torch.zeros_like(s))
+    if bool(too_wide.any()):
+        rows = too_wide.nonzero().squeeze(-1)
+        diff = s[rows, None, :] - s[rows, :, None]  # diff[r, i, j] = s_j − s_i
+        exact = softplus(torch.logsumexp(diff.masked_fill(window[rows] == 0, MASK_FILL), dim=-1))
+        per_item = per_item.index_put((rows,), exact)
+    has_window = window.sum(-1) > 0
+    return torch.where(has_window, per_item, torch.zeros_like(per_item)).sum(-1)

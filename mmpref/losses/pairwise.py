@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from mmpref.losses._tensors import check_positive, check_same_shape, compute_dtype
+from mmpref.losses._tensors import check_positive, check_same_shape, compute_dtype, softplus
 
 
 def _scaled_margin(score_w: torch.Tensor, score_l: torch.Tensor, beta: float) -> torch.Tensor:
@@ -45,7 +45,7 @@ def bradley_terry(score_w: torch.Tensor, score_l: torch.Tensor, beta: float = 1.
     >>> bradley_terry(torch.tensor([0.0]), torch.tensor([0.0]))
     tensor([0.6931])
     """
-    return F.softplus(-_scaled_margin(score_w, score_l, beta))
+    return softplus(-_scaled_margin(score_w, score_l, beta))
 
 
 def hinge(score_w: torch.Tensor, score_l: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
@@ -121,7 +121,8 @@ def robust(score_w: torch.Tensor, score_l: torch.Tensor, beta: float = 1.0, eps:
     if not 0.0 <= eps < 0.5:
         raise ValueError(f"eps is a label-flip rate and must lie in [0, 0.5), got {eps}")
     x = _scaled_margin(score_w, score_l, beta)
-    return (1.0 - eps) * F.softplus(-x) + eps * F.softplus(x)
+    # softplus(x) = softplus(−x) + x, so the two terms share one softplus: ℓ = softplus(−βΔ) + ε·βΔ.
+    return softplus(-x) + eps * x
 
 
 def margin_bradley_terry(
@@ -149,7 +150,7 @@ def margin_bradley_terry(
     x = _scaled_margin(score_w, score_l, beta)
     if isinstance(margin, torch.Tensor):
         margin = margin.to(device=x.device, dtype=x.dtype)
-    return F.softplus(margin - x)
+    return softplus(margin - x)
 
 
 def soft_bradley_terry(
@@ -177,7 +178,7 @@ def soft_bradley_terry(
     x = _scaled_margin(score_a, score_b, beta)
     if isinstance(target, torch.Tensor):
         target = target.to(device=x.device, dtype=x.dtype)
-    return target * F.softplus(-x) + (1.0 - target) * F.softplus(x)
+    return target * softplus(-x) + (1.0 - target) * softplus(x)
 
 
 PairwiseLoss = Callable[..., torch.Tensor]
