@@ -18,11 +18,14 @@ What is measured
       against a correct reference.
     * logsigmoid: a bare ``F.logsigmoid(x).sum().backward()``, the cheapest op a Bradley-Terry style loss can be
       built from; ``x`` is a leaf holding ``s_w - s_l`` (``[B]``) for pairwise rows and the ``[B, K]`` scores for
-      listwise rows.
+      listwise rows. It is timed call by call in turn with the loss, so that a slow spell of the machine hits both.
 
     Reported: ``speedup_vs_naive = naive_time / loss_time`` (target >= 50x) and
     ``ratio_vs_logsigmoid = loss_time / logsigmoid_time`` (target <= 3x), with a pass/fail per row. Torch keeps its
-    default thread count, which is recorded.
+    default thread count, which is recorded. Small-tensor CPU timings are at the mercy of other processes (a
+    multi-threaded op waits a scheduler tick whenever one of its threads is preempted), so each row also records how
+    many CPUs' worth of other work ran meanwhile (``other_cpu_load``, from /proc/stat); the report warns when it
+    exceeds 0.1, and such a run should be repeated on an idle machine.
 
 How to run
     python scripts/bench_losses.py                      # B = 4096, K = 16, CPU and (if available) CUDA
@@ -65,6 +68,9 @@ ROBUST_EPS = 0.1
 # listnet's default target temperature; the naive loop below hard-codes the same value.
 LISTNET_TEMPERATURE = 1.0
 MASKED_FRACTION = 0.2
+# Above this many CPUs' worth of other work during a row, its timings say more about the neighbours than the loss:
+# on a shared 2-CPU box a multi-threaded op (logsigmoid on [B, K] is one) waits a whole scheduler tick per call.
+OTHER_LOAD_WARN = 0.1
 
 NAIVE_PAIRS = 256
 NAIVE_LISTS = 64
@@ -208,20 +214,57 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_step(step: Step, leaves: Sequence[torch.Tensor], device: torch.device, warmup: int, repeats: int) -> dict:
-    """Median and min wall time of ``step()`` over ``repeats`` calls after ``warmup`` untimed ones."""
-    times = []
+def time_steps(
+    steps: dict[str, tuple[Step, Sequence[torch.Tensor]]], device: torch.device, warmup: int, repeats: int
+) -> dict[str, dict[str, float]]:
+    """Median and min wall time of each ``step()`` over ``repeats`` calls after ``warmup`` untimed ones.
+
+    The steps take turns call by call rather than one after the other, so that a slow spell of the machine (another
+    process, a frequency change) hits a loss and its baseline alike instead of skewing their ratio.
+    """
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for it in range(warmup + repeats):
-        # Start every call from empty .grad: accumulating into an existing one would add an op the loss doesn't do.
-        for leaf in leaves:
-            leaf.grad = None
-        _sync(device)
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        if it >= warmup:
-            times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
+        for name, (step, leaves) in steps.items():
+            # Start every call from empty .grad: accumulating into an existing one adds an op the loss doesn't do.
+            for leaf in leaves:
+                leaf.grad = None
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            if it >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {
+        name: {"median_s": statistics.median(ts), "min_s": min(ts), "repeats": repeats} for name, ts in times.items()
+    }
+
+
+def _cpu_snapshot() -> tuple[float, int, int] | None:
+    """(wall time, busy ticks of the whole machine, ticks of this process), or None where /proc is missing."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    # Steal is time the hypervisor gave to other guests: as much a competitor for the CPU as another process.
+    return time.perf_counter(), user + nice + system + irq + softirq + steal, int(own[11]) + int(own[12])
+
+
+def other_cpu_load(
+    before: tuple[float, int, int] | None, after: tuple[float, int, int] | None
+) -> tuple[float | None, float | None]:
+    """CPUs' worth of work done by everything but this process between two snapshots (0.5 = half a core).
+
+    Returns (estimate, lower bound). Both counters move in whole ticks (10 ms) and disagree by a tick or two even on
+    an idle machine, which over a 0.1 s row reads as 0.1-0.2 CPUs; the lower bound forgives two ticks and is what
+    the warning looks at.
+    """
+    if before is None or after is None or after[0] <= before[0]:
+        return None, None
+    ticks = (after[1] - before[1]) - (after[2] - before[2])
+    per_tick = 1.0 / os.sysconf("SC_CLK_TCK") / (after[0] - before[0])
+    return max(0.0, ticks * per_tick), max(0.0, (ticks - 2) * per_tick)
 
 
 def check_agreement(
@@ -275,43 +318,6 @@ def make_inputs(batch: int, k: int, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def _row(
-    loss: str,
-    kind: str,
-    device: torch.device,
-    loss_t: dict,
-    naive_t: dict,
-    naive_n: int,
-    batch: int,
-    logsig_t: dict,
-    agreement: dict,
-) -> dict[str, Any]:
-    unit = "pairs" if kind == "pairwise" else "lists"
-    naive_scaled = naive_t["median_s"] * batch / naive_n
-    speedup = naive_scaled / loss_t["median_s"]
-    ratio = loss_t["median_s"] / logsig_t["median_s"]
-    return {
-        "loss": loss,
-        "kind": kind,
-        "device": str(device),
-        "loss_time_s": loss_t["median_s"],
-        "loss_min_s": loss_t["min_s"],
-        "naive_time_s": naive_scaled,
-        "naive_measured_time_s": naive_t["median_s"],
-        "naive_measured_on": f"first {naive_n} of {batch} {unit}, time scaled linearly by {batch / naive_n:g}",
-        "naive_n": naive_n,
-        "naive_repeats": naive_t["repeats"],
-        "logsigmoid_time_s": logsig_t["median_s"],
-        "logsigmoid_min_s": logsig_t["min_s"],
-        "speedup_vs_naive": speedup,
-        "ratio_vs_logsigmoid": ratio,
-        "pass_speedup_vs_naive": speedup >= TARGET_SPEEDUP_VS_NAIVE,
-        "pass_ratio_vs_logsigmoid": ratio <= TARGET_RATIO_VS_LOGSIGMOID,
-        "pass": speedup >= TARGET_SPEEDUP_VS_NAIVE and ratio <= TARGET_RATIO_VS_LOGSIGMOID,
-        **agreement,
-    }
-
-
 def listwise_cases() -> list[tuple[str, Callable[..., torch.Tensor], dict[str, Any], str]]:
     """(row name, loss, extra kwargs, naive reference) for every listwise row.
 
@@ -334,9 +340,8 @@ def listwise_cases() -> list[tuple[str, Callable[..., torch.Tensor], dict[str, A
 
 
 def bench_device(device: torch.device, inputs: dict[str, torch.Tensor], repeats: int) -> list[dict[str, Any]]:
-    """All rows for one device."""
+    """All rows for one device: every loss with its naive loop and its logsigmoid baseline."""
     batch, _ = inputs["scores"].shape
-    naive_repeats = min(repeats, NAIVE_MAX_REPEATS)
 
     def leaf(name: str) -> torch.Tensor:
         # detach() first: a fresh leaf per device. Without it the CPU pass would flag the shared input itself as
@@ -346,16 +351,12 @@ def bench_device(device: torch.device, inputs: dict[str, torch.Tensor], repeats:
     s_w, s_l, scores = leaf("score_w"), leaf("score_l"), leaf("scores")
     targets = inputs["targets"].to(device)
     mask = inputs["mask"].to(device)
-    # The baseline's input is a leaf of its own so that only logsigmoid (and the sum) is timed, not the subtraction.
+    # The pairwise baseline's input is a leaf of its own so that only logsigmoid (and the sum) is timed, not the
+    # subtraction that produced it.
     delta = (s_w - s_l).detach().requires_grad_()
 
-    def logsigmoid_step(x: torch.Tensor) -> Step:
-        return lambda: F.logsigmoid(x).sum().backward()
-
-    logsig_pairs = time_step(logsigmoid_step(delta), [delta], device, WARMUP, repeats)
-    logsig_lists = time_step(logsigmoid_step(scores), [scores], device, WARMUP, repeats)
-
-    rows = []
+    # (row name, label, kind, loss values, naive summed loss, leaves, baseline input, naive subset size, kwargs)
+    cases = []
     n_pairs = min(NAIVE_PAIRS, batch)
     for name, fn in PAIRWISE_LOSSES.items():
         if name not in NAIVE_PAIR_TERMS:
@@ -368,12 +369,7 @@ def bench_device(device: torch.device, inputs: dict[str, torch.Tensor], repeats:
         def naive_sum(name: str = name) -> torch.Tensor:
             return naive_pairwise(name, s_w, s_l, n_pairs)
 
-        leaves = [s_w, s_l]
-        agreement = check_agreement(loss_values, naive_sum, leaves, n_pairs)
-        loss_t = time_step(lambda f=loss_values: f().sum().backward(), leaves, device, WARMUP, repeats)
-        naive_t = time_step(lambda f=naive_sum: f().backward(), leaves, device, NAIVE_WARMUP, naive_repeats)
-        rows.append(_row(name, "pairwise", device, loss_t, naive_t, n_pairs, batch, logsig_pairs, agreement))
-        rows[-1].update(kwargs=kwargs, label=name)
+        cases.append((name, name, "pairwise", loss_values, naive_sum, [s_w, s_l], delta, n_pairs, kwargs))
 
     n_lists = min(NAIVE_LISTS, batch)
     for name, fn, extra, naive_key in listwise_cases():
@@ -387,13 +383,63 @@ def bench_device(device: torch.device, inputs: dict[str, torch.Tensor], repeats:
         def naive_sum(naive_key: str = naive_key) -> torch.Tensor:
             return NAIVE_LIST_LOSSES[naive_key](scores, targets, mask, n_lists)
 
-        agreement = check_agreement(loss_values, naive_sum, [scores], n_lists)
-        loss_t = time_step(lambda f=loss_values: f().sum().backward(), [scores], device, WARMUP, repeats)
-        naive_t = time_step(lambda f=naive_sum: f().backward(), [scores], device, NAIVE_WARMUP, naive_repeats)
-        rows.append(_row(name, "listwise", device, loss_t, naive_t, n_lists, batch, logsig_lists, agreement))
-        # The registry row runs ranklist's default form; the label says which, since the default may change.
+        # The registry row runs ranklist's default form; the label says which, since that default may change.
         label = name if naive_key == name else f"{name} (default {naive_key.removeprefix(name)[1:-1]})"
-        rows[-1].update(kwargs=kwargs, label=label)
+        cases.append((name, label, "listwise", loss_values, naive_sum, [scores], scores, n_lists, kwargs))
+
+    rows = []
+    for name, label, kind, loss_values, naive_sum, leaves, base, naive_n, kwargs in cases:
+        before = _cpu_snapshot()
+        agreement = check_agreement(loss_values, naive_sum, leaves, naive_n)
+        timed = time_steps(
+            {
+                "loss": (lambda f=loss_values: f().sum().backward(), leaves),
+                "logsigmoid": (lambda x=base: F.logsigmoid(x).sum().backward(), [base]),
+            },
+            device,
+            WARMUP,
+            repeats,
+        )
+        naive = time_steps(
+            {"naive": (lambda f=naive_sum: f().backward(), leaves)},
+            device,
+            NAIVE_WARMUP,
+            min(repeats, NAIVE_MAX_REPEATS),
+        )["naive"]
+        load, load_min = other_cpu_load(before, _cpu_snapshot())
+        loss_t, logsig_t = timed["loss"], timed["logsigmoid"]
+        naive_scaled = naive["median_s"] * batch / naive_n
+        speedup = naive_scaled / loss_t["median_s"]
+        ratio = loss_t["median_s"] / logsig_t["median_s"]
+        rows.append(
+            {
+                "loss": name,
+                "label": label,
+                "kind": kind,
+                "device": str(device),
+                "kwargs": kwargs,
+                "loss_time_s": loss_t["median_s"],
+                "loss_min_s": loss_t["min_s"],
+                "naive_time_s": naive_scaled,
+                "naive_measured_time_s": naive["median_s"],
+                "naive_measured_on": (
+                    f"first {naive_n} of {batch} {'pairs' if kind == 'pairwise' else 'lists'}, "
+                    f"time scaled linearly by {batch / naive_n:g}"
+                ),
+                "naive_n": naive_n,
+                "naive_repeats": naive["repeats"],
+                "logsigmoid_time_s": logsig_t["median_s"],
+                "logsigmoid_min_s": logsig_t["min_s"],
+                "speedup_vs_naive": speedup,
+                "ratio_vs_logsigmoid": ratio,
+                "pass_speedup_vs_naive": speedup >= TARGET_SPEEDUP_VS_NAIVE,
+                "pass_ratio_vs_logsigmoid": ratio <= TARGET_RATIO_VS_LOGSIGMOID,
+                "pass": speedup >= TARGET_SPEEDUP_VS_NAIVE and ratio <= TARGET_RATIO_VS_LOGSIGMOID,
+                "other_cpu_load": load,
+                "other_cpu_load_min": load_min,
+                **agreement,
+            }
+        )
     return rows
 
 
@@ -412,7 +458,17 @@ def _loadavg() -> list[float] | None:
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
-def machine_info(devices: Sequence[torch.device], loadavg_before: list[float] | None) -> dict[str, Any]:
+def loss_source_digests() -> dict[str, str]:
+    """SHA-256 prefix of each file of mmpref.losses."""
+    return {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        for path in sorted(Path(mmpref.losses.__file__).parent.glob("*.py"))
+    }
+
+
+def machine_info(
+    devices: Sequence[torch.device], loadavg_before: list[float] | None, loss_sources: dict[str, str]
+) -> dict[str, Any]:
     """Where the numbers come from: enough to tell two runs' machines apart, and whether the CPU was shared."""
     device_names = {}
     for device in devices:
@@ -430,11 +486,7 @@ def machine_info(devices: Sequence[torch.device], loadavg_before: list[float] | 
         "torch_num_threads": torch.get_num_threads(),
         "torch_num_interop_threads": torch.get_num_interop_threads(),
         "devices": device_names,
-        # The losses are being optimised: the digest of each source file ties these numbers to one version of them.
-        "loss_sources_sha256": {
-            path.name: hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-            for path in sorted(Path(mmpref.losses.__file__).parent.glob("*.py"))
-        },
+        "loss_sources_sha256": loss_sources,
         # Other processes on the CPU distort small-tensor timings badly (an OpenMP thread descheduled mid-op stalls the
         # op for a scheduler tick), so the 1/5/15-minute load averages before and after the run are kept as a witness.
         "loadavg_before": loadavg_before,
@@ -465,7 +517,10 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"{c['naive_lists']} lists (median of {c['naive_repeats']}) and scaled linearly to B; checked to match the "
         "loss in value and gradient on that subset.",
         "- logsigmoid = bare `F.logsigmoid(x).sum().backward()` with x = s_w - s_l [B] (pairwise rows) or the "
-        "[B, K] scores (listwise rows).",
+        "[B, K] scores (listwise rows), timed call by call in turn with each loss.",
+        "- Loss sources (sha256 prefix): "
+        + ", ".join(f"{name} {digest}" for name, digest in m["loss_sources_sha256"].items())
+        + ".",
         f"- Targets: speedup vs naive >= {TARGET_SPEEDUP_VS_NAIVE:g}x, ratio vs logsigmoid <= "
         f"{TARGET_RATIO_VS_LOGSIGMOID:g}x.",
         "",
@@ -483,8 +538,34 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"| {r['speedup_vs_naive']:.0f}x {'ok' if r['pass_speedup_vs_naive'] else 'MISS'} "
             f"| {r['ratio_vs_logsigmoid']:.2f}x {'ok' if r['pass_ratio_vs_logsigmoid'] else 'MISS'} | {verdict} |"
         )
-    failed = [f"{r['loss']} ({r['device']})" for r in result["rows"] if not r["pass"]]
-    lines += ["", f"Rows missing a target: {', '.join(failed)}." if failed else "Every row meets both targets."]
+    misses = []
+    for r in result["rows"]:
+        if not r["pass_speedup_vs_naive"]:
+            misses.append(
+                f"{r['loss']} ({r['device']}): speedup vs naive {r['speedup_vs_naive']:.1f}x < "
+                f"{TARGET_SPEEDUP_VS_NAIVE:g}x"
+            )
+        if not r["pass_ratio_vs_logsigmoid"]:
+            misses.append(
+                f"{r['loss']} ({r['device']}): ratio vs logsigmoid {r['ratio_vs_logsigmoid']:.2f}x > "
+                f"{TARGET_RATIO_VS_LOGSIGMOID:g}x"
+            )
+    lines.append("")
+    lines += ["Targets missed:", *(f"- {miss}" for miss in misses)] if misses else ["Every row meets both targets."]
+    lines.append("")
+    if result["timings_trustworthy"] is None:
+        lines.append("Other processes' CPU use during the run: unknown (no /proc/stat here).")
+    else:
+        lines.append(
+            f"Other processes' CPU use during the run (from /proc/stat): {result['other_cpu_load_run']:.3f} CPUs "
+            f"on average, at least {result['other_cpu_load_min_max_row']:.3f} CPUs during the busiest row."
+        )
+        if not result["timings_trustworthy"]:
+            where = ", ".join(result["rows_disturbed"]) or "the run as a whole"
+            lines.append(
+                f"WARNING: above {OTHER_LOAD_WARN:g} CPUs ({where}): the machine was shared and these timings are not "
+                "trustworthy; rerun on an idle machine."
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -511,16 +592,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, write ``bench_losses.json`` and ``bench_losses.md``, print the table, return the result."""
     args = parse_args(argv)
     loadavg_before = _loadavg()
+    # The losses are being optimised: the digests tie these numbers to one version of them. Taken before the run,
+    # next to the import, so that they describe the code that ran even if the files are edited meanwhile.
+    loss_sources = loss_source_digests()
     devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
     if args.device in ("cuda", "all") and torch.cuda.is_available():
         devices.append(torch.device("cuda", torch.cuda.current_device()))
 
     inputs = make_inputs(args.batch, args.k)
     rows = []
+    run_start = _cpu_snapshot()
     for device in devices:
         rows += bench_device(device, inputs, args.repeats)
+    # Over the whole run the tick rounding no longer matters; per row it catches a neighbour that came and went.
+    run_load, _ = other_cpu_load(run_start, _cpu_snapshot())
+    row_loads = [r["other_cpu_load_min"] for r in rows if r["other_cpu_load_min"] is not None]
+    disturbed = sorted({r["loss"] for r in rows if (r["other_cpu_load_min"] or 0.0) > OTHER_LOAD_WARN})
     result = {
-        "machine": machine_info(devices, loadavg_before),
+        "machine": machine_info(devices, loadavg_before, loss_sources),
         "config": {
             "batch": args.batch,
             "k": args.k,
@@ -542,6 +631,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         },
         "rows": rows,
         "all_pass": all(r["pass"] for r in rows),
+        "other_cpu_load_run": run_load,
+        "other_cpu_load_min_max_row": max(row_loads) if row_loads else None,
+        "rows_disturbed": disturbed,
+        "timings_trustworthy": None if run_load is None else run_load <= OTHER_LOAD_WARN and not disturbed,
     }
     markdown = to_markdown(result)
     args.out_dir.mkdir(parents=True, exist_ok=True)
