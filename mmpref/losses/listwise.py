@@ -21,47 +21,56 @@ from mmpref.losses._tensors import MASK_FILL, check_positive, check_same_shape, 
 
 
 def _prepare(
-    scores: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None
+    scores: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None, zero_masked: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Check shapes and return (scores, targets, mask) in the compute dtype, mask as bool."""
+    """Check shapes and return (scores, targets, mask) in the compute dtype, mask as bool.
+
+    Masked score slots are zeroed (``zero_masked``) so that garbage there (NaN, inf) reaches neither the loss nor
+    any gradient; a caller that gates every use of a score by the mask itself may skip it. Masked targets are left
+    as they are, since every use of a target below is gated by the mask.
+    """
     if scores.dim() != 2:
         raise ValueError(f"scores must be [B, K], got shape {tuple(scores.shape)}")
     check_same_shape("scores", scores, "targets", targets)
-    if mask is None:
-        mask = torch.ones_like(scores, dtype=torch.bool)
-    else:
-        check_same_shape("scores", scores, "mask", mask)
-        mask = mask.to(device=scores.device, dtype=torch.bool)
     dtype = compute_dtype(scores)
-    # Zero masked slots first so that garbage there (NaN, inf) can reach neither the loss nor any gradient.
-    scores = scores.to(dtype).masked_fill(~mask, 0.0)
-    targets = targets.to(device=scores.device, dtype=dtype).masked_fill(~mask, 0.0)
-    return scores, targets, mask
+    targets = targets.to(device=scores.device, dtype=dtype)
+    if mask is None:
+        return scores.to(dtype), targets, torch.ones_like(scores, dtype=torch.bool)
+    check_same_shape("scores", scores, "mask", mask)
+    mask = mask.to(device=scores.device, dtype=torch.bool)
+    scores = scores.to(dtype)
+    return (scores.masked_fill(~mask, 0.0) if zero_masked else scores), targets, mask
 
 
-def _sort_by_targets(
-    scores: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reorder each list best-first by target (stable: ties keep list order); masked entries go last."""
+def _best_first_order(targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Indices that put each list best-first by target (ties keep list order), masked entries last.
+
+    Returns the order, the mask in that order, and whether any two valid entries of a list tie. The unstable sort
+    is much faster on the CPU and gives the same order when no valid targets tie; only then is the stable sort
+    skipped.
+    """
     key = targets.masked_fill(~mask, float("-inf"))
-    order = torch.sort(key, dim=-1, descending=True, stable=True).indices
-    return scores.gather(-1, order), targets.gather(-1, order), mask.gather(-1, order)
+    sorted_key, order = torch.sort(key, dim=-1, descending=True)
+    sorted_mask = sorted_key > float("-inf")
+    ties = bool(((sorted_key[:, 1:] == sorted_key[:, :-1]) & sorted_mask[:, 1:]).any())
+    if ties:
+        order = torch.sort(key, dim=-1, descending=True, stable=True).indices
+        sorted_mask = mask.gather(-1, order)
+    return order, sorted_mask, ties
 
 
-# exp(x − row max) is summed directly only when every valid score of the list lies within this range of the list's
-# maximum, so no term that matters can underflow (float32 underflows below e^−87); wider lists take the exact
-# log-sum-exp path. The fast path avoids logcumsumexp's slow backward on the CPU (see scripts/bench_losses.py).
-_FAST_RANGE = {torch.float32: 60.0, torch.float64: 600.0}
+def _scale(scores: torch.Tensor, beta: float) -> torch.Tensor:
+    """β·s, skipping the multiplication for β = 1."""
+    return scores if beta == 1.0 else beta * scores
 
 
-def _spread_rows(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-list shift (max valid score, no gradient) and the lists too spread out for the shifted-exp fast path."""
-    detached = x.detach()
-    shift = detached.masked_fill(~mask, float("-inf")).amax(-1, keepdim=True)
-    shift = torch.where(mask.any(-1, keepdim=True), shift, torch.zeros_like(shift))
-    low = detached.masked_fill(~mask, float("inf")).amin(-1, keepdim=True)
-    too_wide = (shift - low).squeeze(-1) > _FAST_RANGE.get(x.dtype, 60.0)
-    return shift, too_wide
+def _safe_tail_floor(dtype: torch.dtype) -> float:
+    """Smallest tail sum trusted by the fused Plackett-Luce path: far above the subnormal range of ``dtype``.
+
+    A tail below it means a list whose scores spread wider than ``exp`` of the shifted scores can represent
+    (about 80 nats in float32, 640 in float64); such lists are recomputed exactly with ``logcumsumexp``.
+    """
+    return torch.finfo(dtype).tiny ** 0.9
 
 
 def _plackett_luce_sorted_reference(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -72,32 +81,38 @@ def _plackett_luce_sorted_reference(x: torch.Tensor, mask: torch.Tensor) -> torc
 
 
 class _PlackettLuceSorted(torch.autograd.Function):
-    """Fused Plackett-Luce NLL of lists in target order, for lists whose scores lie within ``_FAST_RANGE``.
+    """Fused Plackett-Luce NLL of lists in target order; also returns which lists it could not compute exactly.
 
-    Forward: with e_i = exp(x_i − c) (c = the list's max, 0 for masked i) and tails T_i = Σ_{j ≥ i} e_j,
-    ℓ = Σ_{valid i} [log T_i − (x_i − c)]. Backward, by hand: ∂ℓ/∂x_k = m_k (e_k Σ_{valid i ≤ k} 1/T_i − 1).
-    Two cumulative sums and a few element-wise ops replace ``logcumsumexp``'s slow backward; parity with
+    Forward: with c the list's largest valid score, e_i = m_i exp(x_i − c) and tails T_i = Σ_{j ≥ i} e_j,
+    ℓ = Σ_i m_i [log T_i − (x_i − c)]. Backward, by hand: ∂ℓ/∂x_k = m_k (e_k Σ_{i ≤ k} m_i / T_i − 1).
+    Cumulative sums and element-wise ops replace ``logcumsumexp``, whose backward dominates on the CPU; parity with
     :func:`_plackett_luce_sorted_reference` is tested forward and backward.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, mask: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-        weights = torch.where(mask, torch.exp(x - shift), torch.zeros_like(x))
+    def forward(ctx, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Masked slots may hold garbage (NaN, inf): every use of x below is gated by the mask with `where`.
+        invalid = ~mask
+        centred = x.masked_fill(invalid, float("-inf"))
+        shift = centred.amax(-1, keepdim=True).nan_to_num(neginf=0.0)
+        centred = centred - shift  # −inf at masked slots, so their weights are exactly 0
+        weights = torch.exp(centred)
         tail = weights.flip(-1).cumsum(-1).flip(-1)
-        # Masked tails (nothing left) and underflowed ones (too-wide lists, recomputed by the caller) take 1 here,
-        # so neither the loss nor the backward pass sees log 0 or 1/0.
-        usable = mask & (tail > torch.finfo(tail.dtype).tiny)
+        usable = tail > _safe_tail_floor(x.dtype)
+        too_wide = (mask & ~usable).any(-1)
+        # Masked and underflowed tails take 1: no log 0 or 1/0 reaches the loss or the backward pass.
         tail = torch.where(usable, tail, torch.ones_like(tail))
-        ctx.save_for_backward(weights, tail, usable, mask)
-        return torch.where(mask, torch.log(tail) - (x - shift), torch.zeros_like(x)).sum(-1)
+        ctx.save_for_backward(weights, tail, usable & mask, mask)
+        ctx.mark_non_differentiable(too_wide)
+        return torch.where(mask, torch.log(tail) - centred, torch.zeros_like(tail)).sum(-1), too_wide
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx, grad: torch.Tensor, _: torch.Tensor) -> tuple[torch.Tensor, None]:
         weights, tail, usable, mask = ctx.saved_tensors
         inverse_tails = torch.where(usable, tail.reciprocal(), torch.zeros_like(tail)).cumsum(-1)
-        per_entry = torch.where(mask, weights * inverse_tails - 1.0, torch.zeros_like(weights))
-        return grad.unsqueeze(-1) * per_entry, None, None
+        per_entry = torch.where(mask, weights * inverse_tails - 1.0, torch.zeros_like(tail))
+        return grad.unsqueeze(-1) * per_entry, None
 
 
 def listnet(
@@ -168,10 +183,10 @@ def plackett_luce(
     tensor([0.6931])
     """
     check_positive("beta", beta)
-    scores, targets, mask = _prepare(scores, targets, mask)
-    s_sorted, _, m_sorted = _sort_by_targets(beta * scores, targets, mask)
-    shift, too_wide = _spread_rows(s_sorted, m_sorted)
-    loss = _PlackettLuceSorted.apply(s_sorted, m_sorted, shift)
+    scores, targets, mask = _prepare(scores, targets, mask, zero_masked=False)  # the fused path gates by mask
+    order, m_sorted, _ = _best_first_order(targets, mask)
+    s_sorted = _scale(scores, beta).gather(-1, order)
+    loss, too_wide = _PlackettLuceSorted.apply(s_sorted, m_sorted)
     if bool(too_wide.any()):
         rows = too_wide.nonzero().squeeze(-1)
         loss = loss.index_put((rows,), _plackett_luce_sorted_reference(s_sorted[rows], m_sorted[rows]))
@@ -234,32 +249,42 @@ def ranklist(
     if approx not in ("lse", "exact"):
         raise ValueError(f"approx must be one of 'lse', 'exact', got {approx!r}")
     scores, targets, mask = _prepare(scores, targets, mask)
-    s, y, m = _sort_by_targets(beta * scores, targets, mask)
+    order, m, ties = _best_first_order(targets, mask)
+    s = _scale(scores, beta).gather(-1, order)
     k = s.shape[-1]
     # Only pairs (i above j) inside the window can be compared: enumerate them once, [P] with P ≤ K(K−1)/2.
     upper_i, upper_j = torch.triu_indices(k, k, offset=1, device=s.device)
     if skip is not None:
         near = (upper_j - upper_i) <= skip
         upper_i, upper_j = upper_i[near], upper_j[near]
-    compare = m[:, upper_i] & m[:, upper_j] & (y[:, upper_i] > y[:, upper_j])  # [B, P]
+    # In best-first order with masked entries last, a pair (i above j) is compared iff j is valid and the two do
+    # not tie. Without ties that is one broadcast against the list lengths; with ties, tie groups are compared.
+    valid_j = upper_j[None, :] < m.sum(-1, keepdim=True)  # [B, P], no gradient
+    if ties:
+        y = targets.gather(-1, order)
+        group = torch.cat([torch.zeros_like(y[:, :1]), (y[:, 1:] != y[:, :-1]).to(y.dtype)], -1).cumsum(-1)
+        valid_j = valid_j & (group.index_select(-1, upper_i) != group.index_select(-1, upper_j))
+    compare = valid_j
     if approx == "exact":
         # index_select, not s[:, idx]: its backward is an index_add, far faster than advanced indexing's on CPU.
         per_pair = softplus(s.index_select(-1, upper_j) - s.index_select(-1, upper_i))
-        return torch.where(compare, per_pair, torch.zeros_like(per_pair)).sum(-1)
+        return (per_pair * compare.to(s.dtype)).sum(-1)
     # log(1 + Σ_{j∈W_i} e^{s_j − s_i}) = log(e^{s_i − c} + Σ_{j∈W_i} e^{s_j − c}) − (s_i − c) for any shift c.
-    window = torch.zeros(s.shape[0], k, k, dtype=s.dtype, device=s.device)
-    window[:, upper_i, upper_j] = compare.to(s.dtype)  # window[b, i, j] = 1 if j ∈ W_i
-    shift, too_wide = _spread_rows(s, m)
-    weights = torch.where(m, torch.exp(s - shift), torch.zeros_like(s))
-    window_sum = torch.bmm(window, weights.unsqueeze(-1)).squeeze(-1)
-    own = torch.where(m, weights, torch.ones_like(weights))
-    total = own + window_sum  # underflows to 0 only in too-wide lists, which are recomputed below
-    total = torch.where(total > torch.finfo(total.dtype).tiny, total, torch.ones_like(total))
-    per_item = torch.log(total) - torch.where(m, s - shift, torch.zeros_like(s))
+    window = s.new_zeros(s.shape[0], k * k)
+    window.index_copy_(-1, upper_i * k + upper_j, compare.to(s.dtype))
+    window = window.view(-1, k, k)  # window[b, i, j] = 1 if j ∈ W_i
+    has_window = window.sum(-1) > 0
+    shift = s.detach().masked_fill(~m, float("-inf")).amax(-1, keepdim=True).nan_to_num(neginf=0.0)
+    weights = torch.exp(s - shift) * m.to(s.dtype)
+    total = weights + torch.bmm(window, weights.unsqueeze(-1)).squeeze(-1)
+    usable = total > _safe_tail_floor(s.dtype)
+    # Unusable totals (masked items, underflow in too-wide lists) take 1: no log 0 reaches forward or backward.
+    per_item = (torch.log(torch.where(usable, total, torch.ones_like(total))) - (s - shift)) * has_window.to(s.dtype)
+    too_wide = (has_window & ~usable).any(-1)
     if bool(too_wide.any()):
         rows = too_wide.nonzero().squeeze(-1)
         diff = s[rows, None, :] - s[rows, :, None]  # diff[r, i, j] = s_j − s_i
         exact = softplus(torch.logsumexp(diff.masked_fill(window[rows] == 0, MASK_FILL), dim=-1))
+        exact = exact * has_window[rows].to(s.dtype)
         per_item = per_item.index_put((rows,), exact)
-    has_window = window.sum(-1) > 0
-    return torch.where(has_window, per_item, torch.zeros_like(per_item)).sum(-1)
+    return per_item.sum(-1)
