@@ -21,11 +21,23 @@ What is measured
       listwise rows. It is timed call by call in turn with the loss, so that a slow spell of the machine hits both.
 
     Reported: ``speedup_vs_naive = naive_time / loss_time`` (target >= 50x) and
-    ``ratio_vs_logsigmoid = loss_time / logsigmoid_time`` (target <= 3x), with a pass/fail per row. Torch keeps its
-    default thread count, which is recorded. Small-tensor CPU timings are at the mercy of other processes (a
-    multi-threaded op waits a scheduler tick whenever one of its threads is preempted), so each row also records how
-    many CPUs' worth of other work ran meanwhile (``other_cpu_load``, from /proc/stat); the report warns when it
-    exceeds 0.1, and such a run should be repeated on an idle machine.
+    ``ratio_vs_logsigmoid = loss_time / logsigmoid_time`` (target <= 3x), with a pass/fail per row.
+
+    Two more timings give context and decide nothing (the verdict uses only the two targets above); both are timed
+    call by call in turn with the loss and its logsigmoid baseline, and are ``None`` in rows they don't apply to:
+
+    * pair logsigmoid, for listwise rows whose loss evaluates every pair of a list (``ranklist`` with ``skip=None``,
+      both ``approx`` forms): a bare ``F.logsigmoid(d).sum().backward()`` with ``d`` a leaf ``[B, K(K-1)/2]`` holding
+      ``s_j - s_i`` over the strictly-upper-triangle pairs ``i < j``, the tensor such a loss must at least touch once.
+      Fields ``pair_logsigmoid_time_s`` and ``ratio_vs_pair_logsigmoid = loss_time / pair_logsigmoid_time``.
+    * sort alone, for ``plackett_luce``: ``torch.sort(targets, dim=-1, descending=True)`` on the ``[B, K]`` targets
+      (no backward: targets carry no gradient). Fields ``sort_time_s`` and
+      ``sort_ratio_vs_logsigmoid = sort_time / logsigmoid_time``, the share of the logsigmoid budget a sort takes.
+
+    Torch keeps its default thread count, which is recorded. Small-tensor CPU timings are at the mercy of other
+    processes (a multi-threaded op waits a scheduler tick whenever one of its threads is preempted), so each row also
+    records how many CPUs' worth of other work ran meanwhile (``other_cpu_load``, from /proc/stat); the report warns
+    when it exceeds 0.1, and such a run should be repeated on an idle machine.
 
 How to run
     python scripts/bench_losses.py                      # B = 4096, K = 16, CPU and (if available) CUDA
@@ -339,6 +351,14 @@ def listwise_cases() -> list[tuple[str, Callable[..., torch.Tensor], dict[str, A
     return cases
 
 
+def evaluates_every_pair(fn: Callable[..., torch.Tensor], kwargs: dict[str, Any]) -> bool:
+    """Whether a listwise row's loss compares every pair of a list: ranklist (the registry row and its other ``approx``
+    rows alike) with ``skip=None``, its default, read from the signature."""
+    if fn is not LISTWISE_LOSSES.get("ranklist"):
+        return False
+    return kwargs.get("skip", inspect.signature(fn).parameters["skip"].default) is None
+
+
 def bench_device(device: torch.device, inputs: dict[str, torch.Tensor], repeats: int) -> list[dict[str, Any]]:
     """All rows for one device: every loss with its naive loop and its logsigmoid baseline."""
     batch, _ = inputs["scores"].shape
@@ -354,8 +374,19 @@ def bench_device(device: torch.device, inputs: dict[str, torch.Tensor], repeats:
     # The pairwise baseline's input is a leaf of its own so that only logsigmoid (and the sum) is timed, not the
     # subtraction that produced it.
     delta = (s_w - s_l).detach().requires_grad_()
+    # Context baseline for the losses that compare every pair: s_j - s_i for every i < j of a list, [B, K(K-1)/2],
+    # again a leaf of its own.
+    upper_i, upper_j = torch.triu_indices(scores.shape[1], scores.shape[1], offset=1, device=device)
+    pair_diffs = (scores[:, upper_j] - scores[:, upper_i]).detach().requires_grad_()
 
-    # (row name, label, kind, loss values, naive summed loss, leaves, baseline input, naive subset size, kwargs)
+    def pair_logsigmoid_step() -> None:
+        F.logsigmoid(pair_diffs).sum().backward()
+
+    def sort_step() -> None:
+        torch.sort(targets, dim=-1, descending=True)
+
+    # (row name, label, kind, loss values, naive summed loss, leaves, baseline input, naive subset size, kwargs,
+    #  context steps: informational timings keyed by name, timed in turn with the loss)
     cases = []
     n_pairs = min(NAIVE_PAIRS, batch)
     for name, fn in PAIRWISE_LOSSES.items():
@@ -369,7 +400,7 @@ def bench_device(device: torch.device, inputs: dict[str, torch.Tensor], repeats:
         def naive_sum(name: str = name) -> torch.Tensor:
             return naive_pairwise(name, s_w, s_l, n_pairs)
 
-        cases.append((name, name, "pairwise", loss_values, naive_sum, [s_w, s_l], delta, n_pairs, kwargs))
+        cases.append((name, name, "pairwise", loss_values, naive_sum, [s_w, s_l], delta, n_pairs, kwargs, {}))
 
     n_lists = min(NAIVE_LISTS, batch)
     for name, fn, extra, naive_key in listwise_cases():
@@ -385,16 +416,22 @@ def bench_device(device: torch.device, inputs: dict[str, torch.Tensor], repeats:
 
         # The registry row runs ranklist's default form; the label says which, since that default may change.
         label = name if naive_key == name else f"{name} (default {naive_key.removeprefix(name)[1:-1]})"
-        cases.append((name, label, "listwise", loss_values, naive_sum, [scores], scores, n_lists, kwargs))
+        context: dict[str, tuple[Step, Sequence[torch.Tensor]]] = {}
+        if evaluates_every_pair(fn, kwargs):
+            context["pair_logsigmoid"] = (pair_logsigmoid_step, [pair_diffs])
+        if fn is LISTWISE_LOSSES.get("plackett_luce"):
+            context["sort"] = (sort_step, [])
+        cases.append((name, label, "listwise", loss_values, naive_sum, [scores], scores, n_lists, kwargs, context))
 
     rows = []
-    for name, label, kind, loss_values, naive_sum, leaves, base, naive_n, kwargs in cases:
+    for name, label, kind, loss_values, naive_sum, leaves, base, naive_n, kwargs, context in cases:
         before = _cpu_snapshot()
         agreement = check_agreement(loss_values, naive_sum, leaves, naive_n)
         timed = time_steps(
             {
                 "loss": (lambda f=loss_values: f().sum().backward(), leaves),
                 "logsigmoid": (lambda x=base: F.logsigmoid(x).sum().backward(), [base]),
+                **context,
             },
             device,
             WARMUP,
@@ -411,6 +448,7 @@ def bench_device(device: torch.device, inputs: dict[str, torch.Tensor], repeats:
         naive_scaled = naive["median_s"] * batch / naive_n
         speedup = naive_scaled / loss_t["median_s"]
         ratio = loss_t["median_s"] / logsig_t["median_s"]
+        pair_t, sort_t = timed.get("pair_logsigmoid"), timed.get("sort")
         rows.append(
             {
                 "loss": name,
@@ -435,6 +473,13 @@ def bench_device(device: torch.device, inputs: dict[str, torch.Tensor], repeats:
                 "pass_speedup_vs_naive": speedup >= TARGET_SPEEDUP_VS_NAIVE,
                 "pass_ratio_vs_logsigmoid": ratio <= TARGET_RATIO_VS_LOGSIGMOID,
                 "pass": speedup >= TARGET_SPEEDUP_VS_NAIVE and ratio <= TARGET_RATIO_VS_LOGSIGMOID,
+                # Context only, not part of the verdict (None where the row has no such baseline).
+                "pair_logsigmoid_time_s": pair_t["median_s"] if pair_t else None,
+                "pair_logsigmoid_min_s": pair_t["min_s"] if pair_t else None,
+                "ratio_vs_pair_logsigmoid": loss_t["median_s"] / pair_t["median_s"] if pair_t else None,
+                "sort_time_s": sort_t["median_s"] if sort_t else None,
+                "sort_min_s": sort_t["min_s"] if sort_t else None,
+                "sort_ratio_vs_logsigmoid": sort_t["median_s"] / logsig_t["median_s"] if sort_t else None,
                 "other_cpu_load": load,
                 "other_cpu_load_min": load_min,
                 **agreement,
@@ -498,6 +543,16 @@ def _fmt_load(load: list[float] | None) -> str:
     return "n/a" if load is None else f"{load[0]:.2f}"
 
 
+def _context_cell(row: dict[str, Any]) -> str:
+    """The informational column: loss vs the pair logsigmoid, or a sort alone vs the [B, K] logsigmoid; else blank."""
+    parts = []
+    if row.get("ratio_vs_pair_logsigmoid") is not None:
+        parts.append(f"pairs: {row['ratio_vs_pair_logsigmoid']:.2f}x ({1e6 * row['pair_logsigmoid_time_s']:.1f} µs)")
+    if row.get("sort_ratio_vs_logsigmoid") is not None:
+        parts.append(f"sort alone: {row['sort_ratio_vs_logsigmoid']:.2f}x ({1e6 * row['sort_time_s']:.1f} µs)")
+    return "; ".join(parts)
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     """The result as a markdown report: machine, setup, then one table row per loss and device."""
     m, c = result["machine"], result["config"]
@@ -523,11 +578,19 @@ def to_markdown(result: dict[str, Any]) -> str:
         + ".",
         f"- Targets: speedup vs naive >= {TARGET_SPEEDUP_VS_NAIVE:g}x, ratio vs logsigmoid <= "
         f"{TARGET_RATIO_VS_LOGSIGMOID:g}x.",
+        "- Context column (informational only, not a criterion: the pass/fail verdict uses only the two targets "
+        "above), timed call by call in turn with each loss and its logsigmoid baseline:",
+        '  - "pairs" (ranklist rows, which compare every pair of a list): loss time / time of a bare '
+        "`F.logsigmoid(d).sum().backward()` with d a [B, K(K-1)/2] leaf of the pairwise differences s_j - s_i "
+        "(i < j), the tensor such a loss must at least touch once; that baseline's time in parentheses.",
+        '  - "sort alone" (plackett_luce): time of `torch.sort(targets, dim=-1, descending=True)` on the [B, K] '
+        "targets / the row's logsigmoid time, i.e. the share of the logsigmoid budget a sort alone takes; the sort's "
+        "time in parentheses.",
         "",
         "| device | loss | kind | loss (µs) | naive, scaled to B (ms) | naive measured on | logsigmoid (µs) "
         f"| speedup vs naive (>= {TARGET_SPEEDUP_VS_NAIVE:g}x) "
-        f"| ratio vs logsigmoid (<= {TARGET_RATIO_VS_LOGSIGMOID:g}x) | pass |",
-        "|---|---|---|---:|---:|---|---:|---:|---:|---|",
+        f"| ratio vs logsigmoid (<= {TARGET_RATIO_VS_LOGSIGMOID:g}x) | pass | context (not a criterion) |",
+        "|---|---|---|---:|---:|---|---:|---:|---:|---|---|",
     ]
     for r in result["rows"]:
         unit = "pairs" if r["kind"] == "pairwise" else "lists"
@@ -536,7 +599,8 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"| {r['device']} | {r['label']} | {r['kind']} | {1e6 * r['loss_time_s']:.1f} "
             f"| {1e3 * r['naive_time_s']:.1f} | {r['naive_n']} {unit} | {1e6 * r['logsigmoid_time_s']:.1f} "
             f"| {r['speedup_vs_naive']:.0f}x {'ok' if r['pass_speedup_vs_naive'] else 'MISS'} "
-            f"| {r['ratio_vs_logsigmoid']:.2f}x {'ok' if r['pass_ratio_vs_logsigmoid'] else 'MISS'} | {verdict} |"
+            f"| {r['ratio_vs_logsigmoid']:.2f}x {'ok' if r['pass_ratio_vs_logsigmoid'] else 'MISS'} | {verdict} "
+            f"| {_context_cell(r)} |"
         )
     misses = []
     for r in result["rows"]:
