@@ -1,0 +1,249 @@
+"""Training the personal taste model on many users' pairs and ratings, and the default simulated-rater data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader, DistributedSampler
+
+from mmpref.losses import LISTWISE_LOSSES, PAIRWISE_LOSSES, ListwiseLossName, PairwiseLossName, soft_pairwise
+from mmpref.reward.datamodule import DictDataset
+from mmpref.reward.metrics import PairwiseCalibrationError, pairwise_accuracy
+from mmpref.vision.demo_data import SimulatedPopulation, UserPairs, load_demo_items
+from mmpref.vision.personal import PersonalTasteModel
+
+Batch = dict[str, torch.Tensor]
+
+
+class PersonalTasteSystem(L.LightningModule):
+    """Joint training on pairs (a pairwise loss) and ratings (a listwise loss over each user's rated items).
+
+    Loss = mean pairwise loss + ``rating_weight`` · mean listwise loss + ``code_weight`` · mean ‖z_u‖², the last
+    being the Gaussian prior on user codes that enrollment later assumes. Logs ``{stage}/loss``,
+    ``{stage}/accuracy``, ``{stage}/ece`` for training users' held-out pairs, and
+    ``{stage}/personal/population_accuracy`` (the same pairs scored by the population head, z = 0).
+
+    Args:
+        model: the personal taste model.
+        pair_loss: pairwise loss of the core for pairs.
+        list_loss: listwise loss of the core for ratings (ratings tie often: ListNet is tie-invariant).
+        beta: inverse temperature of both losses.
+        rating_weight: weight of the ratings term.
+        code_weight: weight of the user-code prior.
+        optimizer: optimiser factory.
+    """
+
+    def __init__(
+        self,
+        model: PersonalTasteModel,
+        pair_loss: PairwiseLossName = "bradley_terry",
+        list_loss: ListwiseLossName = "listnet",
+        beta: float = 1.0,
+        rating_weight: float = 0.5,
+        code_weight: float = 0.01,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "optimizer"])
+        self.model = model
+        self.pair_loss_fn = PAIRWISE_LOSSES[pair_loss]
+        self.list_loss_fn = LISTWISE_LOSSES[list_loss]
+        self.optimizer_factory = optimizer
+        self.val_ece = PairwiseCalibrationError()
+
+    def forward(self, embeddings: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of items ``[..., D]`` for training users (or the population when ``users`` is None)."""
+        return self.model(embeddings, users)
+
+    def _pair_terms(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        users = batch["user"]
+        score_a, score_b = self.model(batch["emb_a"], users), self.model(batch["emb_b"], users)
+        loss = soft_pairwise(self.pair_loss_fn, score_a, score_b, batch["label"], beta=self.hparams.beta).mean()
+        return loss, torch.sigmoid(self.hparams.beta * (score_a - score_b)), users
+
+    def training_step(self, batch: dict[str, Batch], batch_idx: int) -> torch.Tensor:
+        """Pairs and rating lists of training users, with the code prior."""
+        pair_loss, prob, users = self._pair_terms(batch["pairs"])
+        ratings = batch["ratings"]
+        list_scores = self.model(ratings["emb"], ratings["user"][:, None])
+        list_loss = self.list_loss_fn(list_scores, ratings["targets"], ratings["mask"], beta=self.hparams.beta).mean()
+        codes = self.model.user_codes(torch.cat([users, ratings["user"]]))
+        loss = (
+            pair_loss + self.hparams.rating_weight * list_loss + self.hparams.code_weight * codes.pow(2).sum(-1).mean()
+        )
+        size = len(users)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/personal/pair_loss", pair_loss, batch_size=size)
+        self.log("train/personal/rating_loss", list_loss, batch_size=size)
+        self.log("train/accuracy", pairwise_accuracy(prob.detach(), batch["pairs"]["label"]).mean(), batch_size=size)
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        """Held-out pairs of training users: personal and population accuracy, calibration."""
+        loss, prob, _ = self._pair_terms(batch)
+        population = torch.sigmoid(self.hparams.beta * (self.model(batch["emb_a"]) - self.model(batch["emb_b"])))
+        size = len(prob)
+        self.val_ece.update(prob, batch["label"])
+        self.log("val/loss", loss, batch_size=size, sync_dist=True)
+        self.log(
+            "val/accuracy",
+            pairwise_accuracy(prob, batch["label"]).mean(),
+            prog_bar=True,
+            batch_size=size,
+            sync_dist=True,
+        )
+        self.log(
+            "val/personal/population_accuracy",
+            pairwise_accuracy(population, batch["label"]).mean(),
+            batch_size=size,
+            sync_dist=True,
+        )
+        self.log("val/ece", self.val_ece, on_epoch=True, batch_size=size)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """The injected optimiser over all parameters."""
+        return self.optimizer_factory(self.parameters())
+
+
+@dataclass(frozen=True)
+class HeldOutUser:
+    """A user never seen in training: a pool of enrollment pairs and separate test pairs (item indices)."""
+
+    user: int
+    enroll: UserPairs
+    test: UserPairs
+
+
+class DemoTasteDataModule(L.LightningDataModule):
+    """Pairs and ratings from simulated raters over the shipped demo images (``assets/demo_taste``).
+
+    Users ``0 .. num_train_users − 1`` train the model; the next ``num_heldout_users`` are held out entirely and
+    only ever enrolled from a few labels (:attr:`heldout`).
+
+    Args:
+        num_train_users: raters whose labels train the model.
+        num_heldout_users: raters kept for enrollment tests.
+        pairs_per_user: training pairs per training user.
+        ratings_per_user: rated items per training user, grouped into lists of ``list_size``.
+        list_size: items per rating list.
+        val_pairs_per_user: held-out pairs per training user (validation).
+        enroll_pool: enrollment pairs drawn per held-out user.
+        test_pairs_per_user: test pairs per held-out user.
+        beta: raters' rationality.
+        individual_noise: spread of individual tastes around their group's.
+        batch_size: pairs (and rating lists) per batch.
+        seed: seed of raters and labels.
+    """
+
+    def __init__(
+        self,
+        num_train_users: int = 60,
+        num_heldout_users: int = 20,
+        pairs_per_user: int = 200,
+        ratings_per_user: int = 48,
+        list_size: int = 8,
+        val_pairs_per_user: int = 40,
+        enroll_pool: int = 64,
+        test_pairs_per_user: int = 200,
+        beta: float = 1.5,
+        individual_noise: float = 0.35,
+        batch_size: int = 256,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.heldout: list[HeldOutUser] = []
+        self.embeddings: torch.Tensor | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Draw every user and label once (same seed, same data in every process)."""
+        if self.embeddings is not None:
+            return
+        hp = self.hparams
+        items = load_demo_items()
+        self.items = items
+        self.embeddings = torch.from_numpy(items.embeddings)
+        self.population = SimulatedPopulation(
+            items.standardized,
+            hp.num_train_users + hp.num_heldout_users,
+            beta=hp.beta,
+            individual_noise=hp.individual_noise,
+            seed=hp.seed,
+        )
+        pop, n_items = self.population, len(items.names)
+        train = [pop.pairs(u, hp.pairs_per_user) for u in range(hp.num_train_users)]
+        val = [pop.pairs(u, hp.val_pairs_per_user) for u in range(hp.num_train_users)]
+        self.train_pairs = self._pair_set(train)
+        self.val_pairs = self._pair_set(val)
+        lists_per_user = hp.ratings_per_user // hp.list_size
+        users, rated, targets = [], [], []
+        for u in range(hp.num_train_users):
+            chosen = pop.rng.choice(n_items, hp.ratings_per_user, replace=False)
+            ratings = pop.ratings(u, chosen)
+            users += [u] * lists_per_user
+            rated.append(chosen[: lists_per_user * hp.list_size].reshape(lists_per_user, hp.list_size))
+            targets.append(ratings[: lists_per_user * hp.list_size].reshape(lists_per_user, hp.list_size))
+        self.rating_lists = DictDataset(
+            user=torch.tensor(users),
+            items=torch.from_numpy(np.concatenate(rated)),
+            targets=torch.from_numpy(np.concatenate(targets)),
+        )
+        self.heldout = [
+            HeldOutUser(u, pop.pairs(u, hp.enroll_pool), pop.pairs(u, hp.test_pairs_per_user))
+            for u in range(hp.num_train_users, hp.num_train_users + hp.num_heldout_users)
+        ]
+
+    @staticmethod
+    def _pair_set(per_user: list[UserPairs]) -> DictDataset:
+        return DictDataset(
+            user=torch.cat([torch.full((len(p.a),), u) for u, p in enumerate(per_user)]),
+            a=torch.from_numpy(np.concatenate([p.a for p in per_user])),
+            b=torch.from_numpy(np.concatenate([p.b for p in per_user])),
+            label=torch.from_numpy(np.concatenate([p.label for p in per_user])),
+        )
+
+    def _collate_pairs(self, rows: list[dict[str, torch.Tensor]]) -> Batch:
+        batch = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+        return {
+            "user": batch["user"],
+            "emb_a": self.embeddings[batch["a"]],
+            "emb_b": self.embeddings[batch["b"]],
+            "label": batch["label"],
+        }
+
+    def _collate_lists(self, rows: list[dict[str, torch.Tensor]]) -> Batch:
+        batch = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+        return {
+            "user": batch["user"],
+            "emb": self.embeddings[batch["items"]],
+            "targets": batch["targets"],
+            "mask": torch.ones_like(batch["targets"], dtype=torch.bool),
+        }
+
+    def _loader(self, dataset: DictDataset, collate: Any, batch_size: int, shuffle: bool) -> DataLoader:
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.hparams.seed)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate)
+
+    def train_dataloader(self) -> CombinedLoader:
+        """Pairs and rating lists together; the shorter loader cycles."""
+        hp = self.hparams
+        list_batch = max(1, hp.batch_size * len(self.rating_lists) // len(self.train_pairs))
+        return CombinedLoader(
+            {
+                "pairs": self._loader(self.train_pairs, self._collate_pairs, hp.batch_size, True),
+                "ratings": self._loader(self.rating_lists, self._collate_lists, list_batch, True),
+            },
+            mode="max_size_cycle",
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """Held-out pairs of the training users."""
+        return self._loader(self.val_pairs, self._collate_pairs, 1024, False)
