@@ -188,3 +188,55 @@ def ratings_to_pairs(ratings: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     i, j = np.triu_indices(len(ratings), k=1)
     label = np.where(ratings[i] > ratings[j], 1.0, np.where(ratings[i] < ratings[j], 0.0, 0.5))
     return i, j, label.astype(np.float32)
+
+
+MODEL_FORMAT = "mmpref-personal-taste-1"
+
+
+def save_taste_model(model: PersonalTasteModel, prior: CodePrior, encoder_id: str, folder: str | Path) -> Path:
+    """Write a trained model as ``config.json`` + ``model.safetensors`` + ``prior.json`` (each atomically)."""
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "format": MODEL_FORMAT,
+        "embedding_dim": model.embedding_dim,
+        "num_users": model.user_codes.num_embeddings,
+        "rank": model.rank,
+        "hidden": model.hidden,
+        "encoder_id": encoder_id,
+    }
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_write(folder / "model.safetensors", "wb") as handle:
+        handle.write(save(state))
+    with atomic_write(folder / "prior.json", "w") as handle:
+        json.dump({"mean": prior.mean.tolist(), "covariance": prior.covariance.tolist()}, handle)
+    with atomic_write(folder / "config.json", "w") as handle:
+        json.dump(config, handle, indent=1)
+    return folder
+
+
+def load_taste_model(folder: str | Path) -> tuple[PersonalTasteModel, CodePrior, dict]:
+    """Read a model folder written by :func:`save_taste_model`; errors name the folder, the file and the fix."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    missing = [name for name in ("config.json", "model.safetensors", "prior.json") if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder}: not a personal taste model folder (missing {', '.join(missing)}); "
+            "train one with `mmpref demo --job taste` or save_taste_model()"
+        )
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("format") != MODEL_FORMAT:
+        raise ValueError(
+            f"{folder / 'config.json'}: field 'format' is {config.get('format')!r}, expected {MODEL_FORMAT!r}"
+        )
+    model = PersonalTasteModel(
+        config["embedding_dim"], config["num_users"], rank=config["rank"], hidden=config["hidden"]
+    )
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    prior_data = json.loads((folder / "prior.json").read_text())
+    prior = CodePrior(np.asarray(prior_data["mean"]), np.asarray(prior_data["covariance"]))
+    return model.eval(), prior, config
