@@ -54,3 +54,8 @@ def test_demo_writes_metrics_and_plot(tmp_path):
     assert [r["loss"] for r in metrics["results"]] == ["bradley_terry", "plackett_luce", "ranklist"]
     assert (tmp_path / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     assert "noise ceiling" in (tmp_path / "metrics.md").read_text()
+    taste = json.loads((tmp_path / "taste" / "metrics.json").read_text())
+    assert taste["heldout_users"] == 20 and len(taste["curve"]) == 8
+    for name in ("learning_curve.png", "person-0-contact-sheet.png", "person-0-scores.csv", "model/model.safetensors",
+                 "model/users/person-0.json"):
+        assert (tmp_path / "taste" / name).is_file(), name
