@@ -7,6 +7,7 @@ from mmpref.data.io import (
     atomic_write,
     read_jsonl_manifest,
     read_pickapic_parquet,
+    read_ratings_table,
     write_jsonl_manifest,
     write_pickapic_parquet,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "atomic_write",
     "read_jsonl_manifest",
     "read_pickapic_parquet",
+    "read_ratings_table",
     "write_jsonl_manifest",
     "write_pickapic_parquet",
 ]

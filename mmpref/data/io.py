@@ -396,3 +396,87 @@ def write_pickapic_parquet(pairs: Iterable[PreferencePair], path: str | Path) ->
     with atomic_write(path, "wb") as handle:
         frame.to_parquet(handle, index=False)
     return Path(path)
+
+
+RATINGS_REQUIRED = ("image", "user", "rating")
+
+
+def read_ratings_table(
+    path: str | Path,
+    *,
+    scale: tuple[float, float] = (1.0, 5.0),
+    check_images: bool = True,
+    image_root: str | Path | None = None,
+) -> list[Rating]:
+    """Read a ratings table (CSV or Parquet) with columns ``image``, ``user``, ``rating`` [, ``prompt``, ``id``].
+
+    Args:
+        path: ``.csv`` or ``.parquet`` file.
+        scale: (low, high) of the rating scale; ratings outside it are errors, not clipped.
+        check_images: decode every referenced image now.
+        image_root: folder relative image paths resolve against (default: the table's folder).
+
+    Returns:
+        One :class:`Rating` per row, with ``user_id`` set.
+
+    Raises:
+        DataError: naming every bad row and column, or the missing columns; nothing is returned.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, ["file not found; check the path"])
+    try:
+        frame = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
+    except Exception as err:
+        raise DataError(
+            path, [f"not a readable ratings table ({err.__class__.__name__}: {err}); use CSV or Parquet"]
+        ) from None
+    missing = [c for c in RATINGS_REQUIRED if c not in frame.columns]
+    if missing:
+        raise DataError(
+            path,
+            [
+                f"missing column(s) {missing}; found {list(frame.columns)}; a ratings table needs "
+                f"{list(RATINGS_REQUIRED)}"
+            ],
+        )
+    root = Path(image_root) if image_root is not None else path.parent
+    problems: list[str] = []
+    ratings: list[Rating] = []
+    seen: dict[str, int] = {}
+    for row_index, row in enumerate(frame.to_dict("records")):
+        where = f"row {row_index}"
+        image = row["image"]
+        if not isinstance(image, str) or not image:
+            problems.append(f"{where}: column 'image' must be a path, got {image!r}")
+            continue
+        full = Path(image) if os.path.isabs(image) else root / image
+        reason = check_image(full) if check_images else (None if full.exists() else "missing (file not found)")
+        if reason:
+            problems.append(f"{where}: column 'image': {str(full)!r} is {reason}; fix the path or file")
+        record_id = str(row["id"]) if "id" in row and row["id"] is not None else f"row{row_index}"
+        if record_id in seen:
+            problems.append(f"{where}: duplicate id {record_id!r} (first at row {seen[record_id]})")
+            continue
+        seen[record_id] = row_index
+        prompt = row.get("prompt")
+        try:
+            ratings.append(
+                Rating(
+                    id=record_id,
+                    item=str(full),
+                    rating=row["rating"],
+                    scale=scale,
+                    user_id=str(row["user"]),
+                    prompt=None
+                    if prompt is None or (isinstance(prompt, float) and math.isnan(prompt))
+                    else str(prompt),
+                )
+            )
+        except RecordError as err:
+            problems.append(f"{where}: {err}".replace("field 'rating'", "column 'rating'"))
+    if problems:
+        raise DataError(path, problems)
+    return ratings

@@ -204,3 +204,33 @@ def test_failed_write_leaves_the_old_file_untouched(tmp_path):
         write_jsonl_manifest(bad, path)
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["m.jsonl"]  # no temporary files left behind
+
+
+def test_ratings_table_csv_and_parquet(tmp_path):
+    from mmpref.data import read_ratings_table
+
+    (tmp_path / "x.png").write_bytes(_png())
+    (tmp_path / "y.png").write_bytes(_png((0, 9, 0)))
+    frame = pd.DataFrame({"image": ["x.png", "y.png", "x.png"], "user": ["7", "7", "bo"], "rating": [5, 1, 3]})
+    frame.to_csv(tmp_path / "r.csv", index=False)
+    frame.to_parquet(tmp_path / "r.parquet")
+    for name in ("r.csv", "r.parquet"):
+        ratings = read_ratings_table(tmp_path / name)
+        assert [(r.user_id, r.rating) for r in ratings] == [("7", 5.0), ("7", 1.0), ("bo", 3.0)]
+        assert ratings[0].item == str(tmp_path / "x.png")
+    frame.assign(rating=[5, 9, 3]).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match=r"row 1: column 'rating' = 9.0 is outside the scale"):
+        read_ratings_table(tmp_path / "bad.csv")
+    frame.rename(columns={"user": "rater"}).to_csv(tmp_path / "cols.csv", index=False)
+    with pytest.raises(DataError, match=r"missing column\(s\) \['user'\]"):
+        read_ratings_table(tmp_path / "cols.csv")
+    frame.assign(image=["x.png", "gone.png", "x.png"]).to_csv(tmp_path / "gone.csv", index=False)
+    with pytest.raises(DataError, match="row 1: column 'image': .*gone.png"):
+        read_ratings_table(tmp_path / "gone.csv")
+
+
+def test_pickapic_user_ids_are_kept_for_personal_models(tmp_path):
+    path = tmp_path / "pairs.parquet"
+    _pickapic_frame().to_parquet(path)
+    users = {p.user_id for p in read_pickapic_parquet(path, ties="keep")}
+    assert users == {"11", "12"}
