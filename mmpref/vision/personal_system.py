@@ -135,7 +135,7 @@ class DemoTasteDataModule(L.LightningDataModule):
         val_pairs_per_user: held-out pairs per training user (validation).
         enroll_pool: enrollment pairs drawn per held-out user.
         test_pairs_per_user: test pairs per held-out user.
-        beta: raters' rationality.
+        rater_beta: the simulated raters' rationality (Bradley-Terry inverse temperature).
         individual_noise: spread of individual tastes around their group's.
         batch_size: pairs (and rating lists) per batch.
         seed: seed of raters and labels.
@@ -151,7 +151,7 @@ class DemoTasteDataModule(L.LightningDataModule):
         val_pairs_per_user: int = 40,
         enroll_pool: int = 64,
         test_pairs_per_user: int = 200,
-        beta: float = 1.5,
+        rater_beta: float = 1.5,
         individual_noise: float = 0.35,
         batch_size: int = 256,
         seed: int = 0,
@@ -172,7 +172,7 @@ class DemoTasteDataModule(L.LightningDataModule):
         self.population = SimulatedPopulation(
             items.standardized,
             hp.num_train_users + hp.num_heldout_users,
-            beta=hp.beta,
+            beta=hp.rater_beta,
             individual_noise=hp.individual_noise,
             seed=hp.seed,
         )
