@@ -123,29 +123,43 @@ def load_video(path: str | Path, max_frames: int = 16, max_side: int | None = 25
 
 
 def save_video(frames: Sequence[np.ndarray | Image.Image], path: str | Path, fps: int = 8) -> Path:
-    """Write frames (``[H, W, 3]`` uint8 or PIL) as MP4 or GIF, by suffix, atomically."""
-    import imageio.v3 as iio
+    """Write frames (``[H, W, 3]`` uint8 or PIL) as MP4 (H.264 through imageio-ffmpeg) or GIF, by suffix, atomically."""
+    import os
+    import tempfile
 
     from mmpref.data.io import atomic_write
 
     path = Path(path)
-    arrays = np.stack(
-        [np.asarray(f.convert("RGB") if isinstance(f, Image.Image) else f, dtype=np.uint8) for f in frames]
-    )
+    images = [
+        f.convert("RGB") if isinstance(f, Image.Image) else Image.fromarray(np.asarray(f, np.uint8)) for f in frames
+    ]
+    if not images:
+        raise MediaError(f"{path}: no frames to write")
     suffix = path.suffix.lower()
-    if suffix not in (".mp4", ".gif"):
-        raise MediaError(f"{path}: write videos as .mp4 or .gif")
-    with atomic_write(path, "wb") as handle:
-        if suffix == ".gif":
-            iio.imwrite(handle, arrays, extension=".gif", duration=int(1000 / fps), loop=0)
-        else:
-            iio.imwrite(
-                handle,
-                arrays,
-                extension=".mp4",
-                fps=fps,
-                codec="libx264",
-                output_params=["-pix_fmt", "yuv420p"],
-                macro_block_size=1,
+    if suffix == ".gif":
+        with atomic_write(path, "wb") as handle:
+            images[0].save(
+                handle, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0
             )
+        return path
+    if suffix != ".mp4":
+        raise MediaError(f"{path}: write videos as .mp4 or .gif")
+    import imageio.v3 as iio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".mp4")
+    os.close(fd)
+    try:  # ffmpeg writes by path: write a temporary file beside the target, then move it over
+        iio.imwrite(
+            tmp,
+            np.stack([np.asarray(im) for im in images]),
+            fps=fps,
+            codec="libx264",
+            output_params=["-pix_fmt", "yuv420p"],
+            macro_block_size=1,
+        )
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path
