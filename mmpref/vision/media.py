@@ -123,7 +123,7 @@ def load_video(path: str | Path, max_frames: int = 16, max_side: int | None = 25
 
 
 def save_video(frames: Sequence[np.ndarray | Image.Image], path: str | Path, fps: int = 8) -> Path:
-    """Write frames (``[H, W, 3]`` uint8 or PIL) as MP4 (H.264 through imageio-ffmpeg) or GIF, by suffix, atomically."""
+    """Write frames (``[H, W, 3]`` uint8 or PIL) as MP4 (H.264, imageio-ffmpeg) or GIF, by suffix, atomically."""
     import os
     import tempfile
 
