@@ -64,14 +64,15 @@ class EmbeddingCache:
         with atomic_write(self._entry(key), "wb") as handle:
             np.save(handle, np.asarray(embedding, dtype=np.float32), allow_pickle=False)
 
-    def embed(self, paths: Sequence[str | Path], compute: Callable[[list[Path]], np.ndarray]) -> np.ndarray:
+    def embed(self, paths: Sequence[str | Path | bytes], compute: Callable[[list], np.ndarray]) -> np.ndarray:
         """Embeddings for ``paths`` in order: cached ones are read, the rest computed in one call and stored.
 
         Args:
-            paths: files (or frame folders) to embed.
-            compute: maps the missing paths to their embeddings ``[M, ...]``, in the same order.
+            paths: files (or frame folders) to embed, or encoded images as bytes (keyed by their SHA-256).
+            compute: maps the missing items (``Path`` objects, or the bytes as given) to their embeddings
+                ``[M, ...]``, in the same order.
         """
-        keys = [content_hash(p) for p in paths]
+        keys = [hashlib.sha256(p).hexdigest() if isinstance(p, bytes) else content_hash(p) for p in paths]
         found: dict[int, np.ndarray] = {}
         missing: list[int] = []
         for index, key in enumerate(keys):
@@ -83,7 +84,7 @@ class EmbeddingCache:
         self.hits += len(found)
         self.misses += len(missing)
         if missing:
-            computed = compute([Path(paths[i]) for i in missing])
+            computed = compute([paths[i] if isinstance(paths[i], bytes) else Path(paths[i]) for i in missing])
             for index, embedding in zip(missing, computed, strict=True):
                 self.put(keys[index], embedding)
                 found[index] = np.asarray(embedding, np.float32)

