@@ -248,6 +248,30 @@ def write_jsonl_manifest(records: Iterable[Record], path: str | Path) -> Path:
     return Path(path)
 
 
+def _read_table(path: Path, required: Sequence[str], kind: str, parquet_only: bool = False) -> Any:
+    """Read a Parquet (or CSV) table and check its columns; a ``DataError`` names the file and the fix."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise DataError(path, ["file not found; check the path"])
+    try:
+        csv = not parquet_only and path.suffix.lower() == ".csv"
+        frame = pd.read_csv(path) if csv else pd.read_parquet(path)
+    except Exception as err:  # pandas/pyarrow raise several types for a corrupt file
+        formats = "Parquet" if parquet_only else "CSV or Parquet"
+        raise DataError(path, [f"not a readable {formats} file ({err.__class__.__name__}: {err})"]) from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DataError(
+            path,
+            [
+                f"missing column(s) {missing}; found {list(frame.columns)}; {kind} needs "
+                f"{list(required)} (rename columns to match)"
+            ],
+        )
+    return frame
+
+
 PICKAPIC_REQUIRED = ("caption", "jpg_0", "jpg_1", "label_0")
 
 
@@ -277,26 +301,10 @@ def read_pickapic_parquet(
     Raises:
         DataError: naming every bad row and field, or the missing columns; nothing is returned.
     """
-    import pandas as pd
-
     if ties not in ("keep", "drop"):
         raise ValueError(f"ties must be 'keep' or 'drop', got {ties!r}")
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, ["file not found; check the path"])
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as err:  # pyarrow raises several types for a corrupt file
-        raise DataError(path, [f"not a readable Parquet file ({err.__class__.__name__}: {err})"]) from None
-    missing = [c for c in PICKAPIC_REQUIRED if c not in frame.columns]
-    if missing:
-        raise DataError(
-            path,
-            [
-                f"missing column(s) {missing}; found {list(frame.columns)}; a Pick-a-Pic-style file "
-                f"needs {list(PICKAPIC_REQUIRED)} (rename columns to match)"
-            ],
-        )
+    frame = _read_table(path, PICKAPIC_REQUIRED, "a Pick-a-Pic-style file", parquet_only=True)
     root = Path(image_root) if image_root is not None else path.parent
     id_column = next((c for c in ("ranking_id", "id") if c in frame.columns), None)
     problems: list[str] = []
@@ -422,26 +430,8 @@ def read_ratings_table(
     Raises:
         DataError: naming every bad row and column, or the missing columns; nothing is returned.
     """
-    import pandas as pd
-
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, ["file not found; check the path"])
-    try:
-        frame = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
-    except Exception as err:
-        raise DataError(
-            path, [f"not a readable ratings table ({err.__class__.__name__}: {err}); use CSV or Parquet"]
-        ) from None
-    missing = [c for c in RATINGS_REQUIRED if c not in frame.columns]
-    if missing:
-        raise DataError(
-            path,
-            [
-                f"missing column(s) {missing}; found {list(frame.columns)}; a ratings table needs "
-                f"{list(RATINGS_REQUIRED)}"
-            ],
-        )
+    frame = _read_table(path, RATINGS_REQUIRED, "a ratings table")
     root = Path(image_root) if image_root is not None else path.parent
     problems: list[str] = []
     ratings: list[Rating] = []

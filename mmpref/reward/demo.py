@@ -13,7 +13,6 @@ import json
 import logging
 import platform
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +25,12 @@ from mmpref.reward.datamodule import SyntheticPreferenceDataModule
 from mmpref.reward.metrics import PairwiseCalibrationError
 from mmpref.reward.networks import MLPScorer
 from mmpref.reward.system import RewardModelSystem
+from mmpref.reward.trainers import quick_trainer, quiet_lightning
 
 logger = logging.getLogger(__name__)
 
 # loss name -> the training data it is shown with (pairs for pairwise losses, ranked lists for listwise ones)
 DEMO_LOSSES: dict[str, str] = {"bradley_terry": "pairs", "plackett_luce": "lists", "ranklist": "lists"}
-
-
-def _quiet_lightning() -> None:
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="lightning")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
 def train_one(
@@ -52,14 +45,7 @@ def train_one(
     system = RewardModelSystem(
         MLPScorer(num_features, hidden=[64]), loss=loss, optimizer=lambda p: torch.optim.AdamW(p, lr=lr)
     )
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quick_trainer(epochs)
     start = time.perf_counter()
     trainer.fit(system, data)
     seconds = time.perf_counter() - start
@@ -121,7 +107,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
 def run_reward_demo(out_dir: str | Path = "runs/demo", epochs: int = 15, seed: int = 0) -> list[dict[str, Any]]:
     """Train and evaluate one reward model per demo loss; write metrics.json, metrics.md and reliability.png."""
-    _quiet_lightning()
+    quiet_lightning()
     out = Path(out_dir)
     results = [
         train_one(loss, kind, epochs=epochs, seed=seed)

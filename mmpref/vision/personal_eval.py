@@ -13,6 +13,7 @@ import torch
 
 from mmpref.data.io import atomic_write
 from mmpref.reward.metrics import PairwiseCalibrationError
+from mmpref.reward.trainers import quick_trainer
 from mmpref.vision.demo_data import SimulatedPopulation
 from mmpref.vision.personal import CodePrior, PersonalTasteModel, enroll
 from mmpref.vision.personal_system import DemoTasteDataModule, PersonalTasteSystem
@@ -28,15 +29,7 @@ def train_personal_model(
     data.setup()
     model = PersonalTasteModel(data.embeddings.shape[1], data.hparams.num_train_users, rank=rank, hidden=hidden)
     system = PersonalTasteSystem(model, optimizer=lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=1e-4))
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = quick_trainer(epochs, num_sanity_val_steps=0)
     trainer.fit(system, data)
     return model.eval()
 

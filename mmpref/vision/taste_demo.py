@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import torch
 from mmpref.data import PreferencePair, write_jsonl_manifest
 from mmpref.data.io import atomic_write
 from mmpref.reward.metrics import kendall_tau
+from mmpref.reward.trainers import quiet_lightning
 from mmpref.vision.demo_data import make_demo_image
 from mmpref.vision.personal import CodePrior, save_taste_model
 from mmpref.vision.personal_eval import evaluate_enrollment, plot_learning_curve, train_personal_model
@@ -30,9 +29,7 @@ from mmpref.vision.scoring import TasteScorer, contact_sheet, format_table, writ
 
 def run_taste_demo(out_dir: str | Path = "runs/demo/taste", epochs: int = 25, seed: int = 0) -> dict[str, Any]:
     """Run the whole demo; returns its figures and writes them under ``out_dir``."""
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="lightning")
+    quiet_lightning()
     out = Path(out_dir)
     data = DemoTasteDataModule(seed=seed)
     model = train_personal_model(data, epochs=epochs, seed=seed)

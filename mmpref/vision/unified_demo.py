@@ -21,6 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from mmpref.reward.datamodule import DictDataset
+from mmpref.reward.trainers import quick_trainer
 from mmpref.vision.demo_data import DemoItems, source_photos
 from mmpref.vision.encoders import ImageEncoder
 from mmpref.vision.unified import UnifiedRewardModel, UnifiedRewardSystem
@@ -158,13 +159,6 @@ def fit_unified(
     L.seed_everything(seed, verbose=False)
     loaders = {key: DataLoader(ds, batch_size=batch_size, shuffle=True) for key, ds in train.items()}
     system = UnifiedRewardSystem(model, optimizer=lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=1e-4))
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quick_trainer(epochs)
     trainer.fit(system, CombinedLoader(loaders, mode="max_size_cycle"))
     return model.eval()
