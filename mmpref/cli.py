@@ -17,6 +17,7 @@ OWN_JOBS = {
     "demo": "run the jobs on embedded defaults (reward models; personal image scoring) and write runs/demo/",
     "score": "score images/videos for a user: mmpref score --model DIR --user ID FOLDER [--csv F] [--sheet F.png]",
     "enroll": "create a user profile from labelled pairs/ratings: mmpref enroll --model DIR --user ID LABELS.jsonl",
+    "label": "collect human labels: mmpref label serve|annotator|import|export --db labels.sqlite",
     "version": "print mmpref's version",
 }
 
@@ -133,18 +134,30 @@ def run_score(argv: Sequence[str]) -> int:
 def run_enroll(argv: Sequence[str]) -> int:
     """``mmpref enroll``: create a user profile from a JSONL file of labelled pairs and/or ratings."""
     parser = argparse.ArgumentParser(prog="mmpref enroll", description=run_enroll.__doc__)
-    parser.add_argument("labels", help='JSONL: {"type": "pair", "a": img, "b": img, "label": 1} / rating lines')
+    parser.add_argument("labels", nargs="?", help='JSONL: {"type": "pair", "a": img, "b": img, "label": 1} / ratings')
     parser.add_argument("--model", required=True, help="personal taste model folder")
     parser.add_argument("--user", required=True, help="id of the new user")
+    parser.add_argument("--store", default=None, help="read the labels from a label store instead (mmpref label)")
+    parser.add_argument("--annotator", default=None, help="with --store: whose labels (default: --user)")
     parser.add_argument("--cache", default=None, help="embedding cache folder (default: <model>/cache)")
     args = parser.parse_args(argv)
     from mmpref.data import DataError, read_jsonl_manifest
     from mmpref.vision.media import MediaError
     from mmpref.vision.scoring import ScoringError, TasteScorer
 
+    if (args.labels is None) == (args.store is None):
+        print("mmpref enroll: give either a labels file or --store", file=sys.stderr)
+        return 2
     try:
         scorer = TasteScorer(args.model, cache_dir=args.cache)
-        profile = scorer.enroll_from_records(args.user, read_jsonl_manifest(args.labels))
+        if args.store is not None:
+            from mmpref.feedback.hooks import records_for_annotator
+            from mmpref.feedback.store import LabelStore
+
+            records = records_for_annotator(LabelStore(args.store), args.annotator or args.user)
+        else:
+            records = read_jsonl_manifest(args.labels)
+        profile = scorer.enroll_from_records(args.user, records)
     except (DataError, ScoringError, MediaError, FileNotFoundError, ValueError) as err:
         print(f"mmpref enroll: {err}", file=sys.stderr)
         return 2
@@ -152,6 +165,46 @@ def run_enroll(argv: Sequence[str]) -> int:
         f"enrolled {profile.user_id!r} from {profile.num_labels} comparisons; code uncertainty "
         f"{profile.uncertainty:.3f}; profile: {scorer.profile_path(args.user)}"
     )
+    return 0
+
+
+def run_label(argv: Sequence[str]) -> int:
+    """``mmpref label``: the labelling web app and its store."""
+    parser = argparse.ArgumentParser(prog="mmpref label", description=run_label.__doc__)
+    parser.add_argument("--db", default="labels.sqlite", help="store: a SQLite file or a SQLAlchemy URL")
+    sub = parser.add_subparsers(dest="action", required=True)
+    serve = sub.add_parser("serve", help="serve the web app (127.0.0.1 by default)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    annotator = sub.add_parser("annotator", help="create an annotator and print their token")
+    annotator.add_argument("name")
+    imported = sub.add_parser("import", help="create tasks from a JSONL manifest of pairs, lists and ratings")
+    imported.add_argument("manifest")
+    exported = sub.add_parser("export", help="write all labels to .jsonl (all kinds) or .parquet (pairs)")
+    exported.add_argument("out")
+    args = parser.parse_args(argv)
+    from mmpref.data import DataError
+    from mmpref.feedback.exchange import export_labels, import_manifest
+    from mmpref.feedback.store import LabelStore, StoreError
+
+    try:
+        store = LabelStore(args.db)
+        if args.action == "serve":
+            import uvicorn
+
+            from mmpref.feedback.app import create_app
+
+            print(f"mmpref labelling on http://{args.host}:{args.port}/  (store: {store.url})", flush=True)
+            uvicorn.run(create_app(store), host=args.host, port=args.port, log_level="warning")
+        elif args.action == "annotator":
+            print(store.add_annotator(args.name))
+        elif args.action == "import":
+            print(f"created {len(import_manifest(store, args.manifest))} tasks")
+        else:
+            print(f"wrote {export_labels(store, args.out)}")
+    except (StoreError, DataError) as err:
+        print(f"mmpref label: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -172,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_score(rest)
     if job == "enroll":
         return run_enroll(rest)
+    if job == "label":
+        return run_label(rest)
     if job == "version":
         from mmpref import __version__
 
