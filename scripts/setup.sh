@@ -19,4 +19,13 @@ if [ -n "$extras" ]; then
 else
   .venv/bin/python -m pip install --quiet -e .
 fi
+# The browser test of the labelling app drives Debian's Chromium (never a downloaded browser): install it with the
+# dev extra when this machine can (root + apt-get); elsewhere that one test is skipped and says why.
+if [[ ",$extras," == *",dev,"* ]] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "note: chromium not installed (needs root + apt-get); the browser test will be skipped" >&2
+  fi
+fi
 .venv/bin/python -c "import torch, mmpref; print(f'mmpref {mmpref.__version__} ready (torch {torch.__version__})')"

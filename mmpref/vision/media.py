@@ -155,7 +155,7 @@ def save_video(frames: Sequence[np.ndarray | Image.Image], path: str | Path, fps
             np.stack([np.asarray(im) for im in images]),
             fps=fps,
             codec="libx264",
-            output_params=["-pix_fmt", "yuv420p"],
+            pixelformat="yuv420p",  # the format browsers decode
             macro_block_size=1,
         )
         os.replace(tmp, path)
