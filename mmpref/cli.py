@@ -178,8 +178,10 @@ def run_label(argv: Sequence[str]) -> int:
     serve.add_argument("--port", type=int, default=8765)
     annotator = sub.add_parser("annotator", help="create an annotator and print their token")
     annotator.add_argument("name")
-    imported = sub.add_parser("import", help="create tasks from a JSONL manifest of pairs, lists and ratings")
-    imported.add_argument("manifest")
+    imported = sub.add_parser("import", help="create tasks from a JSONL manifest or a Pick-a-Pic Parquet")
+    imported.add_argument("manifest", help=".jsonl (pairs, lists, ratings of media files) or .parquet (Pick-a-Pic)")
+    imported.add_argument("--media-dir", default="label_media", help="where Parquet image bytes are written")
+    imported.add_argument("--labels-as", default=None, help="also import the file's labels as this annotator")
     exported = sub.add_parser("export", help="write all labels to .jsonl (all kinds) or .parquet (pairs)")
     exported.add_argument("out")
     args = parser.parse_args(argv)
@@ -199,7 +201,13 @@ def run_label(argv: Sequence[str]) -> int:
         elif args.action == "annotator":
             print(store.add_annotator(args.name))
         elif args.action == "import":
-            print(f"created {len(import_manifest(store, args.manifest))} tasks")
+            if args.manifest.endswith(".parquet"):
+                from mmpref.feedback.exchange import import_pickapic
+
+                created = import_pickapic(store, args.manifest, args.media_dir, annotator=args.labels_as)
+            else:
+                created = import_manifest(store, args.manifest)
+            print(f"created {len(created)} tasks")
         else:
             print(f"wrote {export_labels(store, args.out)}")
     except (StoreError, DataError) as err:

@@ -84,3 +84,45 @@ def import_manifest(store: LabelStore, path: str | Path, source: str = "import")
         else:
             created.append(store.add_task("rating", [record.item], record.prompt, source))
     return created
+
+
+def import_pickapic(
+    store: LabelStore, path: str | Path, media_dir: str | Path, ties: str = "keep", annotator: str | None = None
+) -> list[int]:
+    """Create pair tasks from a Pick-a-Pic-style Parquet; images held as bytes are written to ``media_dir``.
+
+    Image bytes are stored once per content (file name = SHA-256), so re-importing adds no duplicate media. With
+    ``annotator``, the file's own labels are imported too, attributed to that (existing) annotator: label_0 = 1 →
+    choice 0, 0 → choice 1, 0.5 → tie.
+    """
+    import hashlib
+
+    from mmpref.data import read_pickapic_parquet
+    from mmpref.data.io import atomic_write
+
+    pairs = read_pickapic_parquet(path, ties=ties)  # validates every row (and decodes every image) first
+    annotator_id = None
+    if annotator is not None:
+        with store.engine.connect() as conn:
+            annotator_id = conn.execute(annotators.select().where(annotators.c.name == annotator)).first()
+        if annotator_id is None:
+            raise StoreError(f"unknown annotator {annotator!r}; create them with `mmpref label annotator`")
+        annotator_id = annotator_id.id
+    media_dir = Path(media_dir)
+    created = []
+    for pair in pairs:
+        paths = []
+        for item in (pair.a, pair.b):
+            if isinstance(item, bytes):
+                target = media_dir / f"{hashlib.sha256(item).hexdigest()}.img"
+                if not target.exists():
+                    with atomic_write(target, "wb") as handle:
+                        handle.write(item)
+                item = target
+            paths.append(item)
+        task_id = store.add_task("pair", paths, pair.prompt, source=f"pickapic:{pair.id}")
+        created.append(task_id)
+        if annotator_id is not None:
+            choice = "tie" if pair.label == 0.5 else (0 if pair.label > 0.5 else 1)
+            store.add_label(annotator_id, task_id, {"choice": choice}, label_uuid=f"pickapic-{task_id}-{pair.id}"[:64])
+    return created

@@ -94,3 +94,36 @@ def test_an_old_store_is_migrated_in_place(tmp_path, images):
     assert store.task(new).source == "pbrl"
     with sqlite3.connect(path) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_pickapic_import_writes_media_once_and_keeps_labels(tmp_path, store):
+    import io
+
+    import pandas as pd
+    from PIL import Image
+
+    from mmpref.feedback.exchange import import_pickapic
+
+    def png(colour):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), colour).save(buf, format="PNG")
+        return buf.getvalue()
+
+    red, blue = png((255, 0, 0)), png((0, 0, 255))
+    pd.DataFrame(
+        {
+            "caption": ["c1", "c2"],
+            "jpg_0": [red, blue],
+            "jpg_1": [blue, red],
+            "label_0": [1.0, 0.5],
+            "user_id": ["u", "u"],
+        }
+    ).to_parquet(tmp_path / "pp.parquet")
+    store.add_annotator("imported", "token-imported-1")
+    created = import_pickapic(store, tmp_path / "pp.parquet", tmp_path / "media", annotator="imported")
+    assert len(created) == 2 and len(list((tmp_path / "media").iterdir())) == 2
+    answers = [lb.answer for lb in store.labels() if lb.task_id in created]
+    assert answers == [{"choice": 0}, {"choice": "tie"}]
+    assert store.task(created[0]).source == "pickapic:row0"
+    with pytest.raises(StoreError, match="unknown annotator"):
+        import_pickapic(store, tmp_path / "pp.parquet", tmp_path / "media", annotator="nobody")
