@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 LIGHTNING_JOBS = {
     "fit": "train a system from a recipe: mmpref fit --config recipes/reward/synthetic_bt.yaml",
@@ -18,6 +20,7 @@ OWN_JOBS = {
     "score": "score images/videos for a user: mmpref score --model DIR --user ID FOLDER [--csv F] [--sheet F.png]",
     "enroll": "create a user profile from labelled pairs/ratings: mmpref enroll --model DIR --user ID LABELS.jsonl",
     "label": "collect human labels: mmpref label serve|annotator|import|export --db labels.sqlite",
+    "pbrl": "train a Meta-World policy from preferences: mmpref pbrl --config recipes/control/button_press.yaml",
     "version": "print mmpref's version",
 }
 
@@ -168,6 +171,56 @@ def run_enroll(argv: Sequence[str]) -> int:
     return 0
 
 
+def run_pbrl(argv: Sequence[str]) -> int:
+    """``mmpref pbrl``: online preference-based RL in Meta-World (PEBBLE-style), resumable."""
+    parser = argparse.ArgumentParser(prog="mmpref pbrl", description=run_pbrl.__doc__)
+    parser.add_argument("--config", default=None, help="a YAML recipe (fields of mmpref.control.pbrl.PbRLConfig)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override recipe fields")
+    parser.add_argument("--out", default=None, help="output folder (default runs/pbrl/<task>-seed<seed>)")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    parser.add_argument("--no-video", action="store_true", help="skip the MP4 of the final policy")
+    args = parser.parse_args(argv)
+    import yaml
+
+    from mmpref.control.pbrl import PbRLConfig, PbRLLoop
+    from mmpref.control.video import plot_success_curve, record_policy
+
+    settings = {}
+    if args.config:
+        settings = yaml.safe_load(open(args.config)) or {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        settings[key] = yaml.safe_load(value)
+    try:
+        config = PbRLConfig(**settings)
+    except (TypeError, ValueError) as err:
+        print(f"mmpref pbrl: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out or f"runs/pbrl/{config.task}-seed{config.seed}")
+    try:
+        loop = PbRLLoop.load(out / "checkpoint") if args.resume else PbRLLoop(config)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"mmpref pbrl: {err}", file=sys.stderr)
+        return 2
+    history = loop.run(checkpoint=out / "checkpoint")
+    plot_success_curve(history, out / "success_curve.png", title=f"{config.task}: PbRL ({config.reward} reward)")
+    summary = {"config": vars(config), "history": history, "budget": vars(loop.teacher.budget)}
+    if not args.no_video:
+        summary["video"] = record_policy(
+            lambda o: loop.model.predict(o, deterministic=True)[0],
+            config.task,
+            out / "final_policy.mp4",
+            seed=config.seed + 20_000,
+        )
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    print(
+        f"final success rate {history[-1]['success_rate']:.2f} with {history[-1]['labels']} labels; "
+        f"written: {out}/success_curve.png, {out}/summary.json"
+        + ("" if args.no_video else f", {out}/final_policy.mp4")
+    )
+    return 0
+
+
 def run_label(argv: Sequence[str]) -> int:
     """``mmpref label``: the labelling web app and its store."""
     parser = argparse.ArgumentParser(prog="mmpref label", description=run_label.__doc__)
@@ -235,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_enroll(rest)
     if job == "label":
         return run_label(rest)
+    if job == "pbrl":
+        return run_pbrl(rest)
     if job == "version":
         from mmpref import __version__
 

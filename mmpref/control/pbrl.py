@@ -417,9 +417,13 @@ def _layers(env: gym.Env) -> list[Any]:
 def _env_state(env: gym.Env) -> dict[str, Any]:
     """Simulator state plus every wrapper's small attributes (step counters, reset flags, random generators)."""
     data = env.unwrapped.data
-    return {"qpos": data.qpos.copy(), "qvel": data.qvel.copy(), "mocap_pos": data.mocap_pos.copy(),
-            "mocap_quat": data.mocap_quat.copy(),
-            "layers": [{k: v for k, v in vars(layer).items() if _plain(v)} for layer in _layers(env)]}
+    return {
+        "qpos": data.qpos.copy(),
+        "qvel": data.qvel.copy(),
+        "mocap_pos": data.mocap_pos.copy(),
+        "mocap_quat": data.mocap_quat.copy(),
+        "layers": [{k: v for k, v in vars(layer).items() if _plain(v)} for layer in _layers(env)],
+    }
 
 
 def _set_env_state(env: gym.Env, state: dict[str, Any]) -> None:
