@@ -23,7 +23,7 @@ def record_policy(
     stop_on_success: bool = True,
 ) -> dict[str, float]:
     """Roll a policy out once with rendering and write an MP4 (every ``every``-th frame); returns its outcome."""
-    from mmpref.vision.media import save_video
+    from mmpref.data.video import save_video
 
     env = make_env(task, seed=seed, render_mode="rgb_array", width=width, height=height)
     try:
