@@ -12,6 +12,7 @@ from typing import Literal, get_args
 
 import torch
 
+from mmpref.losses.gaussian import gaussian_bradley_terry, gaussian_kl_standard, gaussian_segment_return
 from mmpref.losses.listwise import listnet, plackett_luce, ranklist
 from mmpref.losses.pairwise import (
     bradley_terry,
@@ -70,6 +71,9 @@ __all__ = [
     "LossName",
     "PairwiseLossName",
     "bradley_terry",
+    "gaussian_bradley_terry",
+    "gaussian_kl_standard",
+    "gaussian_segment_return",
     "get_loss",
     "hinge",
     "ipo",
