@@ -1,0 +1,315 @@
+r"""Gaussian MLP policies for Meta-World (39-d observations → 4-d actions in [-1, 1]) and behaviour cloning.
+
+:class:`GaussianPolicy` is a diagonal Gaussian with a state-dependent standard deviation, either *tanh-squashed*
+(SAC's parameterisation, Haarnoja et al. 2018, appendix C, eq. 21) or *clipped*:
+
+- ``squash="tanh"``: u ~ N(μ(s), σ(s)²), a = tanh(u), and
+
+  .. math:: \log \pi(a \mid s) = \sum_i \Big[\log \mathcal N(\operatorname{atanh} a_i;\ \mu_i, \sigma_i^2)
+            - \log(1 - a_i^2)\Big]
+
+  Actions on the boundary (a scripted expert's ±1) have infinite atanh, so they are pulled inside to
+  ±(1 − ``action_eps``) first; the density is exact everywhere inside that band.
+- ``squash="clip"``: a = clip(u, −1, 1) and log π(a|s) is the Gaussian density of u = a (the mass that clipping
+  puts on ±1 is ignored, the usual choice in behaviour cloning).
+
+Per-step log-probabilities are what every policy score of the loss core is built from: the segment score of CPL and
+trajectory DPO is Σ_t log π(a_t|s_t) (:meth:`GaussianPolicy.segment_log_prob`). Observations are standardised by
+buffers (``obs_mean``, ``obs_std``), set from demonstrations by :func:`behaviour_cloning` and saved with the weights.
+
+:func:`behaviour_cloning` maximises the demonstrations' log-likelihood, E_(s,a)~D[−log π(a|s)] (Pomerleau 1989;
+the BC stage of CPL, Hejna et al. 2024, and of peeling-style finetuning) through the small Lightning module
+:class:`BehaviourCloning`. :func:`save_policy` / :func:`load_policy` keep a policy in one safetensors file with its
+constructor arguments in the metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from mmpref.data import DataError, atomic_write
+from mmpref.reward.trainers import quick_trainer, quiet_lightning
+
+Squash = Literal["tanh", "clip"]
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+logger = logging.getLogger(__name__)
+
+
+class GaussianPolicy(nn.Module):
+    """π(a|s): an MLP giving the mean and log standard deviation of a diagonal Gaussian, squashed or clipped.
+
+    Args:
+        obs_dim: observation size (Meta-World: 39).
+        act_dim: action size (Meta-World: 4).
+        hidden: width of each hidden layer.
+        layers: number of hidden layers.
+        squash: ``"tanh"`` (a = tanh(u)) or ``"clip"`` (a = clip(u, −1, 1)).
+        log_std_min: lower bound of log σ (keeps log-likelihoods finite).
+        log_std_max: upper bound of log σ.
+        action_eps: with ``"tanh"``, actions are clamped to ±(1 − action_eps) before atanh.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int = 39,
+        act_dim: int = 4,
+        hidden: int = 256,
+        layers: int = 2,
+        squash: Squash = "tanh",
+        log_std_min: float = -5.0,
+        log_std_max: float = 1.0,
+        action_eps: float = 1e-3,
+    ):
+        super().__init__()
+        if squash not in ("tanh", "clip"):
+            raise ValueError(f"squash must be 'tanh' or 'clip', got {squash!r}")
+        if not log_std_min < log_std_max:
+            raise ValueError(f"need log_std_min < log_std_max, got {log_std_min} and {log_std_max}")
+        if not 0 < action_eps < 1:
+            raise ValueError(f"action_eps must lie in (0, 1), got {action_eps}")
+        if obs_dim < 1 or act_dim < 1 or hidden < 1 or layers < 1:
+            raise ValueError(f"obs_dim, act_dim, hidden, layers must be >= 1, got {obs_dim, act_dim, hidden, layers}")
+        self.config: dict[str, Any] = {
+            "obs_dim": obs_dim,
+            "act_dim": act_dim,
+            "hidden": hidden,
+            "layers": layers,
+            "squash": squash,
+            "log_std_min": log_std_min,
+            "log_std_max": log_std_max,
+            "action_eps": action_eps,
+        }
+        self.obs_dim, self.act_dim, self.squash = obs_dim, act_dim, squash
+        self.log_std_min, self.log_std_max, self.action_eps = log_std_min, log_std_max, action_eps
+        blocks: list[nn.Module] = []
+        width = obs_dim
+        for _ in range(layers):
+            blocks += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        self.trunk = nn.Sequential(*blocks)
+        self.head = nn.Linear(width, 2 * act_dim)
+        self.register_buffer("obs_mean", torch.zeros(obs_dim))
+        self.register_buffer("obs_std", torch.ones(obs_dim))
+
+    def set_normalizer(self, observations: np.ndarray | torch.Tensor, min_std: float = 1e-3) -> None:
+        """Standardise inputs by the mean and standard deviation of ``observations`` ``[N, o]``."""
+        obs = torch.as_tensor(np.asarray(observations), dtype=torch.float32).reshape(-1, self.obs_dim)
+        self.obs_mean.copy_(obs.mean(0))
+        self.obs_std.copy_(obs.std(0).clamp_min(min_std) if len(obs) > 1 else torch.ones(self.obs_dim))
+
+    def _check(self, name: str, x: torch.Tensor, size: int) -> None:
+        if x.shape[-1] != size:
+            raise ValueError(f"{name} must end in size {size}, got shape {tuple(x.shape)}")
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean μ(s) and log σ(s) of the (pre-squash) Gaussian, each ``[..., act_dim]``, for ``obs`` ``[..., o]``."""
+        self._check("obs", obs, self.obs_dim)
+        out = self.head(self.trunk((obs - self.obs_mean) / self.obs_std))
+        mean, log_std = out.chunk(2, dim=-1)
+        # a smooth squash into [min, max] keeps gradients alive at the bounds (hard clamping would zero them)
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1)
+        return mean, log_std
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Per-step log π(a|s), summed over action dimensions: ``[..., o]``, ``[..., a]`` → ``[...]``."""
+        self._check("actions", actions, self.act_dim)
+        if obs.shape[:-1] != actions.shape[:-1]:
+            raise ValueError(f"obs {tuple(obs.shape)} and actions {tuple(actions.shape)} differ in leading shape")
+        mean, log_std = self(obs)
+        actions = actions.to(mean.dtype)
+        if self.squash == "tanh":
+            bound = 1.0 - self.action_eps
+            actions = actions.clamp(-bound, bound)
+            u = torch.atanh(actions)
+            jacobian = torch.log1p(-actions.pow(2))
+        else:
+            u = actions
+            jacobian = torch.zeros_like(actions)
+        gaussian = -0.5 * ((u - mean) / log_std.exp()).pow(2) - log_std - _LOG_SQRT_2PI
+        return (gaussian - jacobian).sum(-1)
+
+    def segment_log_prob(
+        self, obs: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        r"""Σ_t log π(a_t|s_t) over segments: ``[B, T, o]``, ``[B, T, a]`` (, mask ``[B, T]``) → ``[B]``.
+
+        The CPL / trajectory-DPO segment score before its α or β (Hejna et al. 2024, eq. 5; the reference policy's
+        is subtracted by the caller for DPO). Steps where ``mask`` is False (padding) count 0.
+        """
+        if obs.dim() != 3:
+            raise ValueError(f"segment observations must be [B, T, o], got shape {tuple(obs.shape)}")
+        per_step = self.log_prob(obs, actions)
+        if mask is not None:
+            if mask.shape != per_step.shape:
+                raise ValueError(f"mask {tuple(mask.shape)} must match segments {tuple(per_step.shape)}")
+            per_step = per_step * mask.to(per_step.dtype)
+        return per_step.sum(-1)
+
+    def act(
+        self,
+        obs: torch.Tensor | np.ndarray,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor | np.ndarray:
+        """Actions in [-1, 1] for ``obs`` ``[..., o]``: the squashed mean if ``deterministic``, else a sample.
+
+        NumPy in gives NumPy out (float32); no gradient flows.
+        """
+        is_numpy = isinstance(obs, np.ndarray)
+        x = torch.as_tensor(obs, dtype=torch.float32) if is_numpy else obs
+        with torch.no_grad():
+            mean, log_std = self(x)
+            u = mean
+            if not deterministic:
+                noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+                u = mean + log_std.exp() * noise
+            action = torch.tanh(u) if self.squash == "tanh" else u.clamp(-1.0, 1.0)
+        return action.numpy() if is_numpy else action
+
+    def numpy_policy(self, deterministic: bool = False, seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+        """A ``obs → action`` callable for :func:`mmpref.control.segments.rollout` (own seeded generator)."""
+        generator = torch.Generator().manual_seed(seed)
+
+        def policy(obs: np.ndarray) -> np.ndarray:
+            return self.act(np.asarray(obs, np.float32), deterministic, generator).astype(np.float64)
+
+        return policy
+
+
+def save_policy(policy: GaussianPolicy, path: str | Path) -> Path:
+    """Write a policy's weights and normaliser to one safetensors file (constructor arguments in the metadata)."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().contiguous().cpu() for k, v in policy.state_dict().items()}
+    data = save(state, metadata={"format": "mmpref.GaussianPolicy", "config": json.dumps(policy.config)})
+    with atomic_write(path, "wb") as handle:
+        handle.write(data)
+    return Path(path)
+
+
+def load_policy(path: str | Path) -> GaussianPolicy:
+    """Rebuild a policy written by :func:`save_policy`; a ``DataError`` names the file and what is wrong."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, ["file not found; check the path"])
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        state = load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        raise DataError(path, [f"not a readable safetensors file ({err}); re-write it with save_policy"]) from None
+    if metadata.get("format") != "mmpref.GaussianPolicy" or "config" not in metadata:
+        raise DataError(path, ["metadata field 'config' missing: not written by mmpref.control.policies.save_policy"])
+    policy = GaussianPolicy(**json.loads(metadata["config"]))
+    try:
+        policy.load_state_dict(state)
+    except RuntimeError as err:
+        raise DataError(path, [f"weights do not fit the stored config ({err})"]) from None
+    return policy
+
+
+class BehaviourCloning(L.LightningModule):
+    """Maximum-likelihood behaviour cloning: loss = mean over steps of −log π(a|s).
+
+    Args:
+        policy: the policy to train.
+        lr: Adam learning rate.
+        weight_decay: Adam (decoupled, AdamW) weight decay.
+    """
+
+    def __init__(self, policy: GaussianPolicy, lr: float = 1e-3, weight_decay: float = 0.0):
+        super().__init__()
+        self.policy = policy
+        self.lr, self.weight_decay = lr, weight_decay
+
+    def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Negative log-likelihood of a batch of (observation, action) pairs."""
+        obs, actions = batch
+        loss = -self.policy.log_prob(obs, actions).mean()
+        self.log("train/loss", loss, prog_bar=False, batch_size=len(obs))
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW on the policy's parameters."""
+        return torch.optim.AdamW(self.policy.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+@dataclass(frozen=True)
+class BCResult:
+    """What :func:`behaviour_cloning` reports: the demonstrations' mean log-likelihood before and after."""
+
+    log_likelihood_before: float
+    log_likelihood_after: float
+    transitions: int
+
+
+def behaviour_cloning(
+    policy: GaussianPolicy,
+    observations: np.ndarray,
+    actions: np.ndarray,
+    epochs: int = 20,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    fit_normalizer: bool = True,
+) -> BCResult:
+    """Train ``policy`` in place by behaviour cloning on transitions ``[N, o]``, ``[N, a]``.
+
+    Args:
+        policy: the policy (its normaliser is set from ``observations`` if ``fit_normalizer``).
+        observations: demonstration observations, ``[N, obs_dim]``.
+        actions: demonstration actions in [-1, 1], ``[N, act_dim]``.
+        epochs: passes over the data.
+        batch_size: transitions per step.
+        lr: Adam learning rate.
+        weight_decay: AdamW weight decay.
+        seed: seeds the shuffling.
+        fit_normalizer: set the observation normaliser from the data first.
+    """
+    obs = np.asarray(observations, np.float32)
+    act = np.asarray(actions, np.float32)
+    if obs.ndim != 2 or act.ndim != 2 or len(obs) != len(act):
+        raise ValueError(f"need observations [N, o] and actions [N, a] of equal N, got {obs.shape} and {act.shape}")
+    if len(obs) == 0:
+        raise ValueError("no demonstration transitions to clone")
+    if not np.isfinite(obs).all() or not np.isfinite(act).all():
+        raise ValueError("demonstrations contain NaN or infinite values")
+    if np.abs(act).max() > 1.0 + 1e-6:
+        raise ValueError(f"actions must lie in [-1, 1], got max |a| = {np.abs(act).max():.3f}")
+    if fit_normalizer:
+        policy.set_normalizer(obs)
+    obs_t, act_t = torch.from_numpy(obs), torch.from_numpy(act)
+
+    def mean_log_likelihood() -> float:
+        with torch.no_grad():
+            return float(policy.log_prob(obs_t, act_t).mean())
+
+    before = mean_log_likelihood()
+    quiet_lightning()
+    loader = DataLoader(
+        TensorDataset(obs_t, act_t),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    quick_trainer(epochs).fit(BehaviourCloning(policy, lr, weight_decay), train_dataloaders=loader)
+    policy.eval()
+    after = mean_log_likelihood()
+    logger.info("behaviour cloning on %d transitions: log-likelihood %.3f -> %.3f", len(obs), before, after)
+    return BCResult(before, after, len(obs))
