@@ -28,14 +28,12 @@ restored simulator state (:class:`ExpertValueOracle`): score = R(σ) + γ^T V(s_
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import torch
 
-from mmpref.data import Segment, SegmentPair
 from mmpref.losses import soft_bradley_terry
 from mmpref_envs.tabular import (
     TabularMDP,
@@ -114,7 +112,7 @@ def partial_return(mdp: TabularMDP, weights: np.ndarray, segments: TabularSegmen
 
 
 def regret(mdp: TabularMDP, q: np.ndarray, segments: TabularSegments) -> np.ndarray:
-    """regret(σ) = Σ_t γ^t [V*(s_t) − Q*(s_t, a_t)] = −Σ_t γ^t A*(s_t, a_t), ``[N]``, from Q* ``[S, A]``."""
+    """Segment regrets Σ_t γ^t [V*(s_t) − Q*(s_t, a_t)] = −Σ_t γ^t A*(s_t, a_t), ``[N]``, from Q* ``[S, A]``."""
     s, a = segments.states[:, :-1], segments.actions
     advantage = q[s, a] - q.max(axis=1)[s]
     advantage = np.where(mdp.terminal[s], 0.0, advantage)  # V(terminal) = 0: absorbing steps carry no regret
