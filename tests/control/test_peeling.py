@@ -1,0 +1,224 @@
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Independent, Normal, TanhTransform, TransformedDistribution
+
+from mmpref.control.peeling import (
+    FinetuneConfig,
+    FusedTrajectoryScorer,
+    fit_fused_reward,
+    frozen_copy,
+    outcome,
+    preference_finetune,
+    progress_steps,
+    rank_pairs,
+    score_trajectories,
+    segment_metric,
+    trajectory_dpo_loss,
+    trajectory_features,
+    trajectory_score,
+)
+from mmpref.control.policies import GaussianPolicy
+from mmpref.control.segments import Episode
+
+
+def _episode(object_x: list[float], actions: np.ndarray | None = None, goal_x: float = 1.0) -> Episode:
+    """An episode whose object moves along x (positions before each step, plus the final one) toward a goal."""
+    steps = len(object_x) - 1
+    obs = np.zeros((steps + 1, 39), np.float32)
+    obs[:, 4] = object_x
+    obs[:, 36] = goal_x
+    actions = np.zeros((steps, 4), np.float32) if actions is None else actions.astype(np.float32)
+    return Episode(obs[:-1], actions, np.zeros(steps, np.float32), obs[1:], np.zeros(steps, np.float32))
+
+
+def test_progress_metric_by_hand():
+    # the object goes 0 -> 0.5 -> 0.25 -> 0.75 with the goal at x = 1: d = 1, 0.5, 0.75, 0.25
+    actions = np.array([[0, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 1]], np.float32)
+    ep = _episode([0.0, 0.5, 0.25, 0.75], actions)
+    np.testing.assert_allclose(
+        progress_steps(ep.observations, ep.next_observations, ep.actions), [0.5, -0.25, 0.5], atol=1e-6
+    )
+    # jerk: ‖a_t − a_{t−1}‖² = 0, 1, 1 with λ = 0.1
+    np.testing.assert_allclose(
+        progress_steps(ep.observations, ep.next_observations, ep.actions, smoothness=0.1), [0.5, -0.35, 0.4], atol=1e-6
+    )
+    np.testing.assert_allclose(segment_metric(ep, 1), [0.5, -0.25, 0.5], atol=1e-6)
+    np.testing.assert_allclose(segment_metric(ep, 2), [0.25], atol=1e-6)  # the last partial segment is dropped
+    result = outcome(ep)
+    assert result.progress == pytest.approx(0.75) and not result.success
+    assert result.jerk == pytest.approx((1 + 1) / 2)
+
+
+def test_metric_errors_name_the_shapes():
+    with pytest.raises(ValueError, match="39"):
+        progress_steps(np.zeros((5, 10)), np.zeros((5, 10)), np.zeros((5, 4)))
+    with pytest.raises(ValueError, match="share T"):
+        progress_steps(np.zeros((5, 39)), np.zeros((4, 39)), np.zeros((5, 4)))
+    with pytest.raises(ValueError, match="one length"):
+        trajectory_features([_episode([0, 1]), _episode([0, 1, 2])])
+
+
+def _reference_log_prob(policy: GaussianPolicy, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Σ_t log π(a_t|s_t) with torch.distributions (independent of the policy's own formula), one step at a time."""
+    total = torch.zeros(obs.shape[0], dtype=torch.float64)
+    for b in range(obs.shape[0]):
+        for t in range(obs.shape[1]):
+            mean, log_std = (v.double() for v in policy(obs[b, t]))
+            base = Normal(mean, log_std.exp())
+            a = actions[b, t].double()
+            if policy.squash == "tanh":
+                a = a.clamp(-1 + policy.action_eps, 1 - policy.action_eps)
+                dist = Independent(TransformedDistribution(base, [TanhTransform()]), 1)
+            else:
+                dist = Independent(base, 1)
+            total[b] += dist.log_prob(a)
+    return total
+
+
+@pytest.mark.parametrize("squash", ["tanh", "clip"])
+def test_trajectory_score_oracle(squash):
+    torch.manual_seed(0)
+    policy = GaussianPolicy(obs_dim=39, act_dim=4, hidden=16, squash=squash)
+    reference = GaussianPolicy(obs_dim=39, act_dim=4, hidden=16, squash=squash)
+    obs, actions = torch.randn(3, 6, 39), torch.rand(3, 6, 4) * 1.8 - 0.9
+    expected = _reference_log_prob(policy, obs, actions) - _reference_log_prob(reference, obs, actions)
+    got = trajectory_score(policy, reference, obs, actions)
+    torch.testing.assert_close(got.detach().double(), expected.detach(), rtol=1e-4, atol=1e-3)
+    # the reference is a constant: gradients reach the policy only
+    got.sum().backward()
+    assert all(p.grad is None for p in reference.parameters())
+    assert all(p.grad is not None for p in policy.parameters())
+
+
+def test_dpo_loss_by_hand():
+    torch.manual_seed(1)
+    policy = GaussianPolicy(obs_dim=39, act_dim=4, hidden=16)
+    reference = frozen_copy(policy)
+    w = (torch.randn(5, 4, 39), torch.rand(5, 4, 4) * 2 - 1)
+    lose = (torch.randn(5, 4, 39), torch.rand(5, 4, 4) * 2 - 1)
+    # policy == reference: every score is 0 and every loss log 2
+    torch.testing.assert_close(
+        trajectory_dpo_loss(policy, reference, w, lose, beta=0.3), torch.full((5,), math.log(2))
+    )
+    with torch.no_grad():
+        policy.head.bias[0] += 0.5
+    s_w = (_reference_log_prob(policy, *w) - _reference_log_prob(reference, *w)).float()
+    s_l = (_reference_log_prob(policy, *lose) - _reference_log_prob(reference, *lose)).float()
+    expected = torch.log1p(torch.exp(-0.3 * (s_w - s_l)))
+    torch.testing.assert_close(
+        trajectory_dpo_loss(policy, reference, w, lose, beta=0.3), expected, rtol=1e-4, atol=1e-4
+    )
+    with pytest.raises(ValueError, match="valid"):
+        trajectory_dpo_loss(policy, reference, w, lose, loss="listnet")  # type: ignore[arg-type]
+
+
+def test_one_dpo_step_changes_the_policy_and_not_the_reference():
+    torch.manual_seed(2)
+    policy = GaussianPolicy(obs_dim=39, act_dim=4, hidden=16)
+    reference = frozen_copy(policy)
+    before_ref = {k: v.clone() for k, v in reference.state_dict().items()}
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    w = (torch.randn(4, 5, 39), torch.rand(4, 5, 4) * 2 - 1)
+    lose = (torch.randn(4, 5, 39), torch.rand(4, 5, 4) * 2 - 1)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    loss = trajectory_dpo_loss(policy, reference, w, lose, beta=0.1).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in before_ref.items())
+    assert any(
+        not torch.equal(v, policy.state_dict()[k]) for k, v in before.items() if k.startswith(("trunk", "head"))
+    )
+    assert float(trajectory_dpo_loss(policy, reference, w, lose, beta=0.1).mean().detach()) < float(loss.detach())
+
+
+def test_rank_pairs_pairs_best_with_worst():
+    assert rank_pairs(np.array([0.1, 0.9, 0.5, 0.3])) == [(1, 0), (2, 3)]
+    assert rank_pairs(np.array([0.1, 0.9, 0.5, 0.3]), min_gap=0.5) == [(1, 0)]
+    assert rank_pairs(np.array([1.0, 1.0, 1.0])) == []  # ties give no pair
+
+
+def test_fused_scorer_by_hand():
+    scorer = FusedTrajectoryScorer(39, 4, hidden=8, metric_weight=2.0)
+    with torch.no_grad():  # make r̂ ≡ tanh(0.5)
+        last = scorer.step_reward.net[-2]
+        last.weight.zero_()
+        last.bias.fill_(0.5)
+    x = torch.zeros(2, 3, 44)
+    x[0, :, -1] = torch.tensor([0.1, 0.2, 0.3])
+    expected = torch.tensor([2.0 * 0.6 + math.tanh(0.5), math.tanh(0.5)])
+    torch.testing.assert_close(scorer(x), expected)
+
+
+def test_fused_reward_learns_ratings_that_follow_progress_and_smoothness():
+    """Ratings = progress minus jerk, quantised: the fused reward must order held-out trajectories (chance 0.5)."""
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+
+    def make(n: int) -> tuple[list[Episode], np.ndarray]:
+        episodes, quality = [], []
+        for _ in range(n):
+            reach = rng.uniform(0, 1)
+            shaky = rng.uniform(0, 1)
+            actions = shaky * rng.standard_normal((10, 4))
+            episodes.append(_episode(list(np.linspace(0, reach, 11)), np.clip(actions, -1, 1)))
+            quality.append(reach - 0.5 * shaky)
+        return episodes, np.array(quality)
+
+    train, q_train = make(64)
+    ratings = list(1 + np.searchsorted(np.quantile(q_train, [0.2, 0.4, 0.6, 0.8]), q_train))
+    system = fit_fused_reward(train, ratings, smoothness=0.0, epochs=15, seed=0)
+    test, q_test = make(40)
+    scores = score_trajectories(system, test)
+    pairs = [(i, j) for i in range(40) for j in range(i + 1, 40) if abs(q_test[i] - q_test[j]) > 0.1]
+    accuracy = np.mean([(scores[i] - scores[j]) * (q_test[i] - q_test[j]) > 0 for i, j in pairs])
+    assert accuracy > 0.85
+    with pytest.raises(ValueError, match="ratings"):
+        fit_fused_reward(train, ratings[:-1])
+
+
+class _TargetEnv(gym.Env):
+    """A 5-step toy task with a known answer: the reward is −‖a − target‖² (target fixed, obs carries noise)."""
+
+    def __init__(self, target: np.ndarray):
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (39,), np.float32)
+        self.action_space = gym.spaces.Box(-1, 1, (4,), np.float32)
+        self.target, self.t = target, 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(39, np.float32), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.t += 1
+        reward = -float(((action - self.target) ** 2).sum())
+        return np.zeros(39, np.float32), reward, False, self.t >= 5, {"success": float(reward > -0.05)}
+
+
+def test_preference_finetuning_moves_the_policy_toward_what_the_ranker_prefers():
+    """Reference: mean 0, σ ≈ 0.37; the ranker prefers actions near (0.5, −0.5, 0.5, −0.5). DPO must move the mean
+    most of the way there (staying at 0 errs by Σ|target| = 2.0) and leave the reference as it was."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    target = np.array([0.5, -0.5, 0.5, -0.5], np.float32)
+    policy = GaussianPolicy(obs_dim=39, act_dim=4, hidden=16, squash="clip")
+    with torch.no_grad():
+        policy.head.weight.zero_()
+        policy.head.bias.zero_()  # mean 0, log σ halfway between its bounds
+    reference = frozen_copy(policy)
+    envs = [_TargetEnv(target) for _ in range(4)]
+    config = FinetuneConfig(iterations=25, groups=4, group_size=8, max_steps=5, beta=0.5, lr=3e-3, epochs=4)
+    log = preference_finetune(
+        policy, reference, envs, lambda group: np.array([e.rewards.sum() for e in group]), config
+    )
+    mean_action = policy.act(np.zeros((1, 39), np.float32), deterministic=True)[0]
+    assert np.abs(mean_action - target).sum() < 0.8  # measured 0.59
+    assert np.abs(reference.act(np.zeros((1, 39), np.float32), deterministic=True)).max() == 0.0
+    assert log.reward[-1] > log.reward[0] and len(log.pairs) == 25
