@@ -270,6 +270,9 @@ class FinetuneConfig:
         lr: Adam learning rate.
         epochs: passes over a round's pairs.
         min_gap: keep a pair only if the reward-model scores differ by at least this much.
+        nll_weight: weight α of the winners' mean per-step negative log-likelihood added to the DPO loss (RPO,
+            Pang et al. 2024, eq. 1): DPO alone may lower the winners' likelihood along with the losers', which for
+            a Gaussian policy shows up as a growing σ.
         seed: seeds the choice of start states and the rollouts.
     """
 
@@ -282,6 +285,7 @@ class FinetuneConfig:
     lr: float = 1e-4
     epochs: int = 4
     min_gap: float = 0.0
+    nll_weight: float = 0.0
     seed: int = 0
 
 
@@ -293,6 +297,20 @@ class FinetuneLog:
     success: list[float] = field(default_factory=list)
     pairs: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
+
+
+def finetune_loss(
+    policy: GaussianPolicy,
+    reference: GaussianPolicy,
+    winner: tuple[torch.Tensor, torch.Tensor],
+    loser: tuple[torch.Tensor, torch.Tensor],
+    config: FinetuneConfig,
+) -> torch.Tensor:
+    """The scalar stage-2 objective: mean trajectory-DPO loss + α · mean per-step NLL of the winners."""
+    loss = trajectory_dpo_loss(policy, reference, winner, loser, config.beta, config.loss).mean()
+    if config.nll_weight > 0:
+        loss = loss - config.nll_weight * policy.log_prob(*winner).mean()
+    return loss
 
 
 def rank_pairs(scores: np.ndarray, min_gap: float = 0.0) -> list[tuple[int, int]]:
@@ -317,7 +335,8 @@ def preference_finetune(
 
     Each round draws ``config.groups`` of the fixed-goal ``envs``, rolls out ``group_size`` stochastic episodes of
     the current policy from each, ranks every group with ``reward`` (trajectories → scores), pairs best with worst,
-    and takes ``epochs`` passes of Adam on the mean DPO loss. The reference never changes.
+    and takes ``epochs`` passes of Adam on the mean DPO loss (plus α times the winners' NLL when ``nll_weight`` > 0).
+    The reference never changes.
     """
     if len(envs) < config.groups:
         raise ValueError(f"need >= {config.groups} environments (config.groups), got {len(envs)}")
@@ -348,9 +367,7 @@ def preference_finetune(
                 torch.from_numpy(np.stack([getattr(e, k) for e in losers])) for k in ("observations", "actions")
             )
             for _ in range(config.epochs):  # full batch: a round holds only groups × group_size / 2 pairs
-                loss = trajectory_dpo_loss(
-                    policy, reference, (obs_w, act_w), (obs_l, act_l), config.beta, config.loss
-                ).mean()
+                loss = finetune_loss(policy, reference, (obs_w, act_w), (obs_l, act_l), config)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -11,6 +11,7 @@ from torch.distributions import Independent, Normal, TanhTransform, TransformedD
 from mmpref.control.peeling import (
     FinetuneConfig,
     FusedTrajectoryScorer,
+    finetune_loss,
     fit_fused_reward,
     frozen_copy,
     outcome,
@@ -116,6 +117,22 @@ def test_dpo_loss_by_hand():
     )
     with pytest.raises(ValueError, match="valid"):
         trajectory_dpo_loss(policy, reference, w, lose, loss="listnet")  # type: ignore[arg-type]
+
+
+def test_finetune_loss_adds_the_winners_nll():
+    torch.manual_seed(5)
+    policy = GaussianPolicy(obs_dim=39, act_dim=4, hidden=16)
+    reference = frozen_copy(policy)
+    with torch.no_grad():
+        policy.head.bias[:4] += 0.3
+    w = (torch.randn(3, 4, 39), torch.rand(3, 4, 4) * 2 - 1)
+    lose = (torch.randn(3, 4, 39), torch.rand(3, 4, 4) * 2 - 1)
+    dpo = trajectory_dpo_loss(policy, reference, w, lose, beta=0.2).mean()
+    nll = -_reference_log_prob(policy, *w).sum() / (3 * 4)  # per step: Σ over segments / (B · T)
+    config = FinetuneConfig(beta=0.2, nll_weight=0.5)
+    got = finetune_loss(policy, reference, w, lose, config)
+    assert got.item() == pytest.approx(dpo.item() + 0.5 * nll.item(), rel=1e-4)
+    assert finetune_loss(policy, reference, w, lose, FinetuneConfig(beta=0.2)).item() == pytest.approx(dpo.item())
 
 
 def test_one_dpo_step_changes_the_policy_and_not_the_reference():

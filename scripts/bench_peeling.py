@@ -1,0 +1,285 @@
+"""Benchmark: peeling-style two-stage finetuning, BC vs BC + preference finetuning (trajectory DPO), per seed.
+
+Per seed: (1) scripted-expert demonstrations with Gaussian action noise drawn per episode from [noise_low,
+noise_high], written to and read back from a robomimic HDF5 file; (2) behaviour cloning; (3) stochastic BC rollouts
+from fixed-goal training environments, rated 1-5 by a RatingTeacher on their true return (trajectory level), and a
+fused reward (object-to-goal progress per step + a learned step reward) trained on those ratings; (4) online
+trajectory DPO against the frozen BC policy; (5) BC and the finetuned policy evaluated on the same held-out goals,
+sampling (the policy as trained) and with the mean action: success rate, final progress 1 − d_T/d_0, jerk.
+Results are written after every seed (JSON + markdown), so a cut-short run still reports what it finished.
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_peeling.py --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing as mp
+import platform
+import tempfile
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def evaluate(policy: Any, task: str, seed: int, episodes: int, max_steps: int, deterministic: bool) -> dict:
+    from mmpref.control.envs import make_env
+    from mmpref.control.peeling import outcome
+    from mmpref.control.segments import rollout
+
+    env = make_env(task, seed=seed, goal_variation=True)  # a fresh env: every policy sees the same goal sequence
+    act = policy.numpy_policy(deterministic=deterministic, seed=seed)
+    results = [outcome(rollout(env, act, max_steps=max_steps)) for _ in range(episodes)]
+    return {
+        "success": float(np.mean([r.success for r in results])),
+        "progress": float(np.mean([r.progress for r in results])),
+        "jerk": float(np.mean([r.jerk for r in results])),
+    }
+
+
+def stage_one(job: dict[str, Any], pool: list) -> tuple[Any, Any, dict[str, Any], dict[str, float]]:
+    """Demonstrations (via robomimic HDF5), behaviour cloning, the rated set and fused reward, BC's evaluation."""
+    import torch
+
+    from mmpref.control.envs import ExpertPolicy, make_env
+    from mmpref.control.peeling import fit_fused_reward, score_trajectories
+    from mmpref.control.policies import GaussianPolicy, behaviour_cloning
+    from mmpref.control.robomimic_io import read_robomimic, write_robomimic
+    from mmpref.control.segments import rollout
+    from mmpref.control.teachers import RatingTeacher
+
+    task, seed, steps = job["task"], job["seed"], job["max_steps"]
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    env = make_env(task, seed=10_000 + seed, goal_variation=True)
+    noises = rng.uniform(job["noise_low"], job["noise_high"], job["demos"])
+    demos = [
+        rollout(env, ExpertPolicy(task, noise=float(n), seed=1000 * seed + i), max_steps=steps, source="demo")
+        for i, n in enumerate(noises)
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_robomimic(Path(tmp) / "demos.hdf5", demos, task, qualities=noises)
+        demos = read_robomimic(path)
+    timings["demos_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    policy = GaussianPolicy(hidden=256, squash=job["squash"])
+    bc = behaviour_cloning(
+        policy,
+        np.concatenate([d.observations for d in demos]),
+        np.concatenate([d.actions for d in demos]),
+        epochs=job["bc_epochs"],
+        lr=1e-3,
+        seed=seed,
+    )
+    timings["bc_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    act = policy.numpy_policy(deterministic=False, seed=seed)
+    rated = [rollout(pool[i % len(pool)], act, max_steps=steps) for i in range(job["rated"])]
+    returns = [float(e.rewards.sum()) for e in rated]
+    teacher = RatingTeacher.from_returns(returns, levels=5, noise=job["rating_noise"], seed=seed)
+    ratings = [teacher.rate(e.rewards) for e in rated]
+    reward = fit_fused_reward(rated, ratings, smoothness=job["smoothness"], epochs=job["reward_epochs"], seed=seed)
+    timings["reward_s"] = time.perf_counter() - start
+    # how well the fused reward orders fresh rollouts by their true return (held out from its training)
+    check = [rollout(pool[i % len(pool)], act, max_steps=steps) for i in range(16)]
+    fused = score_trajectories(reward, check, job["smoothness"])
+    true = np.array([e.rewards.sum() for e in check])
+    agree = [(fused[i] - fused[j]) * (true[i] - true[j]) > 0 for i in range(16) for j in range(i + 1, 16)]
+
+    results: dict[str, Any] = {"task": task, "seed": seed, "bc_log_likelihood": bc.log_likelihood_after}
+    results["demo_success"] = float(np.mean([d.succeeded for d in demos]))
+    results["reward_pair_accuracy"] = float(np.mean(agree))
+    results["metric_weight"] = float(reward.scorer.metric_weight)
+    for mode, det in (("sample", False), ("mean", True)):
+        results[f"bc_{mode}"] = evaluate(policy, task, 30_000 + seed, job["eval_episodes"], steps, det)
+    return policy, reward, results, timings
+
+
+def run_seed(job: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)
+    from mmpref.control.envs import make_env
+    from mmpref.control.peeling import (
+        FinetuneConfig,
+        FusedTrajectoryScorer,
+        frozen_copy,
+        preference_finetune,
+        score_trajectories,
+    )
+    from mmpref.control.policies import load_policy, save_policy
+    from mmpref.reward.system import RewardModelSystem
+
+    task, seed, steps = job["task"], job["seed"], job["max_steps"]
+    pool = [make_env(task, seed=20_000 + 100 * seed + g, goal_variation=False) for g in range(job["pool"])]
+    stage1_keys = ("task", "demos", "noise_low", "noise_high", "max_steps", "squash", "bc_epochs", "pool", "rated")
+    stage1_keys += ("rating_noise", "smoothness", "reward_epochs", "eval_episodes")
+    key = "_".join(f"{job[k]}" for k in stage1_keys) + f"_seed{seed}"
+    cache = Path(job["cache_dir"]) / key if job.get("cache_dir") else None
+    if cache is not None and (cache / "results.json").is_file():  # stage 1 done before with the same settings
+        policy = load_policy(cache / "bc.safetensors")
+        reward = RewardModelSystem(FusedTrajectoryScorer(39, 4))
+        reward.load_state_dict(torch.load(cache / "reward.pt"))
+        reward.eval()
+        results = json.loads((cache / "results.json").read_text())
+        timings = results.pop("timings")
+    else:
+        policy, reward, results, timings = stage_one(job, pool)
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            save_policy(policy, cache / "bc.safetensors")
+            torch.save(reward.state_dict(), cache / "reward.pt")
+            (cache / "results.json").write_text(json.dumps({**results, "timings": timings}))
+    reference = frozen_copy(policy)
+    reference_state = {k: v.clone() for k, v in reference.state_dict().items()}
+
+    start = time.perf_counter()
+    config = FinetuneConfig(
+        iterations=job["iterations"],
+        groups=job["groups"],
+        group_size=job["group_size"],
+        max_steps=steps,
+        beta=job["beta"],
+        lr=job["lr"],
+        epochs=job["epochs"],
+        nll_weight=job["nll_weight"],
+        seed=seed,
+    )
+    log = preference_finetune(
+        policy, reference, pool, lambda group: score_trajectories(reward, group, job["smoothness"]), config
+    )
+    timings["finetune_s"] = time.perf_counter() - start
+    results["reference_unchanged"] = all(torch.equal(v, reference.state_dict()[k]) for k, v in reference_state.items())
+    results["finetune_log"] = asdict(log)
+    for mode, det in (("sample", False), ("mean", True)):
+        results[f"ft_{mode}"] = evaluate(policy, task, 30_000 + seed, job["eval_episodes"], steps, det)
+    if job.get("save_dir"):
+        save_policy(policy, Path(job["save_dir"]) / f"peeling_{task}_seed{seed}.safetensors")
+    results["timings"] = timings
+    return results
+
+
+def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> None:
+    from mmpref.data import atomic_write
+
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "bench_peeling_cpu.json", "w") as handle:
+        json.dump({"meta": meta, "results": results}, handle, indent=1)
+    lines = [
+        "# Peeling-style two-stage finetuning: BC vs BC + trajectory DPO",
+        "",
+        f"machine: {meta['machine']}; date {meta['date']}",
+        "",
+        "command: `" + meta["command"] + "`",
+        "",
+        "Success rate and final progress (1 − d_T/d_0 of the object-to-goal distance, the continuous quality "
+        f"metric) over {meta['args']['eval_episodes']} held-out goals per seed, for the policy as trained "
+        "(**sample**) and its mean action (**mean**). Same goals for BC and the finetuned policy.",
+        "",
+        "| seed | demo success | reward pair acc. | BC success (sample) | +DPO success (sample) "
+        "| BC progress (sample) | +DPO progress (sample) | BC success (mean) | +DPO success (mean) "
+        "| BC progress (mean) | +DPO progress (mean) | reference unchanged |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['seed']} | {r['demo_success']:.2f} | {r['reward_pair_accuracy']:.2f} "
+            f"| {r['bc_sample']['success']:.2f} | {r['ft_sample']['success']:.2f} "
+            f"| {r['bc_sample']['progress']:.2f} | {r['ft_sample']['progress']:.2f} "
+            f"| {r['bc_mean']['success']:.2f} | {r['ft_mean']['success']:.2f} "
+            f"| {r['bc_mean']['progress']:.2f} | {r['ft_mean']['progress']:.2f} | {r['reference_unchanged']} |"
+        )
+    if results:
+        lines += ["", "Mean over seeds (percentage points of change in brackets):", ""]
+        for mode in ("sample", "mean"):
+            for metric in ("success", "progress", "jerk"):
+                bc = np.mean([r[f"bc_{mode}"][metric] for r in results])
+                ft = np.mean([r[f"ft_{mode}"][metric] for r in results])
+                lines.append(f"- {mode}, {metric}: BC {bc:.3f} → BC + DPO {ft:.3f} ({100 * (ft - bc):+.1f})")
+        lines += ["", "Finetuning rounds (success of the on-policy rollouts per round):", ""]
+        for r in results:
+            lines.append(f"- seed {r['seed']}: " + " ".join(f"{s:.2f}" for s in r["finetune_log"]["success"]))
+        lines += ["", "Timings (s): " + "; ".join(f"seed {r['seed']}: {r['timings']}" for r in results)]
+    with atomic_write(out / "bench_peeling_cpu.md", "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--task", default="push-v3")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--demos", type=int, default=50)
+    parser.add_argument("--noise-low", type=float, default=0.1)
+    parser.add_argument("--noise-high", type=float, default=0.6)
+    parser.add_argument("--max-steps", type=int, default=150)
+    parser.add_argument("--squash", default="clip", choices=["clip", "tanh"])
+    parser.add_argument("--bc-epochs", type=int, default=100)
+    parser.add_argument("--pool", type=int, default=16, help="fixed-goal training environments")
+    parser.add_argument("--rated", type=int, default=64, help="rated BC rollouts for the fused reward")
+    parser.add_argument("--rating-noise", type=float, default=0.0)
+    parser.add_argument("--smoothness", type=float, default=0.0)
+    parser.add_argument("--reward-epochs", type=int, default=30)
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--groups", type=int, default=4)
+    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--nll-weight", type=float, default=1.0)
+    parser.add_argument("--eval-episodes", type=int, default=30)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--save-dir", type=Path, default=None)
+    parser.add_argument("--cache-dir", type=Path, default=None, help="reuse stage 1 (demos, BC, reward) per seed")
+    parser.add_argument("--out-dir", type=Path, default=Path("docs/benchmarks"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    import torch
+
+    meta = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_peeling.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in vars(args).items()
+            if v is not None and k not in ("out_dir", "save_dir", "cache_dir")
+        ),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": f"2 vCPU AMD EPYC ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
+        "CPU only, shared with other jobs",
+    }
+    jobs = [
+        {
+            **vars(args),
+            "seed": s,
+            "save_dir": str(args.save_dir) if args.save_dir else None,
+            "cache_dir": str(args.cache_dir) if args.cache_dir else None,
+        }
+        for s in args.seeds
+    ]
+    for job in jobs:
+        job.pop("seeds")
+    results: list[dict[str, Any]] = []
+    if args.workers > 1:
+        with mp.get_context("spawn").Pool(args.workers) as pool:
+            for result in pool.imap_unordered(run_seed, jobs):
+                results.append(result)
+                write_report(sorted(results, key=lambda r: r["seed"]), meta, args.out_dir)
+    else:
+        for job in jobs:
+            results.append(run_seed(job))
+            write_report(results, meta, args.out_dir)
+    print((args.out_dir / "bench_peeling_cpu.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
