@@ -1,0 +1,331 @@
+"""Benchmark: PEARL cross-task label transfer on Meta-World v3, and target policies from transferred labels.
+
+Stages (each merges its results into ``docs/benchmarks/bench_pearl_cpu.json`` and rewrites the markdown):
+
+* ``dev``: the fused-GW weight α is chosen on *development* task pairs that share no task with the evaluation pairs
+  (door-open → door-close, faucet-open → faucet-close, plate-slide → plate-slide-back), so no evaluation target label
+  is looked at to choose it;
+* ``transfer``: transferred-label accuracy on the four evaluation pairs for random, nearest-neighbour (shared
+  features), plain GW (exact, entropic ε = 0.01), the shared-feature Bradley-Terry baseline and mmpref's robust
+  transfer, over three segment subsamples; target returns are used only to score;
+* ``timing``: GW / fused-GW wall-clock at 1,000 × 1,000 segments;
+* ``policy``: per target task, a robust Gaussian reward on the target's segments from (a) transferred labels only,
+  (b) the target's true labels → filtered BC on the target's unlabelled trajectories → success rate; and BC on all
+  trajectories (no labels) as the floor.
+
+Data: per task 245 trajectories of 200 steps (35 each of 7 behaviours, :mod:`mmpref.control.transfer_data`), cached
+in ``runs/pearl``; segments of 50 steps; source = even trajectories, target = odd; 480 segments per side.
+
+    OMP_NUM_THREADS=1 MUJOCO_GL=egl .venv/bin/python scripts/bench_pearl.py --stage dev transfer timing policy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EVAL_PAIRS = [
+    ("window-open-v3", "window-close-v3"),
+    ("button-press-v3", "button-press-topdown-v3"),
+    ("button-press-v3", "button-press-wall-v3"),
+    ("drawer-open-v3", "drawer-close-v3"),
+]
+DEV_PAIRS = [
+    ("door-open-v3", "door-close-v3"),
+    ("faucet-open-v3", "faucet-close-v3"),
+    ("plate-slide-v3", "plate-slide-back-v3"),
+]
+ALPHAS = (0.1, 0.5, 0.9)
+CACHE = Path("runs/pearl")
+OUT = Path("docs/benchmarks/bench_pearl_cpu")
+
+
+def side(task: str, parity: int, n: int, seed: int, stride: int = 50) -> dict[str, np.ndarray]:
+    """Segments of one half (parity 0 = even trajectories = source side, 1 = odd = target side), n subsampled."""
+    from mmpref.control.transfer_data import load_or_generate, segment_arrays
+
+    data = load_or_generate(task, CACHE, 35, 200, 0)
+    segments = segment_arrays(data, 50, stride, trajectories=np.arange(parity, len(data.observations), 2))
+    idx = np.random.default_rng(1000 * seed + parity).choice(len(segments["ret"]), n, replace=False)
+    return {k: v[idx] for k, v in segments.items()}
+
+
+def problem(source: str, target: str, n: int, seed: int, stride: int = 50) -> dict[str, Any]:
+    """Costs, features and labels of one (source, target) pair; target returns kept apart for scoring."""
+    from mmpref.control import pearl
+
+    s, t = side(source, 0, n, seed, stride), side(target, 1, n, seed, stride)
+    f_s = pearl.zscore(pearl.summary_features(s["obs"], s["act"]))
+    f_t = pearl.zscore(pearl.summary_features(t["obs"], t["act"]))
+    return {
+        "labels": pearl.label_matrix(s["ret"]),
+        "f_s": f_s,
+        "f_t": f_t,
+        "cross": pearl.distance_matrix(f_s, f_t),
+        "c_s": pearl.distance_matrix(pearl.flat_features(s["obs"], s["act"])),
+        "c_t": pearl.distance_matrix(pearl.flat_features(t["obs"], t["act"])),
+        "target_returns": t["ret"],
+        "target": t,
+    }
+
+
+def robust(p: dict[str, Any], alpha: float, restarts: int, seed: int) -> Any:
+    from mmpref.control import pearl
+
+    anchor = pearl.FeatureBradleyTerry().fit(p["f_s"], p["labels"]).score(p["f_t"])
+    return pearl.robust_coupling(
+        p["cross"], p["c_s"], p["c_t"], p["labels"], anchor, alpha=alpha, epsilon=0.01, restarts=restarts, seed=seed
+    )
+
+
+def stage_dev(results: dict[str, Any], n: int) -> None:
+    from mmpref.control import pearl
+
+    table: dict[str, dict[str, float]] = {}
+    for source, target in DEV_PAIRS:
+        p = problem(source, target, n, 0)
+        row = {}
+        for alpha in ALPHAS:
+            result = robust(p, alpha, 1, 0)
+            row[str(alpha)] = pearl.transfer_accuracy(result.labels, p["target_returns"])
+        table[f"{source}->{target}"] = row
+        logging.info("dev %s -> %s: %s", source, target, row)
+    means = {str(a): float(np.mean([row[str(a)] for row in table.values()])) for a in ALPHAS}
+    results["dev"] = {"pairs": table, "mean": means, "alpha": float(max(means, key=means.get))}
+
+
+def stage_transfer(results: dict[str, Any], n: int, seeds: list[int], restarts: int) -> None:
+    from mmpref.control import pearl
+
+    alpha = results.get("dev", {}).get("alpha", 0.5)
+    rows: dict[str, Any] = {}
+    for source, target in EVAL_PAIRS:
+        key = f"{source}->{target}"
+        rows[key] = {}
+        for seed in seeds:
+            p = problem(source, target, n, seed)
+            acc = {}
+            ret = p["target_returns"]
+
+            def score(plan: np.ndarray, p: dict[str, Any] = p) -> float:
+                return pearl.transfer_accuracy(pearl.transfer_labels(plan, p["labels"]), p["target_returns"])
+
+            acc["random"] = score(pearl.random_coupling(n, n, np.random.default_rng(seed)))
+            acc["nearest"] = score(pearl.nearest_coupling(p["cross"]))
+            start = time.perf_counter()
+            acc["gw_exact"] = score(pearl.gw_coupling(p["c_s"], p["c_t"], "exact")[0])
+            time_exact = time.perf_counter() - start
+            start = time.perf_counter()
+            acc["gw_entropic"] = score(pearl.gw_coupling(p["c_s"], p["c_t"], "entropic", 0.01)[0])
+            time_entropic = time.perf_counter() - start
+            model = pearl.FeatureBradleyTerry().fit(p["f_s"], p["labels"])
+            acc["shared_feature_bt"] = pearl.transfer_accuracy(model.pair_labels(p["f_t"]), ret)
+            start = time.perf_counter()
+            result = robust(p, alpha, restarts, seed)
+            acc["mmpref_robust"] = pearl.transfer_accuracy(result.labels, ret)
+            acc["robust_seconds"] = time.perf_counter() - start
+            acc["gw_exact_seconds"], acc["gw_entropic_seconds"] = time_exact, time_entropic
+            acc["flipped"] = result.flipped
+            acc["anchor_spearman"] = result.agreement
+            acc["restart_objectives"] = list(result.objectives)
+            # Same-start-time subset: removes the "later segments earn more" confound (pearl-notes pitfall 6).
+            same = p["target"]["start"][:, None] == p["target"]["start"][None]
+            acc["mmpref_robust_same_start"] = subset_accuracy(result.labels, ret, same)
+            acc["shared_feature_bt_same_start"] = subset_accuracy(model.pair_labels(p["f_t"]), ret, same)
+            rows[key][str(seed)] = acc
+            logging.info(
+                "transfer %s seed %d: %s", key, seed, {k: v for k, v in acc.items() if k != "restart_objectives"}
+            )
+            np.save(CACHE / f"yhat_{target}_n{n}_seed{seed}.npy", result.labels)
+    results["transfer"] = {"alpha": alpha, "n": n, "seeds": seeds, "restarts": restarts, "pairs": rows}
+
+
+def subset_accuracy(labels: np.ndarray, ret: np.ndarray, subset: np.ndarray) -> float:
+    """Accuracy as :func:`mmpref.control.pearl.transfer_accuracy`, only over pairs in ``subset`` ``[n, n]``."""
+    diff = ret[:, None] - ret[None]
+    keep = np.triu(np.abs(diff) > 0.1 * ret.std(), 1) & subset
+    y = labels[keep]
+    return float(np.mean(np.where(y == 0.5, 0.5, (y > 0.5) == (diff[keep] > 0))))
+
+
+def stage_timing(results: dict[str, Any], n: int) -> None:
+    from mmpref.control import pearl
+
+    p = problem("window-open-v3", "window-close-v3", n, 0, stride=25)
+    timings = {}
+    for name, fn in {
+        "gw_exact": lambda: pearl.gw_coupling(p["c_s"], p["c_t"], "exact"),
+        "gw_entropic_0.01": lambda: pearl.gw_coupling(p["c_s"], p["c_t"], "entropic", 0.01),
+        "fused_gw_entropic_0.01": lambda: pearl.fused_gw_coupling(p["cross"], p["c_s"], p["c_t"], 0.5, 0.01),
+        "transfer_labels": lambda: pearl.transfer_labels(np.full((n, n), 1.0 / n**2), p["labels"]),
+    }.items():
+        start = time.perf_counter()
+        fn()
+        timings[name] = time.perf_counter() - start
+        logging.info("timing %s at %d x %d: %.2f s", name, n, n, timings[name])
+    results["timing"] = {"n": n, "seconds": timings, "device": "cpu (numpy backend); no GPU on this machine"}
+
+
+def stage_policy(results: dict[str, Any], n: int, episodes: int, top_fraction: float) -> None:
+    from mmpref.control import pearl
+    from mmpref.control.envs import make_env
+    from mmpref.control.pearl_reward import fit_gaussian_reward, predicted_returns, reward_filtered_bc
+    from mmpref.control.policies import GaussianPolicy, behaviour_cloning
+    from mmpref.control.segments import rollout
+    from mmpref.control.transfer_data import load_or_generate
+
+    rows = {}
+    for _, target in EVAL_PAIRS:
+        t = side(target, 1, n, 0)
+        x = np.concatenate([t["obs"], t["act"]], -1).astype(np.float32)
+        data = load_or_generate(target, CACHE, 35, 200, 0)
+        odd = np.arange(1, len(data.observations), 2)
+        env = make_env(target, seed=123, goal_variation=True)
+
+        def success(policy: Any, env: Any = env) -> float:
+            runs = [rollout(env, policy.numpy_policy(True, seed=k), 200, seed=10_000 + k) for k in range(episodes)]
+            return float(np.mean([r.succeeded for r in runs]))
+
+        row: dict[str, Any] = {}
+        for name, labels in (
+            ("transferred", np.load(CACHE / f"yhat_{target}_n{n}_seed0.npy")),
+            ("true_labels", pearl.label_matrix(t["ret"])),
+        ):
+            start = time.perf_counter()
+            system = fit_gaussian_reward(x, labels, n_pairs=4000, epochs=10, hidden=64)
+            reward_acc = pearl.transfer_accuracy(pearl.label_matrix(predicted_returns(system, x)), t["ret"])
+            policy, chosen = reward_filtered_bc(system, data.observations[odd], data.actions[odd], top_fraction)
+            row[name] = {
+                "success": success(policy),
+                "reward_pair_accuracy_on_target_segments": reward_acc,
+                "chosen_behaviours": np.bincount(data.behaviour[odd][chosen], minlength=7).tolist(),
+                "seconds": time.perf_counter() - start,
+            }
+            logging.info("policy %s %s: %s", target, name, row[name])
+        policy = GaussianPolicy()
+        behaviour_cloning(policy, data.observations[odd].reshape(-1, 39), data.actions[odd].reshape(-1, 4), epochs=10)
+        row["bc_all"] = {"success": success(policy)}
+        logging.info("policy %s bc_all: %s", target, row["bc_all"])
+        rows[target] = row
+    results["policy"] = {"episodes": episodes, "top_fraction": top_fraction, "targets": rows}
+
+
+def write_markdown(results: dict[str, Any]) -> None:
+    lines = [
+        "# PEARL cross-task label transfer on Meta-World v3 (CPU)",
+        "",
+        f"Reproduce: `{results.get('command', '')}`. machine: {results['machine']}",
+        "",
+    ]
+    if "dev" in results:
+        dev = results["dev"]
+        lines += [
+            "## Choosing α without evaluation labels (development pairs)",
+            "",
+            "| dev pair | " + " | ".join(f"α={a}" for a in dev["mean"]) + " |",
+            "|---|" + "---|" * len(dev["mean"]),
+        ]
+        for pair, row in dev["pairs"].items():
+            lines.append(f"| {pair} | " + " | ".join(f"{100 * v:.1f}" for v in row.values()) + " |")
+        lines += ["| mean | " + " | ".join(f"{100 * v:.1f}" for v in dev["mean"].values()) + " |", ""]
+        lines += [f"chosen α = {dev['alpha']} (then fixed for every evaluation pair)", ""]
+    if "transfer" in results:
+        tr = results["transfer"]
+        methods = ["random", "nearest", "gw_exact", "gw_entropic", "shared_feature_bt", "mmpref_robust"]
+        lines += [
+            f"## Transferred-label accuracy (%), N = {tr['n']} per side, mean (min–max) over subsamples {tr['seeds']}",
+            "",
+            f"mmpref_robust = entropic fused GW (α = {tr['alpha']}, ε = 0.01), {tr['restarts']} restarts keeping the "
+            "lowest objective, direction check against the shared-feature reward fitted on source labels.",
+            "",
+            "| pair | " + " | ".join(methods) + " | flips | robust s |",
+            "|---|" + "---|" * (len(methods) + 2),
+        ]
+        means = {m: [] for m in methods}
+        for pair, seeds in tr["pairs"].items():
+            cells = []
+            for m in methods:
+                vals = [100 * s[m] for s in seeds.values()]
+                means[m].append(np.mean(vals))
+                cells.append(f"{np.mean(vals):.1f} ({min(vals):.0f}–{max(vals):.0f})")
+            flips = sum(bool(s["flipped"]) for s in seeds.values())
+            secs = np.mean([s["robust_seconds"] for s in seeds.values()])
+            lines.append(f"| {pair} | " + " | ".join(cells) + f" | {flips}/{len(seeds)} | {secs:.0f} |")
+        lines += ["| **mean** | " + " | ".join(f"**{np.mean(v):.1f}**" for v in means.values()) + " | | |", ""]
+    if "timing" in results:
+        tm = results["timing"]
+        lines += [f"## Time at {tm['n']} × {tm['n']} segments ({tm['device']})", "", "| step | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in tm["seconds"].items()] + [""]
+    if "policy" in results:
+        po = results["policy"]
+        lines += [
+            f"## Target policy: robust Gaussian reward → filtered BC (top {po['top_fraction']:.0%} of the target's "
+            f"unlabelled trajectories), success over {po['episodes']} episodes of 200 steps",
+            "",
+            "| target | 0 target labels (transferred) | true target labels | BC on all (no labels) | reward pair acc. "
+            "transferred / true | chosen behaviours transferred (e0, e.3, e1, e2, late, early, rand) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for target, row in po["targets"].items():
+            tr_, tl = row["transferred"], row["true_labels"]
+            lines.append(
+                f"| {target} | {100 * tr_['success']:.0f} | {100 * tl['success']:.0f} "
+                f"| {100 * row['bc_all']['success']:.0f} "
+                f"| {100 * tr_['reward_pair_accuracy_on_target_segments']:.0f} / "
+                f"{100 * tl['reward_pair_accuracy_on_target_segments']:.0f} | {tr_['chosen_behaviours']} |"
+            )
+        lines.append("")
+    OUT.with_suffix(".md").write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", nargs="+", default=["dev", "transfer", "timing", "policy"])
+    parser.add_argument("--n", type=int, default=480)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--restarts", type=int, default=3)
+    parser.add_argument("--timing-n", type=int, default=1000)
+    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--top-fraction", type=float, default=0.2)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for name in ("lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    json_path = OUT.with_suffix(".json")
+    results = json.loads(json_path.read_text()) if json_path.exists() else {}
+    results["machine"] = (
+        f"2 vCPU AMD EPYC ({platform.platform()}), torch {torch.__version__}, CPU only, shared with other jobs; "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; {datetime.now(UTC).isoformat(timespec='seconds')}"
+    )
+    results["command"] = (
+        "OMP_NUM_THREADS=1 MUJOCO_GL=egl .venv/bin/python scripts/bench_pearl.py --stage dev transfer timing policy"
+    )
+    stages = {
+        "dev": lambda: stage_dev(results, args.n),
+        "transfer": lambda: stage_transfer(results, args.n, args.seeds, args.restarts),
+        "timing": lambda: stage_timing(results, args.timing_n),
+        "policy": lambda: stage_policy(results, args.n, args.episodes, args.top_fraction),
+    }
+    for stage in args.stage:
+        stages[stage]()
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(results, indent=1, default=float))
+        write_markdown(results)
+
+
+if __name__ == "__main__":
+    main()
