@@ -60,8 +60,8 @@ def tiny_random_pipeline(seed: int = 0) -> Any:
     For tests and demos only: no weights are downloaded. The tokenizer is a byte-level CLIP BPE without merges.
     """
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
     from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
     chars = sorted(ByteLevel.alphabet())
@@ -227,7 +227,13 @@ def dpo_finetune(
         pairs_path: Pick-a-Pic-style Parquet (``caption``, ``jpg_0``, ``jpg_1``, ``label_0``).
         ties: ``"drop"`` or ``"error"``: what a tied pair does.
         mode: ``"lora"`` (adapters; reference = adapters disabled) or ``"full"`` (frozen copy as reference).
-        steps, batch_size, beta, lr, loss, lora_rank, seed: training settings (β is the official β_dpo).
+        steps: optimizer steps.
+        batch_size: pairs per step.
+        beta: β_dpo of the official code (the core loss gets β/2).
+        lr: AdamW learning rate.
+        loss: a pairwise loss name of :mod:`mmpref.losses`.
+        lora_rank: LoRA rank (``mode="lora"``).
+        seed: seed of the VAE draw, shuffling, noise and timesteps.
 
     Returns:
         The loaded pipeline and the trained system (its ``unet`` is the pipeline's UNet, with adapters for LoRA).

@@ -1,4 +1,4 @@
-"""Real diffusers pipelines: LoRA / full Diffusion-DPO from a local folder, LoRA weights that diffusers loads, bad input."""
+"""Real diffusers pipelines: LoRA / full Diffusion-DPO from a local folder, diffusers-loadable LoRA, bad input."""
 
 from __future__ import annotations
 
