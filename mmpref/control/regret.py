@@ -28,12 +28,15 @@ restored simulator state (:class:`ExpertValueOracle`): score = R(σ) + γ^T V(s_
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import torch
 
+from mmpref.control.segments import Episode
+from mmpref.data import Segment, SegmentPair
 from mmpref.losses import soft_bradley_terry
 from mmpref_envs.tabular import (
     TabularMDP,
@@ -120,25 +123,44 @@ def regret(mdp: TabularMDP, q: np.ndarray, segments: TabularSegments) -> np.ndar
 
 
 def optimal_values(
-    mdp: TabularMDP, weights: torch.Tensor, policy: np.ndarray | None = None
+    mdp: TabularMDP, weights: torch.Tensor, policy: np.ndarray | None = None, cache: dict | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Exact V* and Q* of r = w·φ, differentiable in w (envelope theorem through successor features).
+
+    Policy iteration without gradient finds π* for the current w (evaluating each policy through its successor
+    features ψ^π, so V^π = ψ^π w); then V* = ψ^{π*} w and Q* = Φ w + γ V*(s') keep the gradient.
 
     Args:
         mdp: the tabular MDP (γ < 1).
         weights: ``[K]`` reward weights (may require grad).
-        policy: a starting policy for policy iteration (the previous optimum makes it one solve).
+        policy: a starting policy for policy iteration (the previous optimum makes it one evaluation).
+        cache: optional dict policy-bytes → ψ^π, reused across calls while w changes a little.
 
     Returns:
-        ``(V* [S], Q* [S, A], π* [S])``; V* = ψ^{π*} w and Q* = Φ w + γ V*(s').
+        ``(V* [S], Q* [S, A], π* [S])``.
     """
+    if mdp.gamma >= 1:
+        raise ValueError("optimal_values needs gamma < 1 (a learned reward may make endless loops worthwhile)")
+    cache = {} if cache is None else cache
     w_np = weights.detach().cpu().double().numpy()
-    policy, _ = policy_iteration(mdp, w_np, policy)
-    psi = torch.as_tensor(successor_features(mdp, policy), dtype=weights.dtype, device=weights.device)
+    policy = np.zeros(mdp.n_states, np.int64) if policy is None else np.asarray(policy, np.int64)
+    states = np.arange(mdp.n_states)
+    for _ in range(1_000):
+        key = policy.tobytes()
+        if key not in cache:
+            cache[key] = successor_features(mdp, policy)
+        q_np = mdp.q_from_v(w_np, cache[key] @ w_np)
+        best, current = q_np.max(axis=1), q_np[states, policy]
+        improve = best > current + 1e-12 * (1 + np.abs(best))  # strict, so ties cannot make it cycle
+        if not improve.any():
+            break
+        policy = np.where(improve, q_np.argmax(axis=1), policy)
+    else:
+        raise RuntimeError("policy iteration did not converge in 1000 steps")
+    psi = torch.as_tensor(cache[policy.tobytes()], dtype=weights.dtype, device=weights.device)
     phi = torch.as_tensor(mdp.features, dtype=weights.dtype, device=weights.device)
-    nxt = torch.as_tensor(mdp.next_state, device=weights.device)
     v = psi @ weights
-    q = phi @ weights + mdp.gamma * v[nxt]
+    q = phi @ weights + mdp.gamma * v[torch.as_tensor(mdp.next_state, device=weights.device)]
     return v, q, policy
 
 
@@ -147,22 +169,27 @@ def segment_scores(
     mdp: TabularMDP,
     weights: torch.Tensor,
     segments: TabularSegments,
-    policy: np.ndarray | None = None,
-) -> tuple[torch.Tensor, np.ndarray | None]:
+    optimum: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Scores under a preference model: −regret(σ) (regret) or R(σ) (partial return), ``[N]``, differentiable in w.
 
-    Returns:
-        ``(scores, π*)``; π* is the optimum used (regret) or ``None`` (partial return).
+    Args:
+        model: ``"regret"`` or ``"partial_return"``.
+        mdp: the tabular MDP.
+        weights: ``[K]`` reward weights.
+        segments: the segments to score.
+        optimum: ``(V*, Q*)`` of ``weights`` from :func:`optimal_values`, to share one solve between batches
+            (computed here when omitted; unused by the partial-return model).
     """
     _check_model(model)
     s = torch.as_tensor(segments.states[:, :-1], device=weights.device)
     a = torch.as_tensor(segments.actions, device=weights.device)
     disc = _discounts(mdp, s.shape[1], like=weights)
-    phi = torch.as_tensor(mdp.features, dtype=weights.dtype, device=weights.device)
     if model == "partial_return":
-        return (phi[s, a] @ weights) @ disc, None
-    v, q, policy = optimal_values(mdp, weights, policy)
-    return (q[s, a] - v[s]) @ disc, policy
+        phi = torch.as_tensor(mdp.features, dtype=weights.dtype, device=weights.device)
+        return (phi[s, a] @ weights) @ disc
+    v, q = optimum if optimum is not None else optimal_values(mdp, weights)[:2]
+    return (q[s, a] - v[s]) @ disc  # Σ γ^t A(s_t, a_t); A = 0 in absorbing terminal states
 
 
 @dataclass
@@ -211,14 +238,15 @@ def fit_reward_weights(
     b: TabularSegments,
     labels: np.ndarray,
     steps: int = 300,
-    lr: float = 0.1,
-    l2: float = 1e-3,
+    lr: float = 0.3,
+    l2: float = 1e-6,
     init: np.ndarray | None = None,
 ) -> np.ndarray:
     """Learn linear reward weights w from labelled segment pairs by maximum likelihood under a preference model.
 
     Loss: mean soft Bradley-Terry (the loss core's :func:`~mmpref.losses.soft_bradley_terry`) on the model's scores
-    plus ``l2``·‖w‖² (keeps w finite when the labels are separable), full batch, Adam.
+    plus ``l2``·‖w‖² (tiny by default: it only keeps w finite when the labels are separable; a larger one
+    shrinks the large terminal weights and biases the comparison), full batch, Adam from w = 0.
 
     Returns:
         The learned weights ``[K]``.
@@ -230,10 +258,14 @@ def fit_reward_weights(
     w.requires_grad_(True)
     target = torch.as_tensor(labels, dtype=torch.float64)
     optimiser = torch.optim.Adam([w], lr=lr)
-    policy = None
+    policy, cache = None, {}
     for _ in range(steps):
-        score_a, policy = segment_scores(model, mdp, w, a, policy)
-        score_b, policy = segment_scores(model, mdp, w, b, policy)
+        optimum = None
+        if model == "regret":  # one exact solve per step, shared by both sides of every pair
+            v, q, policy = optimal_values(mdp, w, policy, cache)
+            optimum = (v, q)
+        score_a = segment_scores(model, mdp, w, a, optimum)
+        score_b = segment_scores(model, mdp, w, b, optimum)
         loss = soft_bradley_terry(score_a, score_b, target).mean() + l2 * (w * w).sum()
         optimiser.zero_grad()
         loss.backward()
@@ -260,3 +292,201 @@ def policy_quality(
     if v_star - v_unif < 1e-9:
         return 1.0
     return float((v_hat - v_unif) / (v_star - v_unif))
+
+
+# --- continuous control: regret under a value estimate ------------------------------------------------------------
+
+
+@dataclass
+class SegmentRegretTeacher:
+    """Labels Meta-World (or any) segment pairs by regret under a value estimate V, instead of partial return.
+
+    score(σ) = Σ_t γ^t r_t + γ^T V(s_T) − V(s_0) = −regret(σ) when V = V* (Knox et al., deterministic case), where
+    s_T is the state *after* the segment's last action. With a constant V and γ = 1 the score is the partial return,
+    so the teacher reduces to the B-Pref teacher; with γ < 1 a constant V adds the same (γ^T − 1)·V to both segments
+    of a pair, which changes no label either.
+
+    Args:
+        value: ``segment → (V(s_0), V(s_T))``, e.g. a lookup into :func:`segment_boundary_values`.
+        gamma: discount γ ∈ (0, 1] of the returns and of V.
+        beta: inverse temperature of P(a ≻ b) = σ(β Δscore); ``math.inf``: the better segment (ties → 0.5).
+        seed: seed of the label draws.
+    """
+
+    value: Callable[[Segment], tuple[float, float]]
+    gamma: float = 1.0
+    beta: float = math.inf
+    seed: int = 0
+    rng: np.random.Generator = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma must lie in (0, 1], got {self.gamma}")
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0 (math.inf for a noiseless teacher), got {self.beta}")
+        self.rng = np.random.default_rng(self.seed)
+
+    def score(self, segment: Segment) -> float:
+        """−regret(σ) under V: R_γ(σ) + γ^T V(s_T) − V(s_0)."""
+        if segment.rewards is None:
+            raise ValueError(f"segment {segment.id!r} has no true rewards; a regret teacher needs them")
+        rewards = np.asarray(segment.rewards, np.float64)
+        v_start, v_end = self.value(segment)
+        if not (math.isfinite(v_start) and math.isfinite(v_end)):
+            raise ValueError(f"segment {segment.id!r}: value estimate is not finite ({v_start}, {v_end})")
+        horizon = len(rewards)
+        return float(rewards @ self.gamma ** np.arange(horizon) + self.gamma**horizon * v_end - v_start)
+
+    def label(self, a: Segment, b: Segment) -> float:
+        """P(a ≻ b) ∈ {0, 0.5, 1}."""
+        diff = self.score(a) - self.score(b)
+        if math.isinf(self.beta):
+            return 0.5 if abs(diff) < 1e-12 else float(diff > 0)
+        return float(self.rng.random() < 0.5 * (1.0 + math.tanh(0.5 * self.beta * diff)))
+
+    def label_pairs(self, pairs: Sequence[SegmentPair]) -> list[SegmentPair]:
+        """The pairs with regret labels (teacher ``"regret"``)."""
+        return [SegmentPair(id=p.id, a=p.a, b=p.b, label=self.label(p.a, p.b), teacher="regret") for p in pairs]
+
+
+@dataclass
+class ExpertValueOracle:
+    """V(s) ≈ the scripted expert's discounted return over ``horizon`` steps from the exact simulator state.
+
+    The env's full state (MuJoCo qpos/qvel/mocap plus every wrapper's counters, as PbRL checkpoints save it) is
+    snapshot, the expert runs from it, and the snapshot is restored, so the caller's episode goes on unchanged.
+    The expert stands in for π*: on Meta-World its success rate is near 100 %, so its return-to-go is a close lower
+    bound on V*. Returns are truncated where the episode would end (500 steps), so V also knows the time left.
+
+    Args:
+        task: Meta-World task name (selects the scripted expert).
+        horizon: steps of each expert rollout.
+        gamma: discount γ of the return.
+    """
+
+    task: str
+    horizon: int = 100
+    gamma: float = 0.99
+
+    def __post_init__(self) -> None:
+        from mmpref.control.envs import ExpertPolicy
+
+        if self.horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {self.horizon}")
+        self.expert = ExpertPolicy(self.task, noise=0.0)
+
+    def __call__(self, env: object, obs: np.ndarray) -> float:
+        """V(current state of ``env``), whose current observation is ``obs``; ``env`` is left as it was."""
+        snapshot = _snapshot(env)
+        total, discount = 0.0, 1.0
+        for _ in range(self.horizon):
+            obs, reward, terminated, truncated, _ = env.step(self.expert(obs))
+            total += discount * float(reward)
+            discount *= self.gamma
+            if terminated or truncated:
+                break
+        _restore(env, snapshot)
+        return total
+
+
+def _layers(env: object) -> list[object]:
+    chain, layer = [], env
+    while layer is not None:
+        chain.append(layer)
+        layer = getattr(layer, "env", None)
+    return chain
+
+
+def _snapshot(env: object) -> dict:
+    """MuJoCo state plus each wrapper's small attributes (step counters, previous observation, goal).
+
+    The same content as the PbRL loop's checkpoint state, built here so that a teacher does not import the RL stack.
+    """
+    data = env.unwrapped.data
+    plain = (int, float, bool, str, np.ndarray, tuple, list)
+    return {
+        "sim": [data.qpos.copy(), data.qvel.copy(), data.mocap_pos.copy(), data.mocap_quat.copy()],
+        "layers": [
+            {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in vars(layer).items() if isinstance(v, plain)}
+            for layer in _layers(env)
+        ],
+    }
+
+
+def _restore(env: object, snapshot: dict) -> None:
+    import mujoco
+
+    for layer, attributes in zip(_layers(env), snapshot["layers"], strict=True):
+        for key, value in attributes.items():
+            setattr(layer, key, value.copy() if isinstance(value, np.ndarray) else value)
+    data = env.unwrapped.data
+    data.qpos[:], data.qvel[:], data.mocap_pos[:], data.mocap_quat[:] = snapshot["sim"]
+    mujoco.mj_forward(env.unwrapped.model, data)
+
+
+def rollout_with_values(
+    env: object,
+    policy: Callable[[np.ndarray], np.ndarray],
+    value: Callable[[object, np.ndarray], float],
+    every: int,
+    max_steps: int = 500,
+    seed: int | None = None,
+    source: str = "",
+) -> tuple[Episode, np.ndarray]:
+    """One episode plus V at every ``every``-th state: ``values[t]`` = V(s_t) for t = 0, every, 2·every, … ≤ T.
+
+    ``values`` has length T + 1 (s_T is the state after the last action) and NaN where V was not computed; cut
+    segments of length ``every`` (stride ``every``) and :func:`segment_boundary_values` finds both ends of each.
+    """
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    obs, _ = env.reset(seed=seed)
+    observations, actions, rewards, next_obs, success, values = [], [], [], [], [], []
+    for t in range(max_steps):
+        values.append(value(env, obs) if t % every == 0 else math.nan)
+        action = policy(obs)
+        new_obs, reward, terminated, truncated, info = env.step(action)
+        observations.append(obs)
+        actions.append(action)
+        rewards.append(reward)
+        next_obs.append(new_obs)
+        success.append(float(info.get("success", 0.0)))
+        obs = new_obs
+        if terminated or truncated:
+            break
+    values.append(value(env, obs) if len(actions) % every == 0 else math.nan)
+    episode = Episode(
+        np.asarray(observations, np.float32),
+        np.asarray(actions, np.float32),
+        np.asarray(rewards, np.float32),
+        np.asarray(next_obs, np.float32),
+        np.asarray(success, np.float32),
+        source,
+    )
+    return episode, np.asarray(values)
+
+
+def segment_boundary_values(
+    episodes: Sequence[Episode], values: Sequence[np.ndarray], length: int
+) -> tuple[list[Segment], dict[str, tuple[float, float]]]:
+    """Non-overlapping segments of ``length`` steps and, per segment id, (V(s_0), V(s_T)) from ``values``.
+
+    Raises:
+        ValueError: when a needed value is missing (NaN): compute values every ``length`` steps.
+    """
+    from mmpref.control.segments import cut_segments
+
+    if len(episodes) != len(values):
+        raise ValueError(f"need one value array per episode, got {len(episodes)} episodes, {len(values)} arrays")
+    segments = cut_segments(episodes, length)
+    ends = [(e, s) for e, ep in enumerate(episodes) for s in range(0, len(ep) - length + 1, length)]
+    table = {}
+    for segment, (e, start) in zip(segments, ends, strict=True):
+        v = np.asarray(values[e])
+        if len(v) != len(episodes[e]) + 1:
+            raise ValueError(f"episode {e}: values must have T + 1 = {len(episodes[e]) + 1} entries, got {len(v)}")
+        pair = (float(v[start]), float(v[start + length]))
+        if not all(map(math.isfinite, pair)):
+            raise ValueError(f"episode {e}: no value at step {start} or {start + length}; compute V every {length}")
+        table[segment.id] = pair
+    return segments, table

@@ -72,16 +72,16 @@ def test_differentiable_scores_match_numpy_and_finite_differences():
     mdp = grid.mdp()
     segs = sample_segments(mdp, grid.start_states, 30, 3, np.random.default_rng(2))
     w = torch.tensor(grid.weights, requires_grad=True)
-    scores, _ = segment_scores("regret", mdp, w, segs)
+    scores = segment_scores("regret", mdp, w, segs)
     np.testing.assert_allclose(scores.detach().numpy(), -regret(mdp, value_iteration(mdp, grid.weights)[1], segs))
-    pr, _ = segment_scores("partial_return", mdp, w, segs)
+    pr = segment_scores("partial_return", mdp, w, segs)
     np.testing.assert_allclose(pr.detach().numpy(), partial_return(mdp, grid.weights, segs))
     # the envelope-theorem gradient equals central finite differences where π* does not change
     direction = torch.tensor([0.3, -0.2, 0.5, 0.1], dtype=torch.float64)
     (scores @ torch.arange(30.0, dtype=torch.float64)).backward()
     h = 1e-6
-    plus = segment_scores("regret", mdp, (w + h * direction).detach(), segs)[0]
-    minus = segment_scores("regret", mdp, (w - h * direction).detach(), segs)[0]
+    plus = segment_scores("regret", mdp, (w + h * direction).detach(), segs)
+    minus = segment_scores("regret", mdp, (w - h * direction).detach(), segs)
     numeric = ((plus - minus) @ torch.arange(30.0, dtype=torch.float64)) / (2 * h)
     assert float(w.grad @ direction) == pytest.approx(float(numeric), rel=1e-5, abs=1e-6)
 
@@ -114,19 +114,34 @@ def test_bad_inputs_raise():
         fit_reward_weights("regret", CORRIDOR.mdp(), segs, segs, np.array([1.0, 0.0]))
 
 
-def test_regret_model_learns_a_near_optimal_reward_from_regret_labels():
-    # the paper's claim on a few instances (the benchmark script runs 100): with 300 regret-labelled pairs the
-    # regret model's reward gives near-optimal policies; partial return does markedly worse
-    good = {"regret": 0, "partial_return": 0}
-    for seed in range(4):
-        rng = np.random.default_rng(seed)
-        grid = DeliveryGrid.random(rng)
+def _learn_on_instances(seeds: range, pairs: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised true return of the optimal policy of the reward learned by each model (the benchmark's sampling)."""
+    quality = {"regret": [], "partial_return": []}
+    for seed in seeds:
+        grid = DeliveryGrid.random(np.random.default_rng(seed))
         mdp = grid.mdp()
-        a = sample_segments(mdp, grid.start_states, 300, 3, rng)
-        b = sample_segments(mdp, grid.start_states, 300, 3, rng)
+        rng = np.random.default_rng([seed, pairs])
+        a = sample_segments(mdp, grid.start_states, pairs, 3, rng)
+        b = sample_segments(mdp, grid.start_states, pairs, 3, rng)
         labels = TabularTeacher("regret", beta=1.0, seed=seed).label(mdp, grid.weights, a, b)
-        for model in good:
-            w = fit_reward_weights(model, mdp, a, b, labels, steps=150)
-            good[model] += policy_quality(mdp, grid.weights, w, grid.start_states) >= 0.9
-    assert good["regret"] == 4
-    assert good["partial_return"] <= 3
+        for model, values in quality.items():
+            w = fit_reward_weights(model, mdp, a, b, labels)
+            values.append(policy_quality(mdp, grid.weights, w, grid.start_states))
+    return np.array(quality["regret"]), np.array(quality["partial_return"])
+
+
+def test_regret_model_learns_a_near_optimal_reward_from_regret_labels():
+    # the paper's claim on the benchmark's first 2 instances (scripts/bench_regret.py runs 100, same sampling):
+    # from 30 regret-labelled pairs the regret model's reward is near-optimal (q >= 0.9, 0 = random policy), the
+    # partial-return model's is worse by a wide margin
+    regret_q, partial_q = _learn_on_instances(range(2))
+    assert (regret_q >= 0.9).all()
+    assert regret_q.mean() - partial_q.mean() >= 0.3
+
+
+@pytest.mark.slow
+def test_regret_model_beats_partial_return_on_ten_instances():
+    # 10 instances, 30 regret-labelled pairs each: near-optimal on >= 8 vs <= 5 (benchmark on 100: 0.88 vs 0.31)
+    regret_q, partial_q = _learn_on_instances(range(10))
+    assert (regret_q >= 0.9).sum() >= 8
+    assert (partial_q >= 0.9).sum() <= 5
