@@ -8,6 +8,7 @@ Stages (each merges its results into ``docs/benchmarks/bench_pearl_cpu.json`` an
 * ``transfer``: transferred-label accuracy on the four evaluation pairs for random, nearest-neighbour (shared
   features), plain GW (exact, entropic ε = 0.01), the shared-feature Bradley-Terry baseline and mmpref's robust
   transfer, over three segment subsamples; target returns are used only to score;
+* ``ablation``: plain GW with restarts and the direction check; fused GW without the direction check;
 * ``timing``: GW / fused-GW wall-clock at 1,000 × 1,000 segments;
 * ``policy``: per target task, a robust Gaussian reward on the target's segments from (a) transferred labels only,
   (b) the target's true labels → filtered BC on the target's unlabelled trajectories → success rate; and BC on all
@@ -16,7 +17,7 @@ Stages (each merges its results into ``docs/benchmarks/bench_pearl_cpu.json`` an
 Data: per task 245 trajectories of 200 steps (35 each of 7 behaviours, :mod:`mmpref.control.transfer_data`), cached
 in ``runs/pearl``; segments of 50 steps; source = even trajectories, target = odd; 480 segments per side.
 
-    OMP_NUM_THREADS=1 MUJOCO_GL=egl .venv/bin/python scripts/bench_pearl.py --stage dev transfer timing policy
+    OMP_NUM_THREADS=1 MUJOCO_GL=egl .venv/bin/python scripts/bench_pearl.py --stage dev transfer ablation timing policy
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ DEV_PAIRS = [
 ]
 ALPHAS = (0.1, 0.5, 0.9)
 CACHE = Path("runs/pearl")
+DATA_SEED = [0]  # seed of the rollouts (``--data-seed``); 1 gives fresh, independent trajectories
 OUT = Path("docs/benchmarks/bench_pearl_cpu")
 
 
@@ -54,7 +56,7 @@ def side(task: str, parity: int, n: int, seed: int, stride: int = 50) -> dict[st
     """Segments of one half (parity 0 = even trajectories = source side, 1 = odd = target side), n subsampled."""
     from mmpref.control.transfer_data import load_or_generate, segment_arrays
 
-    data = load_or_generate(task, CACHE, 35, 200, 0)
+    data = load_or_generate(task, CACHE, 35, 200, DATA_SEED[0])
     segments = segment_arrays(data, 50, stride, trajectories=np.arange(parity, len(data.observations), 2))
     idx = np.random.default_rng(1000 * seed + parity).choice(len(segments["ret"]), n, replace=False)
     return {k: v[idx] for k, v in segments.items()}
@@ -146,8 +148,17 @@ def stage_transfer(results: dict[str, Any], n: int, seeds: list[int], restarts: 
             logging.info(
                 "transfer %s seed %d: %s", key, seed, {k: v for k, v in acc.items() if k != "restart_objectives"}
             )
-            np.save(CACHE / f"yhat_{target}_n{n}_seed{seed}.npy", result.labels)
-    results["transfer"] = {"alpha": alpha, "n": n, "seeds": seeds, "restarts": restarts, "pairs": rows}
+            if DATA_SEED[0] == 0:
+                np.save(CACHE / f"yhat_{target}_n{n}_seed{seed}.npy", result.labels)
+    key = "transfer" if DATA_SEED[0] == 0 else f"transfer_data_seed{DATA_SEED[0]}"
+    results[key] = {
+        "data_seed": DATA_SEED[0],
+        "alpha": alpha,
+        "n": n,
+        "seeds": seeds,
+        "restarts": restarts,
+        "pairs": rows,
+    }
 
 
 def subset_accuracy(labels: np.ndarray, ret: np.ndarray, subset: np.ndarray) -> float:
@@ -158,10 +169,33 @@ def subset_accuracy(labels: np.ndarray, ret: np.ndarray, subset: np.ndarray) -> 
     return float(np.mean(np.where(y == 0.5, 0.5, (y > 0.5) == (diff[keep] > 0))))
 
 
+def stage_ablation(results: dict[str, Any], n: int, restarts: int) -> None:
+    """Which part fixes what (subsample 0): plain entropic GW + restarts + the direction check (α = 1), and the
+    fused plan without the direction check."""
+    from mmpref.control import pearl
+
+    alpha = results.get("dev", {}).get("alpha", 0.5)
+    rows = {}
+    for source, target in EVAL_PAIRS:
+        p = problem(source, target, n, 0)
+        anchor = pearl.FeatureBradleyTerry().fit(p["f_s"], p["labels"]).score(p["f_t"])
+        ret = p["target_returns"]
+        row = {}
+        for name, a, check in (("gw_restarts_direction_check", 1.0, True), ("fused_no_direction_check", alpha, False)):
+            result = pearl.robust_coupling(
+                p["cross"], p["c_s"], p["c_t"], p["labels"], anchor if check else None, alpha=a, restarts=restarts
+            )
+            row[name] = pearl.transfer_accuracy(result.labels, ret)
+            row[f"{name}_flipped"] = result.flipped
+        rows[f"{source}->{target}"] = row
+        logging.info("ablation %s -> %s: %s", source, target, row)
+    results["ablation"] = {"alpha": alpha, "restarts": restarts, "pairs": rows}
+
+
 def stage_timing(results: dict[str, Any], n: int) -> None:
     from mmpref.control import pearl
 
-    p = problem("window-open-v3", "window-close-v3", n, 0, stride=25)
+    p = problem("window-open-v3", "window-close-v3", n, 0, stride=10)
     timings = {}
     for name, fn in {
         "gw_exact": lambda: pearl.gw_coupling(p["c_s"], p["c_t"], "exact"),
@@ -239,11 +273,12 @@ def write_markdown(results: dict[str, Any]) -> None:
             lines.append(f"| {pair} | " + " | ".join(f"{100 * v:.1f}" for v in row.values()) + " |")
         lines += ["| mean | " + " | ".join(f"{100 * v:.1f}" for v in dev["mean"].values()) + " |", ""]
         lines += [f"chosen α = {dev['alpha']} (then fixed for every evaluation pair)", ""]
-    if "transfer" in results:
-        tr = results["transfer"]
+    for key in sorted(k for k in results if k.startswith("transfer")):
+        tr = results[key]
         methods = ["random", "nearest", "gw_exact", "gw_entropic", "shared_feature_bt", "mmpref_robust"]
         lines += [
-            f"## Transferred-label accuracy (%), N = {tr['n']} per side, mean (min–max) over subsamples {tr['seeds']}",
+            f"## Transferred-label accuracy (%), rollout seed {tr.get('data_seed', 0)}, N = {tr['n']} per side, "
+            f"mean (min–max) over subsamples {tr['seeds']}",
             "",
             f"mmpref_robust = entropic fused GW (α = {tr['alpha']}, ε = 0.01), {tr['restarts']} restarts keeping the "
             "lowest objective, direction check against the shared-feature reward fitted on source labels.",
@@ -262,6 +297,21 @@ def write_markdown(results: dict[str, Any]) -> None:
             secs = np.mean([s["robust_seconds"] for s in seeds.values()])
             lines.append(f"| {pair} | " + " | ".join(cells) + f" | {flips}/{len(seeds)} | {secs:.0f} |")
         lines += ["| **mean** | " + " | ".join(f"**{np.mean(v):.1f}**" for v in means.values()) + " | | |", ""]
+    if "ablation" in results:
+        ab = results["ablation"]
+        lines += [
+            f"## Ablation (subsample 0, {ab['restarts']} restarts): accuracy %",
+            "",
+            "| pair | plain entropic GW + restarts + direction check (flipped?) | fused GW, no direction check |",
+            "|---|---|---|",
+        ]
+        for pair, row in ab["pairs"].items():
+            lines.append(
+                f"| {pair} | {100 * row['gw_restarts_direction_check']:.1f} "
+                f"({'yes' if row['gw_restarts_direction_check_flipped'] else 'no'}) "
+                f"| {100 * row['fused_no_direction_check']:.1f} |"
+            )
+        lines.append("")
     if "timing" in results:
         tm = results["timing"]
         lines += [f"## Time at {tm['n']} × {tm['n']} segments ({tm['device']})", "", "| step | seconds |", "|---|---|"]
@@ -290,13 +340,14 @@ def write_markdown(results: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", nargs="+", default=["dev", "transfer", "timing", "policy"])
+    parser.add_argument("--stage", nargs="+", default=["dev", "transfer", "ablation", "timing", "policy"])
     parser.add_argument("--n", type=int, default=480)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--restarts", type=int, default=3)
     parser.add_argument("--timing-n", type=int, default=1000)
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--top-fraction", type=float, default=0.2)
+    parser.add_argument("--data-seed", type=int, default=0, help="rollout seed of the transfer stage's data")
     args = parser.parse_args()
     import torch
 
@@ -312,16 +363,25 @@ def main() -> None:
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; {datetime.now(UTC).isoformat(timespec='seconds')}"
     )
     results["command"] = (
-        "OMP_NUM_THREADS=1 MUJOCO_GL=egl .venv/bin/python scripts/bench_pearl.py --stage dev transfer timing policy"
+        "OMP_NUM_THREADS=1 MUJOCO_GL=egl .venv/bin/python scripts/bench_pearl.py "
+        "--stage dev transfer ablation timing policy"
     )
+    DATA_SEED[0] = args.data_seed
     stages = {
         "dev": lambda: stage_dev(results, args.n),
         "transfer": lambda: stage_transfer(results, args.n, args.seeds, args.restarts),
+        "ablation": lambda: stage_ablation(results, args.n, args.restarts),
         "timing": lambda: stage_timing(results, args.timing_n),
         "policy": lambda: stage_policy(results, args.n, args.episodes, args.top_fraction),
     }
     for stage in args.stage:
+        before = set(results)
         stages[stage]()
+        produced = {k: results[k] for k in set(results) - before | {"machine", "command"}}
+        produced |= {k: results[k] for k in results if k.startswith(stage) or (stage == "dev" and k == "dev")}
+        # Merge into what is on disk now: another stage may have finished meanwhile in a second process.
+        on_disk = json.loads(json_path.read_text()) if json_path.exists() else {}
+        results = on_disk | produced
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(results, indent=1, default=float))
         write_markdown(results)

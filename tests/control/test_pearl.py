@@ -181,3 +181,34 @@ def test_errors_name_the_problem():
         gw_coupling(np.ones((2, 2)), np.ones((2, 2)), method="sinkhorn")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="observations must be"):
         summary_features(np.ones((2, 3)), np.ones((2, 3)))
+
+
+@pytest.mark.slow
+def test_robust_transfer_learns_window_open_to_window_close(tmp_path):
+    # Real Meta-World rollouts (7 behaviours × 6 trajectories per task); source labels from the source's returns, the
+    # target's returns only score. pearl-notes: WO→WC is the one pair plain GW also handles, so this is a floor.
+    from mmpref.control.pearl import flat_features, zscore
+    from mmpref.control.transfer_data import load_or_generate, segment_arrays
+
+    torch.set_num_threads(1)
+    source = segment_arrays(load_or_generate("window-open-v3", tmp_path, 6, 200, 0))
+    target = segment_arrays(load_or_generate("window-close-v3", tmp_path, 6, 200, 1))
+    f_s = zscore(summary_features(source["obs"], source["act"]))
+    f_t = zscore(summary_features(target["obs"], target["act"]))
+    labels = label_matrix(source["ret"])
+    anchor = FeatureBradleyTerry().fit(f_s, labels).score(f_t)
+    result = robust_coupling(
+        distance_matrix(f_s, f_t),
+        distance_matrix(flat_features(source["obs"], source["act"])),
+        distance_matrix(flat_features(target["obs"], target["act"])),
+        labels,
+        anchor,
+        alpha=0.9,
+        restarts=2,
+    )
+    accuracy = transfer_accuracy(result.labels, target["ret"])
+    chance = transfer_accuracy(
+        transfer_labels(random_coupling(168, 168, np.random.default_rng(0)), labels), target["ret"]
+    )
+    assert accuracy >= 0.8, accuracy
+    assert chance < 0.65
