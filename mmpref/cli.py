@@ -21,6 +21,9 @@ OWN_JOBS = {
     "enroll": "create a user profile from labelled pairs/ratings: mmpref enroll --model DIR --user ID LABELS.jsonl",
     "label": "collect human labels: mmpref label serve|annotator|import|export --db labels.sqlite",
     "pbrl": "train a Meta-World policy from preferences: mmpref pbrl --config recipes/control/button_press.yaml",
+    "sample": "sample a diffusion model: mmpref sample [--model DIR] [--compare DIR] \"a handwritten 7\" --out g.png",
+    "dpo": "Diffusion-DPO: mmpref dpo --out DIR [--taste ink] | --pipeline SD_DIR --pairs F.parquet --ties drop",
+    "dpo-eval": "fine-tuned vs base diffusion model: mmpref dpo-eval TUNED_DIR [--base DIR] [--taste ink]",
     "version": "print mmpref's version",
 }
 
@@ -277,6 +280,9 @@ _RUNNERS = {
     "enroll": "mmpref.cli:run_enroll",
     "label": "mmpref.cli:run_label",
     "pbrl": "mmpref.cli:run_pbrl",
+    "sample": "mmpref.vision.diffusion.jobs:run_sample",
+    "dpo": "mmpref.vision.diffusion.jobs:run_dpo",
+    "dpo-eval": "mmpref.vision.diffusion.jobs:run_dpo_eval",
 }
 
 
