@@ -222,7 +222,11 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 
 def resolve_device(device: str) -> str:
-    """``"auto"`` → ``"cuda"`` when available, else ``"cpu"``; other values pass through (``"cpu"`` = numpy)."""
+    """``"auto"`` → ``"cuda"`` when available, else ``"cpu"``; other values pass through.
+
+    ``"cpu"`` runs POT's numpy backend; any other torch device string runs its torch backend on that device
+    (``"cuda"``, ``"cuda:1"``; ``"cpu:0"`` is the torch backend on the CPU, which the tests use to check that path).
+    """
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device

@@ -212,3 +212,28 @@ def test_robust_transfer_learns_window_open_to_window_close(tmp_path):
     )
     assert accuracy >= 0.8, accuracy
     assert chance < 0.65
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu:0",
+        pytest.param(
+            "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")]
+        ),
+    ],
+)
+def test_torch_backend_matches_numpy(device):
+    # "cpu:0" runs POT's torch backend on the CPU: the same code path as CUDA, checkable without a GPU.
+    x_s, x_t, labels, _ = _line_problem(n=16)
+    c_s, c_t = distance_matrix(x_s[:, None]), distance_matrix(x_t[:, None])
+    cross = distance_matrix(x_s[:, None], x_t[:, None] / 3.0)
+    plan_np, obj_np = fused_gw_coupling(cross, c_s, c_t, alpha=0.5, epsilon=0.01)
+    plan_t, obj_t = fused_gw_coupling(cross, c_s, c_t, alpha=0.5, epsilon=0.01, device=device)
+    np.testing.assert_allclose(plan_t, plan_np, atol=1e-8)
+    assert obj_t == pytest.approx(obj_np, abs=1e-8)
+    gw_np, _ = gw_coupling(c_s, c_t, "entropic", 0.01)
+    gw_t, _ = gw_coupling(c_s, c_t, "entropic", 0.01, device=device)
+    np.testing.assert_allclose(gw_t, gw_np, atol=1e-8)
+    yhat = transfer_labels(torch.as_tensor(plan_np, device=device), torch.as_tensor(labels, device=device))
+    np.testing.assert_allclose(yhat.cpu().numpy(), transfer_labels(plan_np, labels), atol=1e-12)
