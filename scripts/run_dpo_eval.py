@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import logging
 import sys
@@ -28,14 +29,17 @@ from mmpref.vision.diffusion.base import DEFAULT_ASSET, load_diffusion  # noqa: 
 from mmpref.vision.diffusion.classifier import load_classifier  # noqa: E402
 from mmpref.vision.diffusion.digits import HELD_OUT_CLASSES, get_taste  # noqa: E402
 from mmpref.vision.diffusion.evaluate import BaseSamples, evaluate_against_base  # noqa: E402
-from mmpref.vision.diffusion.train import DPOConfig, train_dpo  # noqa: E402
+from mmpref.vision.diffusion.train import DPOConfig, enroll_new_user, make_system, train_dpo  # noqa: E402
 
 MACHINE = "2 vCPU AMD EPYC, torch %s, CPU only, 1 thread, shared with other jobs (load average 3-6)"
 RUNS = {
     "pairwise": DPOConfig(),
     "listwise": DPOConfig(loss="plackett_luce", list_k=4),
-    "personal": DPOConfig(users=("ink", "thin"), user_lr=3e-3),
+    "personal": DPOConfig(users=("ink", "thin", "thin"), user_lr=3e-3),
 }
+# personalized run: users 0 and 1 (opposite tastes) train the shared model; user 2 is enrolled afterwards from a few
+# pairs with the UNet frozen (its row of the user table is untouched during the shared training)
+NEW_USER = 2
 
 
 def main() -> int:
@@ -46,7 +50,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None, help="DPO steps per round (default: config)")
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--beta", type=float, default=None)
-    parser.add_argument("--eval-per-prompt", type=int, default=100)
+    parser.add_argument("--eval-per-prompt", type=int, default=30)
+    parser.add_argument("--new-user-pairs", type=int, default=32, help="pairs to enrol the new user from")
     parser.add_argument("--out", default="docs/benchmarks")
     parser.add_argument("--grids", default="docs/diffusion")
     parser.add_argument("--tag", default="dpo_quality")
@@ -70,8 +75,17 @@ def main() -> int:
             if value is not None:
                 setattr(cfg, field, value)
         model.unet = copy.deepcopy(pristine)
-        system, report = train_dpo(model, cfg)
+        train_users = cfg.users[:NEW_USER] if cfg.users else ()
+        system, report = train_dpo(
+            model,
+            dataclasses.replace(cfg, users=train_users),
+            system=None if not cfg.users else make_system(model, cfg),
+        )
         users = list(enumerate(cfg.users)) or [(None, cfg.taste)]
+        if cfg.users:
+            report["new_user"] = enroll_new_user(
+                system, model, NEW_USER, cfg.users[NEW_USER], pairs=args.new_user_pairs
+            )
         report["eval"] = {}
         for user, taste in users:
             key = taste if user is None else f"user{user}_{taste}"
@@ -117,8 +131,11 @@ def markdown(results: dict) -> str:
         train_s = sum(r["train_seconds"] for r in report["rounds"])
         for key, ev in report["eval"].items():
             h, a = ev["held_out"], ev["all_classes"]
+            label = key
+            if key.startswith(f"user{NEW_USER}_") and "new_user" in report:
+                label = f"{key} (new user: {report['new_user']['pairs']} pairs, {report['new_user']['seconds']} s)"
             lines.append(
-                f"| {name} | {key} | {sample_s:.0f} + {train_s:.0f} | {100 * h['unpaired_win_rate']:.1f} % | "
+                f"| {name} | {label} | {sample_s:.0f} + {train_s:.0f} | {100 * h['unpaired_win_rate']:.1f} % | "
                 f"{100 * h['paired_win_rate']:.1f} % | {h['shift_sd']:+.2f} | {100 * a['unpaired_win_rate']:.1f} % | "
                 f"{a['shift_sd']:+.2f} | {100 * ev['fidelity_base']:.1f} → {100 * ev['fidelity_tuned']:.1f} % "
                 f"({ev['fidelity_drop_points']:+.1f}) | {100 * ev['implicit_accuracy_held_out_pairs']:.1f} % |"

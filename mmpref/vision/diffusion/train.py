@@ -40,7 +40,7 @@ class DPOConfig:
     steps_per_round: int = 130
     max_seconds: float | None = None
     rounds: int = 1
-    per_prompt: int = 100
+    per_prompt: int = 50
     pairing: str = "random"
     pairs_per_sample: int = 4
     min_gap_sd: float = 0.0
@@ -155,3 +155,45 @@ def train_dpo(model: DigitDiffusion, cfg: DPOConfig, system: DiffusionDPOSystem 
     report["dpo_seconds"] = round(sum(x["sample_seconds"] + x["train_seconds"] for x in report["rounds"]), 1)
     system.eval()
     return system, report
+
+
+def enroll_new_user(
+    system: DiffusionDPOSystem,
+    model: DigitDiffusion,
+    user: int,
+    taste: str,
+    pairs: int = 32,
+    steps: int = 60,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Fit one unused row of the user table from a few on-policy pairs; the UNet and other users stay frozen.
+
+    The new user's pairs are sampled with its (zero) vector, i.e. from the population model, labelled by ``taste``,
+    and only that row is trained with the same DPO loss.
+    """
+    quiet_lightning()
+    torch.manual_seed(seed)
+    prompts = preference_prompts(PREFERENCE_CLASSES)
+    cond = model.prompts.encode(prompts)
+    per_prompt = max(2, -(-2 * pairs // len(prompts)))
+    t0 = time.perf_counter()
+    candidates = sample_candidates(
+        system.unet,
+        model.scheduler,
+        policy_cond(system, cond, user),
+        prompts,
+        per_prompt,
+        get_taste(taste),
+        seed=seed + 4242,
+    )
+    candidates.cond = cond
+    data = build_pairs(candidates, pairing="random", pairs_per_sample=1, seed=seed, user=user)
+    keep = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:pairs]
+    data.tensors = {k: v[keep] for k, v in data.tensors.items()}
+    system.fit_new_user_only(user)
+    system.hparams.user_lr = lr
+    loader = DataLoader(data, batch_size=min(16, pairs), shuffle=True, generator=torch.Generator().manual_seed(seed))
+    quick_trainer(max_epochs=10_000, max_steps=steps, gradient_clip_val=1.0).fit(system, loader)
+    system.eval()
+    return {"pairs": len(data), "steps": steps, "seconds": round(time.perf_counter() - t0, 1)}

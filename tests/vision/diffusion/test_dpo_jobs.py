@@ -1,0 +1,23 @@
+"""The diffusion CLI jobs on a tiny saved model."""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from mmpref.cli import main
+
+
+def test_sample_job_writes_a_side_by_side_grid(tiny_unet, scheduler, tmp_path):
+    from mmpref.vision.diffusion.base import save_diffusion
+    from mmpref.vision.diffusion.text import PromptEncoder
+
+    encoder = PromptEncoder()
+    encoder._cache.update({"a seven": torch.ones(12), "a one": -torch.ones(12)})
+    folder = save_diffusion(tmp_path / "m", tiny_unet, scheduler, encoder, {})
+    out = tmp_path / "grid.png"
+    args = ["sample", "a seven", "a one", "--model", str(folder), "--compare", str(folder), "--n", "3"]
+    assert main([*args, "--steps", "2", "--out", str(out)]) == 0
+    with Image.open(out) as image:
+        # 2 prompts × 2 models = 4 rows of 3 tiles (8 px + 2 px gaps), scaled ×4
+        assert image.size == ((3 * 10 - 2) * 4, (4 * 10 - 2) * 4)
