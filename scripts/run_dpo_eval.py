@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from mmpref.vision.diffusion.digits import HELD_OUT_CLASSES, get_taste  # noqa: 
 from mmpref.vision.diffusion.evaluate import BaseSamples, evaluate_against_base  # noqa: E402
 from mmpref.vision.diffusion.train import DPOConfig, enroll_new_user, make_system, train_dpo  # noqa: E402
 
-MACHINE = "2 vCPU AMD EPYC, torch %s, CPU only, 1 thread, shared with other jobs (load average 3-6)"
+MACHINE = "2 vCPU AMD EPYC, torch %s, CPU only, 1 thread, shared with other jobs (load average %s at the start)"
 RUNS = {
     "pairwise": DPOConfig(),
     "listwise": DPOConfig(loss="plackett_luce", list_k=4),
@@ -62,7 +63,10 @@ def main() -> int:
     classifier = load_classifier(Path(args.model) / "classifier.safetensors")
     t0 = time.perf_counter()
     base = BaseSamples(model, per_prompt=args.eval_per_prompt)
-    results = {"machine": MACHINE % torch.__version__, "base_sampling_seconds": round(time.perf_counter() - t0, 1)}
+    results = {
+        "machine": MACHINE % (torch.__version__, ", ".join(f"{x:.1f}" for x in os.getloadavg())),
+        "base_sampling_seconds": round(time.perf_counter() - t0, 1),
+    }
     pristine = copy.deepcopy(model.unet)
     for name in args.runs.split(","):
         cfg = copy.deepcopy(RUNS[name])
@@ -120,9 +124,9 @@ def markdown(results: dict) -> str:
         "evaluation on held-out wording, win rates on classes 7–9 (never in the preference data) and on all classes.",
         "Targets: unpaired win ≥ 75 % (personalized: ≥ 65 % per user), fidelity drop ≤ 5 points, DPO ≤ 10 min.",
         "",
-        "| run | taste | DPO s (sample + train) | unpaired win 7–9 | paired win 7–9 | shift 7–9 (SD) | "
-        "unpaired win all | shift all (SD) | fidelity base → tuned (drop) | implicit acc. held-out pairs |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| run | taste | DPO wall s (sample + train) | DPO CPU s | unpaired win 7–9 | paired win 7–9 | "
+        "shift 7–9 (SD) | unpaired win all | shift all (SD) | fidelity base → tuned (drop) | implicit acc. held-out pairs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, report in results.items():
         if not isinstance(report, dict) or "eval" not in report:
@@ -135,7 +139,8 @@ def markdown(results: dict) -> str:
             if key.startswith(f"user{NEW_USER}_") and "new_user" in report:
                 label = f"{key} (new user: {report['new_user']['pairs']} pairs, {report['new_user']['seconds']} s)"
             lines.append(
-                f"| {name} | {label} | {sample_s:.0f} + {train_s:.0f} | {100 * h['unpaired_win_rate']:.1f} % | "
+                f"| {name} | {label} | {sample_s:.0f} + {train_s:.0f} | {report['dpo_cpu_seconds']:.0f} | "
+                f"{100 * h['unpaired_win_rate']:.1f} % | "
                 f"{100 * h['paired_win_rate']:.1f} % | {h['shift_sd']:+.2f} | {100 * a['unpaired_win_rate']:.1f} % | "
                 f"{a['shift_sd']:+.2f} | {100 * ev['fidelity_base']:.1f} → {100 * ev['fidelity_tuned']:.1f} % "
                 f"({ev['fidelity_drop_points']:+.1f}) | {100 * ev['implicit_accuracy_held_out_pairs']:.1f} % |"

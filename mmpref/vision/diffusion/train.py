@@ -124,9 +124,9 @@ def train_dpo(model: DigitDiffusion, cfg: DPOConfig, system: DiffusionDPOSystem 
     guard = CollapseGuard(threshold=cfg.guard_threshold, stop=cfg.stop_on_collapse)
     report: dict[str, Any] = {"config": asdict(cfg), "rounds": []}
     for r in range(cfg.rounds):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         data = collect(system, model, cfg, r)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         loader = DataLoader(data, batch_size=cfg.batch, shuffle=True, generator=torch.Generator().manual_seed(r))
         max_time = timedelta(seconds=cfg.max_seconds) if cfg.max_seconds else None
         trainer = quick_trainer(
@@ -137,13 +137,16 @@ def train_dpo(model: DigitDiffusion, cfg: DPOConfig, system: DiffusionDPOSystem 
             callbacks=[guard],
         )
         trainer.fit(system, loader)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         report["rounds"].append(
             {
                 "examples": len(data),
                 "sample_seconds": round(t1 - t0, 1),
                 "train_seconds": round(t2 - t1, 1),
+                # CPU seconds of this (1-thread) process: what the run costs on an idle core, whatever the load
+                "sample_cpu_seconds": round(c1 - c0, 1),
+                "train_cpu_seconds": round(c2 - c1, 1),
                 "steps": trainer.global_step,
                 "metrics": metrics,
                 "collapsed_at": guard.collapsed_at,
@@ -153,6 +156,9 @@ def train_dpo(model: DigitDiffusion, cfg: DPOConfig, system: DiffusionDPOSystem 
         if guard.collapsed_at is not None and cfg.stop_on_collapse:
             break
     report["dpo_seconds"] = round(sum(x["sample_seconds"] + x["train_seconds"] for x in report["rounds"]), 1)
+    report["dpo_cpu_seconds"] = round(
+        sum(x["sample_cpu_seconds"] + x["train_cpu_seconds"] for x in report["rounds"]), 1
+    )
     system.eval()
     return system, report
 
