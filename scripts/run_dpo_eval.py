@@ -125,7 +125,8 @@ def markdown(results: dict) -> str:
         "Targets: unpaired win ≥ 75 % (personalized: ≥ 65 % per user), fidelity drop ≤ 5 points, DPO ≤ 10 min.",
         "",
         "| run | taste | DPO wall s (sample + train) | DPO CPU s | unpaired win 7–9 | paired win 7–9 | "
-        "shift 7–9 (SD) | unpaired win all | shift all (SD) | fidelity base → tuned (drop) | implicit acc. held-out pairs |",
+        "shift 7–9 (SD) | unpaired win all | shift all (SD) | fidelity base → tuned (drop) | "
+        "implicit acc. held-out pairs |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, report in results.items():
