@@ -99,7 +99,7 @@ def stage_one(job: dict[str, Any], pool: list) -> tuple[Any, Any, dict[str, Any]
     results: dict[str, Any] = {"task": task, "seed": seed, "bc_log_likelihood": bc.log_likelihood_after}
     results["demo_success"] = float(np.mean([d.succeeded for d in demos]))
     results["reward_pair_accuracy"] = float(np.mean(agree))
-    results["metric_weight"] = float(reward.scorer.metric_weight)
+    results["metric_weight"] = float(reward.scorer.metric_weight.detach())
     for mode, det in (("sample", False), ("mean", True)):
         results[f"bc_{mode}"] = evaluate(policy, task, 30_000 + seed, job["eval_episodes"], steps, det)
     return policy, reward, results, timings
