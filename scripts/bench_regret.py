@@ -138,13 +138,15 @@ def plot(results: dict[str, object], name: str) -> None:
             ax.errorbar(
                 sizes,
                 y,
-                yerr=[y - ci[:, 0], ci[:, 1] - y],
+                yerr=[np.maximum(y - ci[:, 0], 0), np.maximum(ci[:, 1] - y, 0)],
                 marker="o",
                 capsize=3,
                 color=colour,
                 label=f"{model.replace('_', '-')} model",
             )
         ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.minorticks_off()
         ax.set_ylim(0, 1.05)
         ax.set_xlabel("labelled segment pairs")
         ax.set_ylabel("fraction near-optimal (95 % CI)")
@@ -170,6 +172,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.3)
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument("--out", default="bench_regret_gridworld", help="file stem in docs/benchmarks")
+    parser.add_argument("--resume", action="store_true", help="keep the cells already in the JSON, run the rest")
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -178,11 +181,17 @@ def main() -> None:
         f"CPU only, shared with other jobs; {datetime.now(UTC).isoformat(timespec='seconds')}"
     )
     results: dict[str, object] = {"machine": machine, "args": vars(args), "cells": {}, "raw": {}}
+    previous = OUT / f"{args.out}.json"
+    if args.resume and previous.exists():
+        results = json.loads(previous.read_text()) | {"args": vars(args)}
+        start -= results.get("wall_s", 0.0)
     rng = np.random.default_rng(0)
     for teacher in args.teachers:
-        results["cells"][teacher] = {}
-        results["raw"][teacher] = {}
+        results["cells"].setdefault(teacher, {})
+        results["raw"].setdefault(teacher, {})
         for size in args.sizes:
+            if str(size) in results["cells"][teacher]:
+                continue
             runs = [run_instance(seed, size, teacher, args) for seed in range(args.instances)]
             quality = {m: np.array([r[m] for r in runs]) for m in MODELS}
             results["cells"][teacher][str(size)] = summarise(quality, args.threshold, rng)
