@@ -19,8 +19,7 @@ import logging
 import multiprocessing as mp
 import platform
 import tempfile
-import time
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,103 +27,21 @@ from typing import Any
 import numpy as np
 
 
-def evaluate(policy: Any, task: str, seed: int, episodes: int, max_steps: int, deterministic: bool) -> dict:
-    from mmpref.control.envs import make_env
-    from mmpref.control.peeling import outcome
-    from mmpref.control.segments import rollout
-
-    env = make_env(task, seed=seed, goal_variation=True)  # a fresh env: every policy sees the same goal sequence
-    act = policy.numpy_policy(deterministic=deterministic, seed=seed)
-    results = [outcome(rollout(env, act, max_steps=max_steps)) for _ in range(episodes)]
-    return {
-        "success": float(np.mean([r.success for r in results])),
-        "progress": float(np.mean([r.progress for r in results])),
-        "jerk": float(np.mean([r.jerk for r in results])),
-    }
-
-
-def stage_one(job: dict[str, Any], pool: list) -> tuple[Any, Any, dict[str, Any], dict[str, float]]:
-    """Demonstrations (via robomimic HDF5), behaviour cloning, the rated set and fused reward, BC's evaluation."""
-    import torch
-
-    from mmpref.control.envs import ExpertPolicy, make_env
-    from mmpref.control.peeling import fit_fused_reward, score_trajectories
-    from mmpref.control.policies import GaussianPolicy, behaviour_cloning
-    from mmpref.control.robomimic_io import read_robomimic, write_robomimic
-    from mmpref.control.segments import rollout
-    from mmpref.control.teachers import RatingTeacher
-
-    task, seed, steps = job["task"], job["seed"], job["max_steps"]
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    env = make_env(task, seed=10_000 + seed, goal_variation=True)
-    noises = rng.uniform(job["noise_low"], job["noise_high"], job["demos"])
-    demos = [
-        rollout(env, ExpertPolicy(task, noise=float(n), seed=1000 * seed + i), max_steps=steps, source="demo")
-        for i, n in enumerate(noises)
-    ]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = write_robomimic(Path(tmp) / "demos.hdf5", demos, task, qualities=noises)
-        demos = read_robomimic(path)
-    timings["demos_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    torch.manual_seed(seed)
-    policy = GaussianPolicy(hidden=256, squash=job["squash"])
-    bc = behaviour_cloning(
-        policy,
-        np.concatenate([d.observations for d in demos]),
-        np.concatenate([d.actions for d in demos]),
-        epochs=job["bc_epochs"],
-        lr=1e-3,
-        seed=seed,
-    )
-    timings["bc_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    act = policy.numpy_policy(deterministic=False, seed=seed)
-    rated = [rollout(pool[i % len(pool)], act, max_steps=steps) for i in range(job["rated"])]
-    returns = [float(e.rewards.sum()) for e in rated]
-    teacher = RatingTeacher.from_returns(returns, levels=5, noise=job["rating_noise"], seed=seed)
-    ratings = [teacher.rate(e.rewards) for e in rated]
-    reward = fit_fused_reward(rated, ratings, smoothness=job["smoothness"], epochs=job["reward_epochs"], seed=seed)
-    timings["reward_s"] = time.perf_counter() - start
-    # how well the fused reward orders fresh rollouts by their true return (held out from its training)
-    check = [rollout(pool[i % len(pool)], act, max_steps=steps) for i in range(16)]
-    fused = score_trajectories(reward, check, job["smoothness"])
-    true = np.array([e.rewards.sum() for e in check])
-    agree = [(fused[i] - fused[j]) * (true[i] - true[j]) > 0 for i in range(16) for j in range(i + 1, 16)]
-
-    results: dict[str, Any] = {"task": task, "seed": seed, "bc_log_likelihood": bc.log_likelihood_after}
-    results["demo_success"] = float(np.mean([d.succeeded for d in demos]))
-    results["reward_pair_accuracy"] = float(np.mean(agree))
-    results["metric_weight"] = float(reward.scorer.metric_weight.detach())
-    for mode, det in (("sample", False), ("mean", True)):
-        results[f"bc_{mode}"] = evaluate(policy, task, 30_000 + seed, job["eval_episodes"], steps, det)
-    return policy, reward, results, timings
-
-
 def run_seed(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
-    from mmpref.control.envs import make_env
-    from mmpref.control.peeling import (
-        FinetuneConfig,
-        FusedTrajectoryScorer,
-        frozen_copy,
-        preference_finetune,
-        score_trajectories,
-    )
+    from mmpref.control.peeling import FusedTrajectoryScorer
+    from mmpref.control.peeling_pipeline import PeelingConfig, stage_one, stage_two, training_pool
     from mmpref.control.policies import load_policy, save_policy
     from mmpref.reward.system import RewardModelSystem
 
-    task, seed, steps = job["task"], job["seed"], job["max_steps"]
-    pool = [make_env(task, seed=20_000 + 100 * seed + g, goal_variation=False) for g in range(job["pool"])]
+    names = {f.name for f in fields(PeelingConfig)}
+    config = PeelingConfig(**{k: v for k, v in job.items() if k in names})
+    pool = training_pool(config)
     stage1_keys = ("task", "demos", "noise_low", "noise_high", "max_steps", "squash", "bc_epochs", "pool", "rated")
     stage1_keys += ("rating_noise", "smoothness", "reward_epochs", "eval_episodes")
-    key = "_".join(f"{job[k]}" for k in stage1_keys) + f"_seed{seed}"
+    key = "_".join(f"{job[k]}" for k in stage1_keys) + f"_seed{config.seed}"
     cache = Path(job["cache_dir"]) / key if job.get("cache_dir") else None
     if cache is not None and (cache / "results.json").is_file():  # stage 1 done before with the same settings
         policy = load_policy(cache / "bc.safetensors")
@@ -134,37 +51,17 @@ def run_seed(job: dict[str, Any]) -> dict[str, Any]:
         results = json.loads((cache / "results.json").read_text())
         timings = results.pop("timings")
     else:
-        policy, reward, results, timings = stage_one(job, pool)
+        with tempfile.TemporaryDirectory() as tmp:
+            policy, reward, results, timings = stage_one(config, pool, Path(tmp) / "demos.hdf5")
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
             save_policy(policy, cache / "bc.safetensors")
             torch.save(reward.state_dict(), cache / "reward.pt")
             (cache / "results.json").write_text(json.dumps({**results, "timings": timings}))
-    reference = frozen_copy(policy)
-    reference_state = {k: v.clone() for k, v in reference.state_dict().items()}
-
-    start = time.perf_counter()
-    config = FinetuneConfig(
-        iterations=job["iterations"],
-        groups=job["groups"],
-        group_size=job["group_size"],
-        max_steps=steps,
-        beta=job["beta"],
-        lr=job["lr"],
-        epochs=job["epochs"],
-        nll_weight=job["nll_weight"],
-        seed=seed,
-    )
-    log = preference_finetune(
-        policy, reference, pool, lambda group: score_trajectories(reward, group, job["smoothness"]), config
-    )
-    timings["finetune_s"] = time.perf_counter() - start
-    results["reference_unchanged"] = all(torch.equal(v, reference.state_dict()[k]) for k, v in reference_state.items())
-    results["finetune_log"] = asdict(log)
-    for mode, det in (("sample", False), ("mean", True)):
-        results[f"ft_{mode}"] = evaluate(policy, task, 30_000 + seed, job["eval_episodes"], steps, det)
+    results |= stage_two(config, policy, reward, pool)
+    timings["finetune_s"] = results.pop("finetune_s")
     if job.get("save_dir"):
-        save_policy(policy, Path(job["save_dir"]) / f"peeling_{task}_seed{seed}.safetensors")
+        save_policy(policy, Path(job["save_dir"]) / f"peeling_{config.task}_seed{config.seed}.safetensors")
     results["timings"] = timings
     return results
 
@@ -229,7 +126,7 @@ def main() -> None:
     parser.add_argument("--rating-noise", type=float, default=0.0)
     parser.add_argument("--smoothness", type=float, default=0.0)
     parser.add_argument("--reward-epochs", type=int, default=30)
-    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--iterations", type=int, default=8)
     parser.add_argument("--groups", type=int, default=4)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--beta", type=float, default=0.1)

@@ -373,7 +373,7 @@ def preference_finetune(
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                last = float(loss)
+                last = loss.item()
         log.reward.append(float(np.mean(rewards)))
         log.success.append(float(np.mean(successes)))
         log.pairs.append(len(winners))

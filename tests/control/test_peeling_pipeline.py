@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mmpref.cli import main
+from mmpref.control.peeling_pipeline import PeelingConfig
+
+RECIPES = sorted(Path(__file__).resolve().parents[2].joinpath("recipes", "control", "peeling").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_peeling_recipes_parse(recipe):
+    config = PeelingConfig(**yaml.safe_load(recipe.read_text()))
+    assert config.finetune().nll_weight == config.nll_weight
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="noise_low"):
+        PeelingConfig(noise_low=0.5, noise_high=0.1)
+    with pytest.raises(ValueError, match="demos"):
+        PeelingConfig(demos=0)
+    with pytest.raises(ValueError, match="pool"):
+        PeelingConfig(groups=5, pool=4)
+
+
+def test_job_rejects_unknown_recipe_fields(tmp_path, capsys):
+    assert main(["peeling", "--set", "demoz=50", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "demoz" in err and "demos" in err
+
+
+@pytest.mark.slow
+def test_job_runs_end_to_end_on_a_tiny_setting(tmp_path):
+    settings = "demos=3 max_steps=20 bc_epochs=1 pool=2 rated=8 iterations=1 groups=1 group_size=2 eval_episodes=1"
+    assert main(["peeling", "--set", *settings.split(), "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["results"]["reference_unchanged"] is True
+    for name in ("demos.hdf5", "bc_policy.safetensors", "finetuned_policy.safetensors"):
+        assert (tmp_path / name).is_file()
