@@ -172,8 +172,10 @@ def main() -> int:
                 for k in ("copy", "lora")
             ],
             "",
-            f"LoRA-disabled reference vs a second model copy (DPO peak memory): {memory['dpo_lora']} MB vs "
-            f"{memory['dpo_copy']} MB (ratio {result['memory_lora_reference_vs_copy']}).",
+            "LoRA training, reference = the base with adapters disabled vs a second frozen copy (DPO peak memory): "
+            f"{memory['dpo_lora']} MB vs {memory['dpo_lora_copyref']} MB (ratio "
+            f"{result['memory_lora_disabled_vs_second_copy']}); one copy of this UNet's weights is "
+            f"{result['unet_parameter_mb']} MB, so on this tiny model activations dominate the peak.",
             "Peak memory = peak RSS above the RSS after imports, one fresh process per configuration.",
             "",
         ]
