@@ -11,7 +11,8 @@ it. Here the stage-2 update is trajectory DPO on the shared loss core, with the 
 of the design's score table), where τ_w, τ_l are on-policy rollouts from the *same* start state ranked by the reward
 model. Any pairwise loss of :mod:`mmpref.losses` can replace −log σ. The objective optionally adds α times the
 winners' per-step negative log-likelihood (RPO, Pang et al. 2024): on push-v3 DPO alone (α = 0) left success where BC
-had it and widened the policy, with α = 1 it improved it (``docs/benchmarks/bench_peeling_cpu.md``).
+had it and widened the policy; with α = 1 success rose on average over 3 seeds, though not on every seed
+(``docs/benchmarks/bench_peeling_cpu.md``).
 
 The quantitative metric is object-to-goal progress, for Meta-World tasks that move an object to a goal (push,
 sweep, slide ...): observation slots 4:7 hold the object's position and 36:39 the goal's, so with
