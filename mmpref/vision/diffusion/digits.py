@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -146,8 +145,3 @@ def random_shift(images: torch.Tensor, generator: torch.Generator, max_shift: in
     flat = padded.flatten(2)
     index = (rows * (w + 2 * p) + cols).flatten(2)
     return flat.gather(2, index).view(n, 1, h, w)
-
-
-def seed_everything_local(seed: int) -> np.random.Generator:
-    """A numpy generator for ``seed`` (kept local: mmpref draws no unseeded global random numbers)."""
-    return np.random.default_rng(seed)

@@ -174,6 +174,6 @@ def evaluate_against_base(
         pairs["user"] = torch.full((len(pairs["x_w"]),), user, dtype=torch.long)
     report["implicit_accuracy_held_out_pairs"] = implicit_accuracy(system, pairs)
     if grid_path is not None:
-        pick = [base.labels.index(c) for c in sorted(set(base.labels))]
+        pick = [base.labels.index(c) for c in sorted(set(base.labels))]  # one prompt per class
         report["grid"] = str(base_vs_tuned_grid(base.a[pick], tuned[pick], grid_path))
     return report

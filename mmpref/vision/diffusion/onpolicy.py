@@ -3,7 +3,8 @@
 UnifiedReward-style construction: pair ranking (random within-prompt pairs, or the best/worst of each group of N)
 and point sifting (a score-gap filter drops near-ties, measured in the prompt's own score SD). The scorer is any
 callable from images ``[N, C, H, W]`` to scores ``[N]``: a simulated taste on the embedded default, or an mmpref
-reward model wrapped the same way. :func:`onpolicy_rounds` repeats sample → score → train for R rounds.
+reward model wrapped the same way. :func:`mmpref.vision.diffusion.train.train_dpo` repeats sample → score → train
+for R rounds.
 """
 
 from __future__ import annotations

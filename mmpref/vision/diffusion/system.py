@@ -252,7 +252,3 @@ class DiffusionDPOSystem(L.LightningModule):
         keep = torch.zeros(self.user_embeddings.num_embeddings, 1)
         keep[user_index] = 1.0
         self.user_embeddings.weight.register_hook(lambda grad: grad * keep.to(grad))
-
-    def policy_unet_for_user(self) -> nn.Module:
-        """The policy UNet (adapters enabled); pair it with :meth:`condition` for a user's samples."""
-        return self.unet
