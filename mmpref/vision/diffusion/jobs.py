@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -10,10 +11,14 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from mmpref.data.io import atomic_write
+
+if TYPE_CHECKING:
+    from mmpref.vision.diffusion.train import DPOConfig
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +64,16 @@ def run_dpo(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="mmpref dpo", description=run_dpo.__doc__)
     parser.add_argument("--out", required=True, help="output folder (a model folder, LoRA weights or a pipeline)")
     parser.add_argument("--model", default=None, help="digits model folder (default: the shipped base)")
-    parser.add_argument("--taste", default="ink", help="digits default: the simulated taste (ink, thin, slant)")
-    parser.add_argument("--loss", default="bradley_terry", help="a pairwise or listwise loss of mmpref.losses")
-    parser.add_argument("--beta", type=float, default=5000.0, help="β_dpo of the official code")
+    parser.add_argument(
+        "--config", default=None, help="digits: a YAML recipe of DPOConfig fields (recipes/diffusion/)"
+    )
+    parser.add_argument("--taste", default=None, help="digits: the simulated taste (ink, thin, slant; default ink)")
+    parser.add_argument("--loss", default=None, help="a pairwise or listwise loss of mmpref.losses (bradley_terry)")
+    parser.add_argument("--beta", type=float, default=None, help="β_dpo of the official code (5000)")
     parser.add_argument("--lr", type=float, default=None, help="default: 1.5e-6 (digits), 1e-4 (pipeline LoRA)")
-    parser.add_argument("--steps", type=int, default=130, help="DPO steps (per round)")
-    parser.add_argument("--rounds", type=int, default=1, help="on-policy rounds (digits)")
-    parser.add_argument("--per-prompt", type=int, default=50, help="on-policy samples per prompt (digits)")
+    parser.add_argument("--steps", type=int, default=None, help="DPO steps (per round; 130)")
+    parser.add_argument("--rounds", type=int, default=None, help="on-policy rounds (digits; 1)")
+    parser.add_argument("--per-prompt", type=int, default=None, help="on-policy samples per prompt (digits; 50)")
     parser.add_argument("--stop-on-collapse", action="store_true", help="stop and keep the last good weights")
     parser.add_argument("--pipeline", default=None, help="a local SD-format pipeline folder instead of the digits")
     parser.add_argument("--pairs", default=None, help="Pick-a-Pic Parquet pairs (with --pipeline)")
@@ -85,10 +93,10 @@ def run_dpo(argv: Sequence[str]) -> int:
             args.out,
             ties=args.ties,
             mode=args.mode,
-            steps=args.steps,
-            beta=args.beta,
+            steps=args.steps or 130,
+            beta=args.beta or 5000.0,
             lr=args.lr or 1e-4,
-            loss=args.loss,
+            loss=args.loss or "bradley_terry",
             seed=args.seed,
         )
         _say(f"wrote {out}")
@@ -97,17 +105,20 @@ def run_dpo(argv: Sequence[str]) -> int:
     from mmpref.vision.diffusion.train import DPOConfig, train_dpo
 
     model = load_diffusion(args.model)
-    cfg = DPOConfig(
-        taste=args.taste,
-        loss=args.loss,
-        beta=args.beta,
-        lr=args.lr or 1.5e-6,
-        steps_per_round=args.steps,
-        rounds=args.rounds,
-        per_prompt=args.per_prompt,
-        stop_on_collapse=args.stop_on_collapse,
-        seed=args.seed,
-    )
+    cfg = load_recipe(args.config) if args.config else DPOConfig()
+    flags = {
+        "taste": args.taste,
+        "loss": args.loss,
+        "beta": args.beta,
+        "lr": args.lr,
+        "steps_per_round": args.steps,
+        "rounds": args.rounds,
+        "per_prompt": args.per_prompt,
+        "stop_on_collapse": args.stop_on_collapse or None,
+    }
+    cfg = dataclasses.replace(cfg, seed=args.seed, **{k: v for k, v in flags.items() if v is not None})
+    if cfg.users:
+        parser.error("personalized runs keep user vectors outside the UNet folder; use scripts/run_dpo_eval.py")
     system, report = train_dpo(model, cfg)
     meta = dict(model.meta, dpo=report)
     out = save_diffusion(args.out, system.unet, model.scheduler, model.prompts, meta)
@@ -116,6 +127,20 @@ def run_dpo(argv: Sequence[str]) -> int:
         shutil.copyfile(source / "classifier.safetensors", out / "classifier.safetensors")
     _say(f"wrote {out}; DPO took {report['dpo_seconds']} s; last metrics: {report['rounds'][-1]['metrics']}")
     return 0
+
+
+def load_recipe(path: str | Path) -> DPOConfig:
+    """A ``DPOConfig`` from a YAML recipe; unknown keys raise naming the valid ones (lists become tuples)."""
+    import yaml
+
+    from mmpref.vision.diffusion.train import DPOConfig
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    valid = {f.name for f in dataclasses.fields(DPOConfig)}
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise ValueError(f"{path}: unknown field(s) {unknown}; valid fields: {', '.join(sorted(valid))}")
+    return DPOConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 def run_dpo_eval(argv: Sequence[str]) -> int:

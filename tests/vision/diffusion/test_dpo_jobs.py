@@ -21,3 +21,23 @@ def test_sample_job_writes_a_side_by_side_grid(tiny_unet, scheduler, tmp_path):
     with Image.open(out) as image:
         # 2 prompts × 2 models = 4 rows of 3 tiles (8 px + 2 px gaps), scaled ×4
         assert image.size == ((3 * 10 - 2) * 4, (4 * 10 - 2) * 4)
+
+
+def test_recipes_parse_into_configs(tmp_path):
+    from pathlib import Path
+
+    import pytest
+
+    from mmpref.losses import get_loss
+    from mmpref.vision.diffusion.digits import get_taste
+    from mmpref.vision.diffusion.jobs import load_recipe
+
+    recipes = sorted(Path(__file__).resolve().parents[3].joinpath("recipes", "diffusion").glob("*.yaml"))
+    assert recipes
+    for recipe in recipes:
+        cfg = load_recipe(recipe)
+        get_loss(cfg.loss), get_taste(cfg.taste)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("taste: ink\nlearning_rate: 1\n")
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['learning_rate'\]; valid fields"):
+        load_recipe(bad)
