@@ -418,6 +418,7 @@ def robust_coupling(
     restarts: int = 3,
     seed: int = 0,
     device: str = "cpu",
+    max_iter: int = 500,
 ) -> TransferResult:
     """The mmpref transfer: fused GW with a cross-task cost, restarts by lowest objective, a direction check.
 
@@ -434,6 +435,7 @@ def robust_coupling(
         restarts: solver runs: the product-of-marginals start, then random plans.
         seed: seed of the random starts.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        max_iter: solver iterations per run.
     """
     if restarts < 1:
         raise ValueError(f"restarts must be >= 1, got {restarts}")
@@ -443,7 +445,9 @@ def robust_coupling(
     objectives = []
     for r in range(restarts):
         init = None if r == 0 else random_plan(n_s, n_t, rng)
-        plan, objective = fused_gw_coupling(cost_cross, cost_source, cost_target, alpha, epsilon, init, device=device)
+        plan, objective = fused_gw_coupling(
+            cost_cross, cost_source, cost_target, alpha, epsilon, init, max_iter=max_iter, device=device
+        )
         objectives.append(objective)
         if np.isfinite(objective) and (best is None or objective < best[1]):
             best = (plan, objective)

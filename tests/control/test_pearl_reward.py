@@ -38,7 +38,7 @@ def test_learns_a_known_step_reward_from_soft_labels():
     returns = segments[..., 0].sum(1) - 0.5 * segments[..., 1].sum(1)  # true step reward x0 − x1/2
     train, test = slice(0, 120), slice(120, 160)
     labels = label_matrix(returns[train])
-    system = fit_gaussian_reward(segments[train], labels, n_pairs=3000, epochs=8, hidden=32, samples=2, seed=0)
+    system = fit_gaussian_reward(segments[train], labels, n_pairs=2000, epochs=6, hidden=32, samples=2, seed=0)
     accuracy = transfer_accuracy(label_matrix(predicted_returns(system, segments[test])), returns[test])
     assert accuracy > 0.9  # chance is 0.5
 
