@@ -21,7 +21,8 @@ def _naive_log_prob(policy: GaussianPolicy, obs: np.ndarray, actions: np.ndarray
     # independent of GaussianPolicy.log_prob: torch.distributions with a tanh transform, one step at a time
     total = 0.0
     for o, a in zip(obs, actions, strict=True):
-        mean, log_std = policy(torch.as_tensor(o, dtype=torch.float32))
+        with torch.no_grad():
+            mean, log_std = policy(torch.as_tensor(o, dtype=torch.float32))
         base = torch.distributions.Normal(mean.double(), log_std.exp().double())
         dist = torch.distributions.TransformedDistribution(base, [torch.distributions.TanhTransform()])
         total += float(dist.log_prob(torch.as_tensor(a, dtype=torch.float64)).sum())
