@@ -33,13 +33,15 @@ class GaussianStepReward(nn.Module):
         hidden: width of the hidden layers.
         layers: number of hidden layers.
         logvar_min: lower bound of log σ².
-        logvar_max: upper bound of log σ².
+        logvar_max: upper bound of log σ² (equal bounds fix σ², e.g. a near-deterministic reward as an ablation).
     """
 
     def __init__(
         self, in_features: int, hidden: int = 128, layers: int = 2, logvar_min: float = -10.0, logvar_max: float = 2.0
     ):
         super().__init__()
+        if logvar_min > logvar_max:
+            raise ValueError(f"need logvar_min <= logvar_max, got {logvar_min} and {logvar_max}")
         blocks: list[nn.Module] = []
         width = in_features
         for _ in range(layers):
@@ -142,18 +144,20 @@ def fit_gaussian_reward(
     hidden: int = 128,
     lr: float = 1e-3,
     seed: int = 0,
+    logvar_bounds: tuple[float, float] = (-10.0, 2.0),
 ) -> GaussianRewardSystem:
     """Train a robust Gaussian reward on segments ``[n, H, D]`` from a soft label matrix ``[n, n]`` (ŷ or true).
 
     ``n_pairs`` pairs are drawn uniformly (labels exactly 0.5 carry no order and are still used: they pull the two
-    returns together). Deterministic for a seed.
+    returns together). ``logvar_bounds`` bound log σ² per step (equal bounds: a fixed variance). Deterministic for a
+    seed.
     """
     if segments.ndim != 3 or labels.shape != (len(segments), len(segments)):
         raise ValueError(f"need segments [n, H, D] and labels [n, n], got {segments.shape} and {labels.shape}")
     rng = np.random.default_rng(seed)
     first, second = sample_pairs(labels, n_pairs, rng)
     torch.manual_seed(seed)
-    network = GaussianStepReward(segments.shape[-1], hidden)
+    network = GaussianStepReward(segments.shape[-1], hidden, logvar_min=logvar_bounds[0], logvar_max=logvar_bounds[1])
     system = GaussianRewardSystem(network, kl_weight=kl_weight, samples=samples, lr=lr)
     data = pair_dataset(segments[first], segments[second], labels[first, second])
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
