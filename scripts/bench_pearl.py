@@ -411,6 +411,9 @@ NOTES = [
     "- Policy: the target's unlabelled pool (122 trajectories, 7 behaviours) is easy for BC — cloning all of it "
     "already reaches 100 % — so this stage shows that 0-label transfer loses nothing against true labels, not that "
     "labels are needed. The lower true-label cells are BC-seed variance (e.g. 40/95/100 %), not worse rewards.",
+    "- Robust reward: on these transferred labels the Gaussian reward (RRL) is within a point of a fixed-variance "
+    "Bradley-Terry reward on every target; no robustness gain is measurable here (the transferred labels' errors "
+    "are systematic, not the scattered noise a per-pair variance absorbs).",
     "- Timings are wall-clock on 2 shared vCPUs with a load average of 8-17 from other jobs: upper bounds, "
     "several times the unloaded figures. No GPU here: the CUDA path (POT torch backend) is code + a `gpu` test.",
     "",
