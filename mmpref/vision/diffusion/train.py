@@ -46,7 +46,7 @@ class DPOConfig:
     min_gap_sd: float = 0.0
     list_k: int = 4
     classes: tuple[int, ...] = PREFERENCE_CLASSES
-    guard_threshold: float = 0.02
+    guard_threshold: float = 0.005
     stop_on_collapse: bool = False
     seed: int = 0
     users: tuple[str, ...] = ()
