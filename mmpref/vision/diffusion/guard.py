@@ -30,7 +30,7 @@ class CollapseGuard(L.Callback):
 
     Args:
         threshold: per-pixel error gap (policy − reference) that counts as collapse on both winners and losers.
-            Healthy digits runs stay within ±0.0015; at lr 5e-5 both gaps pass 0.005 by step 22 and 0.02 by step 44.
+            Healthy digits runs ended within ±0.002; at lr 5e-5 both gaps pass 0.005 by step 22 and 0.02 by step 44.
         smoothing: EMA factor of the gaps (noise and timesteps vary per batch).
         stop: stop training and restore the last snapshot taken while the run was healthy.
         snapshot_every: steps between snapshots of the trainable weights.
