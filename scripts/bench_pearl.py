@@ -415,7 +415,8 @@ NOTES = [
     "Bradley-Terry reward on every target; no robustness gain is measurable here (the transferred labels' errors "
     "are systematic, not the scattered noise a per-pair variance absorbs).",
     "- Timings are wall-clock on 2 shared vCPUs used by other jobs (load average ≈ 4 for the 1000 × 1000 table, "
-    "8-17 during the transfer runs, whose 'robust s' column is therefore inflated): upper bounds. No GPU here: the CUDA path (POT torch backend) is code + a `gpu` test.",
+    "8-17 during the transfer runs, whose 'robust s' column is therefore inflated): upper bounds. "
+    "No GPU here: the CUDA path (POT torch backend) is code + a `gpu` test.",
     "",
 ]
 
