@@ -141,12 +141,19 @@ class PbRLConfig:
         unsupervised_steps: PEBBLE's state-entropy pre-training steps (0 disables).
         learning_starts: random-action steps before SAC updates.
         feedback_every: steps between preference rounds.
+        feedback_start: step of the first preference round (0: the first round is at ``feedback_every``); later
+            rounds follow every ``feedback_every`` steps.
         queries_per_round: labels asked per round.
         max_labels: the total label budget.
         segment_length: steps per segment (PEBBLE: 50).
         query_method: uniform, disagreement or entropy.
         ensemble_size: reward models in the ensemble (PEBBLE: 3).
-        reward_epochs: epochs per reward update.
+        reward_epochs: epochs over all labels per reward update (when ``reward_updates`` is None).
+        reward_updates: if set, a fixed number of minibatch updates per reward update instead of epochs, so a
+            round costs the same however many labels exist (members are warm-started from the last round).
+        reward_batch_size: labelled pairs per reward minibatch.
+        reward_hidden: width of each member's step-reward MLP (PEBBLE: 256).
+        reward_layers: hidden layers of each member's step-reward MLP (PEBBLE: 3).
         eval_every: steps between success-rate evaluations.
         eval_episodes: episodes per evaluation.
         sac_kwargs: extra arguments of stable-baselines3's SAC.
@@ -159,12 +166,17 @@ class PbRLConfig:
     unsupervised_steps: int = 0
     learning_starts: int = 1_000
     feedback_every: int = 2_000
+    feedback_start: int = 0
     queries_per_round: int = 100
     max_labels: int = 1_000
     segment_length: int = 50
     query_method: QueryMethod = "disagreement"
     ensemble_size: int = 3
     reward_epochs: int = 20
+    reward_updates: int | None = None
+    reward_batch_size: int = 128
+    reward_hidden: int = 256
+    reward_layers: int = 3
     eval_every: int = 5_000
     eval_episodes: int = 5
     sac_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -174,6 +186,13 @@ class PbRLConfig:
             raise ValueError(
                 f"max_labels is the label budget and must be >= 1 for a learned reward, got {self.max_labels}"
             )
+        if self.feedback_every < 1 or self.feedback_start < 0:
+            raise ValueError(
+                f"feedback_every must be >= 1 and feedback_start >= 0, got {self.feedback_every} and "
+                f"{self.feedback_start}"
+            )
+        if self.reward_updates is not None and self.reward_updates < 1:
+            raise ValueError(f"reward_updates must be >= 1 (or null for epochs), got {self.reward_updates}")
 
 
 class PbRLLoop:
@@ -204,7 +223,14 @@ class PbRLLoop:
         self.rng = np.random.default_rng(config.seed)
         base = make_env(config.task, seed=config.seed)
         obs_dim, act_dim = base.observation_space.shape[0], base.action_space.shape[0]
-        self.ensemble = ensemble or RewardEnsemble(obs_dim, act_dim, members=config.ensemble_size, seed=config.seed)
+        self.ensemble = ensemble or RewardEnsemble(
+            obs_dim,
+            act_dim,
+            members=config.ensemble_size,
+            hidden=config.reward_hidden,
+            layers=config.reward_layers,
+            seed=config.seed,
+        )
         self.teacher = teacher or ScriptedTeacher(seed=config.seed, budget=Budget(limit=config.max_labels))
         self.fragmenter = fragmenter or self._random_pairs
         mode = "true" if config.reward == "true" else ("entropy" if config.unsupervised_steps > 0 else "learned")
@@ -248,7 +274,9 @@ class PbRLLoop:
         new = self.teacher.label_pairs(queries)
         self.labelled += new
         if self.labelled:
-            self.ensemble.fit(self.labelled, epochs=c.reward_epochs)
+            self.ensemble.fit(
+                self.labelled, epochs=c.reward_epochs, batch_size=c.reward_batch_size, updates=c.reward_updates
+            )
             self.reward_learned = True
             self.source.mode = "learned"
             self.relabel()
@@ -284,6 +312,18 @@ class PbRLLoop:
 
     # --- the loop ---------------------------------------------------------------------------------------------------
 
+    def _is_feedback_step(self, step: int) -> bool:
+        """Preference rounds happen at ``feedback_start`` (if > 0) and every ``feedback_every`` steps after it."""
+        offset = step - self.config.feedback_start
+        return step > 0 and offset >= 0 and offset % self.config.feedback_every == 0
+
+    def _next_feedback_step(self) -> int:
+        """The first feedback step after the current step."""
+        c = self.config
+        if self.steps < c.feedback_start:
+            return c.feedback_start
+        return c.feedback_start + ((self.steps - c.feedback_start) // c.feedback_every + 1) * c.feedback_every
+
     def run(self, until: int | None = None, checkpoint: str | Path | None = None) -> list[dict[str, float]]:
         """Run until ``until`` (default: ``total_steps``) environment steps; checkpoint after every chunk."""
         from tqdm.auto import tqdm
@@ -298,14 +338,14 @@ class PbRLLoop:
             desc=f"{c.task} {c.reward}",
         )
         while self.steps < until:
-            boundaries = [c.feedback_every, c.eval_every] + ([c.unsupervised_steps] if c.unsupervised_steps else [])
-            next_stop = min([until] + [(self.steps // b + 1) * b for b in boundaries])
+            boundaries = [c.eval_every] + ([c.unsupervised_steps] if c.unsupervised_steps else [])
+            next_stop = min([until, self._next_feedback_step()] + [(self.steps // b + 1) * b for b in boundaries])
             if c.unsupervised_steps and self.steps < c.unsupervised_steps:
                 next_stop = min(next_stop, c.unsupervised_steps)
             self.model.learn(total_timesteps=next_stop - self.steps, reset_num_timesteps=False, progress_bar=False)
             bar.update(next_stop - self.steps)
             self.steps = next_stop
-            if c.reward == "learned" and self.steps >= c.unsupervised_steps and self.steps % c.feedback_every == 0:
+            if c.reward == "learned" and self.steps >= c.unsupervised_steps and self._is_feedback_step(self.steps):
                 self.feedback_round()
             if self.steps % c.eval_every == 0 or self.steps == c.total_steps:
                 row = {

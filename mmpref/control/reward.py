@@ -19,10 +19,11 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, RandomSampler
 
 from mmpref.data import SegmentPair
-from mmpref.losses import LossName
-from mmpref.reward.datamodule import pair_dataset
+from mmpref.losses import LossName, is_listwise
+from mmpref.reward.datamodule import DictDataset
 from mmpref.reward.system import RewardModelSystem
 from mmpref.reward.trainers import quick_trainer
 
@@ -47,16 +48,54 @@ class StepReward(nn.Module):
         return self.net(x).squeeze(-1)
 
 
-class SegmentReturnScorer(nn.Module):
-    """Predicted (optionally discounted) return of segments ``[B, H, o + a]`` → ``[B]``."""
+class EnsembleStepReward(nn.Module):
+    """M independent step-reward MLPs (each like :class:`StepReward`) evaluated in one batched pass.
 
-    def __init__(self, step_reward: StepReward, gamma: float = 1.0):
+    ``[..., in_features]`` → ``[M, ...]``. One fused pass instead of M module calls keeps the per-step reward of the
+    online loop and the reward updates cheap on a CPU; the members share nothing but the input.
+
+    Args:
+        in_features: input size (observation + action).
+        members: ensemble size M.
+        hidden: width of the hidden layers.
+        layers: number of hidden layers.
+        seed: seed of the initialisation (a private generator: the global RNG is not touched).
+    """
+
+    def __init__(self, in_features: int, members: int = 3, hidden: int = 256, layers: int = 3, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        widths = [in_features] + [hidden] * layers + [1]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
+            # nn.Linear's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases
+            bound = fan_in**-0.5
+            self.weights.append(
+                nn.Parameter((torch.rand(members, fan_in, fan_out, generator=generator) * 2 - 1) * bound)
+            )
+            self.biases.append(nn.Parameter((torch.rand(members, 1, fan_out, generator=generator) * 2 - 1) * bound))
+        self.members = members
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., in_features]`` → ``[M, ...]``, each member bounded by tanh (as in PEBBLE)."""
+        lead = x.shape[:-1]
+        h = torch.einsum("nf,mfh->mnh", x.reshape(-1, x.shape[-1]), self.weights[0]) + self.biases[0]
+        for weight, bias in zip(self.weights[1:], self.biases[1:], strict=True):
+            h = torch.baddbmm(bias, nn.functional.leaky_relu(h), weight)
+        return torch.tanh(h).reshape(self.members, *lead)
+
+
+class SegmentReturnScorer(nn.Module):
+    """Predicted (optionally discounted) return of segments ``[B, H, o + a]`` → ``[B]`` (``[M, B]`` for ensembles)."""
+
+    def __init__(self, step_reward: nn.Module, gamma: float = 1.0):
         super().__init__()
         self.step_reward = step_reward
         self.gamma = gamma
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Weighted sum of the step rewards over the segment."""
+        """Weighted sum of the step rewards over the segment (the last axis of the step rewards)."""
         rewards = self.step_reward(x)
         if self.gamma == 1.0:
             return rewards.sum(-1)
@@ -77,17 +116,23 @@ def segment_features(pairs: Sequence[SegmentPair]) -> tuple[np.ndarray, np.ndarr
 
 
 class RewardEnsemble:
-    """An ensemble of segment-return reward models, trained through the reward LightningModule.
+    """An ensemble of segment-return reward models, trained through the reward LightningModule in one fused pass.
+
+    The members are one :class:`EnsembleStepReward` inside one :class:`~mmpref.reward.system.RewardModelSystem`;
+    each member has its own loss term, weighted by its own bootstrap counts: every labelled pair gets
+    Poisson(1)-distributed counts per member, drawn once when it is first seen (the online bootstrap, which for a
+    growing label set matches resampling with replacement without redrawing old pairs).
 
     Args:
         obs_dim: observation size.
         act_dim: action size.
         members: ensemble size (PEBBLE: 3).
-        loss: a loss of the core by name.
+        loss: a pairwise loss of the core by name.
         gamma: discount of the segment score (1 = partial return).
-        hidden: width of each step-reward MLP.
+        hidden: width of each step-reward MLP (PEBBLE: 256).
+        layers: hidden layers of each step-reward MLP (PEBBLE: 3).
         lr: learning rate.
-        seed: seed of the initialisation and the bootstrap resamples.
+        seed: seed of the initialisation, the bootstrap counts and the minibatch order.
     """
 
     def __init__(
@@ -98,58 +143,88 @@ class RewardEnsemble:
         loss: LossName = "bradley_terry",
         gamma: float = 1.0,
         hidden: int = 256,
+        layers: int = 3,
         lr: float = 3e-4,
         seed: int = 0,
     ):
         if members < 1:
             raise ValueError(f"an ensemble needs >= 1 member, got {members}")
-        torch.manual_seed(seed)
-        self.systems = [
-            RewardModelSystem(
-                SegmentReturnScorer(StepReward(obs_dim + act_dim, hidden), gamma),
-                loss=loss,
-                optimizer=lambda p: torch.optim.Adam(p, lr=lr),
-            )
-            for _ in range(members)
-        ]
+        if is_listwise(loss):
+            raise ValueError(f"the segment reward ensemble learns from pairs; {loss!r} is a listwise loss")
+        self.members = members
+        network = EnsembleStepReward(obs_dim + act_dim, members, hidden, layers, seed=seed)
+        self.system = RewardModelSystem(
+            SegmentReturnScorer(network, gamma), loss=loss, optimizer=lambda p: torch.optim.Adam(p, lr=lr)
+        )
         self.rng = np.random.default_rng(seed)
+        self.bootstrap = np.zeros((0, members), np.float32)  # counts per labelled pair (rows) and member
         self.obs_dim, self.act_dim = obs_dim, act_dim
 
-    def fit(self, pairs: Sequence[SegmentPair], epochs: int = 20, batch_size: int = 128) -> None:
-        """Train every member on its own bootstrap resample of the labelled pairs."""
+    @property
+    def scorer(self) -> SegmentReturnScorer:
+        """The fused segment scorer: ``[B, H, o + a]`` → ``[M, B]``."""
+        return self.system.scorer
+
+    def fit(
+        self, pairs: Sequence[SegmentPair], epochs: int = 20, batch_size: int = 128, updates: int | None = None
+    ) -> None:
+        """Train the members on their bootstrap weights of the labelled pairs (warm-started from the last fit).
+
+        Args:
+            pairs: the labelled pairs; append-only across calls (pair i keeps its bootstrap counts).
+            epochs: passes over the pairs (when ``updates`` is None).
+            batch_size: pairs per minibatch.
+            updates: if given, exactly this many minibatch updates (drawn with replacement) instead of epochs:
+                a fixed cost per reward update however many labels have been collected.
+        """
         if not pairs:
             raise ValueError("no labelled pairs to learn a reward from")
+        new = len(pairs) - len(self.bootstrap)
+        if new > 0:
+            self.bootstrap = np.concatenate([self.bootstrap, self.rng.poisson(1.0, (new, self.members))]).astype(
+                np.float32
+            )
         x_a, x_b = segment_features(pairs)
         labels = np.array([p.label for p in pairs], np.float32)
-        from torch.utils.data import DataLoader
+        dataset = DictDataset(
+            x_a=torch.from_numpy(x_a),
+            x_b=torch.from_numpy(x_b),
+            label=torch.from_numpy(labels),
+            weight=torch.from_numpy(self.bootstrap[: len(pairs)]),
+        )
+        generator = torch.Generator().manual_seed(int(self.rng.integers(2**62)))
+        if updates is None:
+            sampler = RandomSampler(dataset, generator=generator)
+            max_epochs = epochs
+        else:
+            sampler = RandomSampler(dataset, replacement=True, num_samples=updates * batch_size, generator=generator)
+            max_epochs = 1
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler)
+        quick_trainer(max_epochs).fit(self.system, train_dataloaders=loader)
 
-        for system in self.systems:
-            chosen = self.rng.integers(0, len(pairs), len(pairs))
-            loader = DataLoader(
-                pair_dataset(x_a[chosen], x_b[chosen], labels[chosen]), batch_size=batch_size, shuffle=True
-            )
-            quick_trainer(epochs).fit(system, train_dataloaders=loader)
-
-    @torch.no_grad()
+    @torch.inference_mode()
     def step_reward(self, observations: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """Mean predicted reward of transitions ``[N, o]``, ``[N, a]`` → ``[N]``."""
-        x = torch.from_numpy(np.concatenate([observations, actions], -1).astype(np.float32))
-        return np.mean([s.scorer.step_reward(x).numpy() for s in self.systems], axis=0)
+        x = torch.from_numpy(np.concatenate([observations, actions], -1, dtype=np.float32))
+        return self.scorer.step_reward(x).mean(0).numpy()
 
-    @torch.no_grad()
-    def pair_probabilities(self, pairs: Sequence[SegmentPair]) -> np.ndarray:
+    @torch.inference_mode()
+    def pair_probabilities(self, pairs: Sequence[SegmentPair], chunk: int = 1024) -> np.ndarray:
         """P(a ≻ b) per member and pair, ``[members, N]``."""
-        x_a, x_b = (torch.from_numpy(x) for x in segment_features(pairs))
-        return np.stack([s.preference_probability(x_a, x_b).numpy() for s in self.systems])
+        parts = []
+        for start in range(0, len(pairs), chunk):
+            x_a, x_b = (torch.from_numpy(x) for x in segment_features(pairs[start : start + chunk]))
+            parts.append(self.system.preference_probability(x_a, x_b).numpy())
+        return np.concatenate(parts, axis=1)
 
-    def state_dict(self) -> list[dict]:
-        """The members' weights (for checkpoints)."""
-        return [s.state_dict() for s in self.systems]
+    def state_dict(self) -> dict:
+        """The members' weights and bootstrap counts (for checkpoints)."""
+        return {"system": self.system.state_dict(), "bootstrap": self.bootstrap.copy()}
 
-    def load_state_dict(self, states: list[dict]) -> None:
-        """Restore the members' weights."""
-        for system, state in zip(self.systems, states, strict=True):
-            system.load_state_dict(state)
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the members' weights and bootstrap counts."""
+        self.system.load_state_dict(state["system"])
+        self.bootstrap = np.asarray(state["bootstrap"], np.float32)
 
 
 def query_scores(probabilities: np.ndarray, method: QueryMethod) -> np.ndarray:

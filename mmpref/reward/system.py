@@ -35,7 +35,9 @@ class RewardModelSystem(L.LightningModule):
     ``{stage}/kendall_tau``.
 
     Args:
-        scorer: network mapping features ``[..., D]`` to scores ``[...]``.
+        scorer: network mapping features ``[..., D]`` to scores ``[...]``; an ensemble scorer maps them to
+            ``[M, ...]`` (M members trained in one fused pass, each on its own loss; a pair batch may carry
+            ``weight``, ``[B]`` or ``[B, M]``, e.g. bootstrap counts per member).
         loss: name of a pairwise or listwise loss in :mod:`mmpref.losses`.
         beta: the loss's inverse temperature β (for IPO, its regularisation).
         loss_kwargs: extra arguments of the loss (e.g. ``{"eps": 0.1}`` for robust, ``{"margin": 0.5}``,
@@ -97,7 +99,17 @@ class RewardModelSystem(L.LightningModule):
         if "x_a" in batch:
             score_a, score_b = self(batch["x_a"]), self(batch["x_b"])
             label = batch["label"].to(score_a.dtype)
-            loss = soft_pairwise(self._ordered_pair_loss, score_a, score_b, label).mean()
+            per_pair = soft_pairwise(self._ordered_pair_loss, score_a, score_b, label)  # [B], or [M, B]
+            weight = batch.get("weight")  # bootstrap counts / importance weights, [B] or [B, M]
+            if weight is None:
+                loss = per_pair.mean()
+            else:  # weighted mean per member, then the members' mean
+                weight = weight.to(per_pair.dtype)
+                if weight.dim() == 2:  # [B, M] rows of a dataset -> [M, B], like the ensemble's losses
+                    weight = weight.T
+                loss = ((per_pair * weight).sum(-1) / weight.sum(-1).clamp_min(1e-12)).mean()
+            if score_a.dim() == 2:  # an ensemble scorer ([members, B]): metrics describe the members' mean
+                score_a, score_b = score_a.mean(0), score_b.mean(0)
             flip = label < 0.5  # orient each pair as (preferred, rejected) for the logged scores
             score_w, score_l = torch.where(flip, score_b, score_a), torch.where(flip, score_a, score_b)
             prob, pair_label = torch.sigmoid(self.beta * (score_a - score_b)), label

@@ -76,7 +76,7 @@ def test_learned_reward_agrees_with_the_true_return_on_reach():
     test_pairs = random_pairs(test_segments, 500, rng)
     truth = np.array([p.a.rewards.sum() > p.b.rewards.sum() for p in test_pairs])
     before = ((ensemble.pair_probabilities(test_pairs).mean(0) > 0.5) == truth).mean()
-    ensemble.fit(labelled, epochs=30)
+    ensemble.fit(labelled, epochs=30, batch_size=64)
     after = ((ensemble.pair_probabilities(test_pairs).mean(0) > 0.5) == truth).mean()
     print(f"agreement with the true return order on held-out segment pairs: {before:.3f} -> {after:.3f}")
     assert after >= 0.85 and after > before + 0.2  # chance is 0.5
@@ -86,3 +86,51 @@ def test_learned_reward_agrees_with_the_true_return_on_reach():
         ensemble.step_reward(expert.observations, expert.actions).mean()
         > ensemble.step_reward(noisy.observations, noisy.actions).mean()
     )
+
+
+def test_fused_ensemble_matches_independent_members_forward_and_backward():
+    import torch
+    from torch import nn
+
+    from mmpref.control.reward import EnsembleStepReward, SegmentReturnScorer
+
+    fused = EnsembleStepReward(7, members=3, hidden=16, layers=3, seed=1).double()
+    x = torch.randn(5, 4, 7, dtype=torch.float64)
+    out = fused(x)
+    assert out.shape == (3, 5, 4)
+    for m in range(3):  # the oracle: member m as a plain nn.Sequential with the same weights
+        layers: list[nn.Module] = []
+        for i, (w, b) in enumerate(zip(fused.weights, fused.biases, strict=True)):
+            linear = nn.Linear(w.shape[1], w.shape[2]).double()
+            with torch.no_grad():
+                linear.weight.copy_(w[m].T)
+                linear.bias.copy_(b[m, 0])
+            layers += [linear, nn.LeakyReLU() if i < len(fused.weights) - 1 else nn.Tanh()]
+        member = nn.Sequential(*layers)
+        expected = member(x).squeeze(-1)
+        torch.testing.assert_close(out[m], expected)
+        expected.sum().backward()
+        (grad_fused,) = torch.autograd.grad(fused(x)[m].sum(), fused.weights[0])
+        torch.testing.assert_close(grad_fused[m], layers[0].weight.grad.T)
+        torch.testing.assert_close(grad_fused[(m + 1) % 3], torch.zeros_like(grad_fused[0]))  # members independent
+    scores = SegmentReturnScorer(fused, gamma=0.5)(x)
+    weights = 0.5 ** torch.arange(3, -1, -1, dtype=torch.float64)
+    torch.testing.assert_close(scores, (out * weights).sum(-1))
+
+
+def test_bootstrap_weights_give_each_member_its_own_loss():
+    import torch
+
+    from mmpref.control.reward import EnsembleStepReward, SegmentReturnScorer
+    from mmpref.losses import bradley_terry
+    from mmpref.reward.system import RewardModelSystem
+
+    system = RewardModelSystem(SegmentReturnScorer(EnsembleStepReward(3, members=2, hidden=8, layers=1)))
+    x_a, x_b = torch.randn(6, 4, 3), torch.randn(6, 4, 3)
+    label = torch.ones(6)
+    weight = torch.tensor([[1.0, 0.0], [2.0, 1.0], [0.0, 3.0], [1.0, 1.0], [0.0, 0.0], [1.0, 2.0]])  # [B, M]
+    loss = system.training_step({"x_a": x_a, "x_b": x_b, "label": label, "weight": weight}, 0)
+    s_a, s_b = system(x_a), system(x_b)  # [M, B]
+    per = bradley_terry(s_a, s_b)
+    expected = torch.stack([(per[m] * weight[:, m]).sum() / weight[:, m].sum() for m in range(2)]).mean()
+    torch.testing.assert_close(loss, expected)

@@ -25,7 +25,9 @@ def test_pbrl_job_runs_resumes_and_writes_its_outputs(tmp_path, capsys):
     tiny = [
         "total_steps=600",
         "learning_starts=200",
+        "feedback_start=0",
         "feedback_every=300",
+        "reward_updates=null",
         "eval_every=300",
         "eval_episodes=1",
         "queries_per_round=20",
