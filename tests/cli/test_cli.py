@@ -8,8 +8,8 @@ import pytest
 from mmpref.cli import main
 
 RECIPE_ROOT = Path(__file__).resolve().parents[2].joinpath("recipes")
-# LightningCLI recipes; recipes/control holds PbRL loop settings, tested in tests/control/test_pbrl_cli.py
-RECIPES = sorted(p for p in RECIPE_ROOT.rglob("*.yaml") if "control" not in p.parts)
+# LightningCLI recipes only: control and diffusion recipes feed their own jobs (pbrl, peeling, dpo --config)
+RECIPES = sorted(p for p in RECIPE_ROOT.rglob("*.yaml") if not {"control", "diffusion"} & set(p.parts))
 
 
 def test_help_lists_the_jobs(capsys):

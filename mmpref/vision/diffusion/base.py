@@ -14,9 +14,6 @@ Saved in diffusers' own folder layout, so ``UNet2DConditionModel.from_pretrained
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from mmpref.data.io import atomic_folder
 from mmpref.vision.diffusion.text import EMBED_DIM, PromptEncoder
 
 PredictionType = Literal["epsilon", "v_prediction"]
@@ -165,24 +163,11 @@ class DigitDiffusion:
 def save_diffusion(folder: str | Path, unet: nn.Module, scheduler: Any, prompts: PromptEncoder, meta: dict) -> Path:
     """Write the model folder atomically: built in a temporary sibling, then renamed over ``folder``."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with atomic_folder(folder) as tmp:
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         scheduler.save_pretrained(tmp / "scheduler")
         prompts.save(tmp / "prompt_embeddings.safetensors")
         (tmp / "mmpref.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mmpref.data.io import DataError, read_pickapic_parquet
+from mmpref.data.io import DataError, atomic_folder, read_pickapic_parquet
 from mmpref.data.records import PreferencePair
 from mmpref.reward.datamodule import DictDataset
 
@@ -275,7 +272,9 @@ def dpo_finetune(
 
 def save_finetuned(pipe: Any, system: Any, mode: FineTuneMode, out_dir: str | Path) -> Path:
     """Write LoRA weights in diffusers' format, or the whole pipeline with the tuned UNet, atomically."""
-    return _write_atomically(Path(out_dir), lambda tmp: _save(pipe, system, mode, tmp))
+    with atomic_folder(out_dir) as tmp:
+        _save(pipe, system, mode, tmp)
+    return Path(out_dir)
 
 
 def _save(pipe: Any, system: Any, mode: FineTuneMode, folder: Path) -> None:
@@ -289,22 +288,3 @@ def _save(pipe: Any, system: Any, mode: FineTuneMode, folder: Path) -> None:
     else:
         pipe.unet = system.unet
         pipe.save_pretrained(folder, safe_serialization=True)
-
-
-def _write_atomically(target: Path, write: Any) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        write(tmp)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
