@@ -35,7 +35,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from mmpref.control.segments import Episode
+from mmpref.control.segments import Episode, rollout
 from mmpref.data import Segment, SegmentPair
 from mmpref.losses import soft_bradley_terry
 from mmpref_envs.tabular import (
@@ -438,31 +438,18 @@ def rollout_with_values(
     ``values`` has length T + 1 (s_T is the state after the last action) and NaN where V was not computed; cut
     segments of length ``every`` (stride ``every``) and :func:`segment_boundary_values` finds both ends of each.
     """
-    if every < 1:
-        raise ValueError(f"every must be >= 1, got {every}")
-    obs, _ = env.reset(seed=seed)
-    observations, actions, rewards, next_obs, success, values = [], [], [], [], [], []
-    for t in range(max_steps):
-        values.append(value(env, obs) if t % every == 0 else math.nan)
-        action = policy(obs)
-        new_obs, reward, terminated, truncated, info = env.step(action)
-        observations.append(obs)
-        actions.append(action)
-        rewards.append(reward)
-        next_obs.append(new_obs)
-        success.append(float(info.get("success", 0.0)))
-        obs = new_obs
-        if terminated or truncated:
-            break
-    values.append(value(env, obs) if len(actions) % every == 0 else math.nan)
-    episode = Episode(
-        np.asarray(observations, np.float32),
-        np.asarray(actions, np.float32),
-        np.asarray(rewards, np.float32),
-        np.asarray(next_obs, np.float32),
-        np.asarray(success, np.float32),
-        source,
-    )
+    if every < 1 or max_steps < 1:
+        raise ValueError(f"every and max_steps must be >= 1, got {every} and {max_steps}")
+    values: list[float] = []
+
+    def acting(obs: np.ndarray) -> np.ndarray:
+        # called once per step, before the action, with the simulator still at s_t: the place to estimate V(s_t)
+        values.append(value(env, obs) if len(values) % every == 0 else math.nan)
+        return policy(obs)
+
+    episode = rollout(env, acting, max_steps=max_steps, seed=seed, source=source)
+    final = episode.next_observations[-1]  # the simulator is still at s_T
+    values.append(value(env, final) if len(episode) % every == 0 else math.nan)
     return episode, np.asarray(values)
 
 
