@@ -22,7 +22,10 @@ OWN_JOBS = {
     "label": "collect human labels: mmpref label serve|annotator|import|export --db labels.sqlite",
     "pbrl": "train a Meta-World policy from preferences: mmpref pbrl --config recipes/control/button_press.yaml",
     "peeling": "BC, then trajectory-DPO finetuning: mmpref peeling --config recipes/control/peeling/push.yaml",
-    "sample": "sample a diffusion model: mmpref sample [--model DIR] [--compare DIR] \"a handwritten 7\" --out g.png",
+    "regret": "regret vs partial-return model: mmpref regret --config recipes/control/regret/gridworld.yaml",
+    "cpl": "CPL, offline from a robomimic file's pairs: mmpref cpl --config recipes/control/cpl/button_press.yaml",
+    "pearl": "transfer labels to a new task: mmpref pearl --config recipes/control/pearl/window_open_to_close.yaml",
+    "sample": 'sample a diffusion model: mmpref sample [--model DIR] [--compare DIR] "a handwritten 7" --out g.png',
     "dpo": "Diffusion-DPO: mmpref dpo --out DIR [--taste ink] | --pipeline SD_DIR --pairs F.parquet --ties drop",
     "dpo-eval": "fine-tuned vs base diffusion model: mmpref dpo-eval TUNED_DIR [--base DIR] [--taste ink]",
     "version": "print mmpref's version",
@@ -177,27 +180,20 @@ def run_enroll(argv: Sequence[str]) -> int:
 
 def run_pbrl(argv: Sequence[str]) -> int:
     """``mmpref pbrl``: online preference-based RL in Meta-World (PEBBLE-style), resumable."""
+    from mmpref.recipe import RecipeError, add_recipe_arguments, load_recipe
+
     parser = argparse.ArgumentParser(prog="mmpref pbrl", description=run_pbrl.__doc__)
-    parser.add_argument("--config", default=None, help="a YAML recipe (fields of mmpref.control.pbrl.PbRLConfig)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override recipe fields")
+    add_recipe_arguments(parser, "mmpref.control.pbrl.PbRLConfig")
     parser.add_argument("--out", default=None, help="output folder (default runs/pbrl/<task>-seed<seed>)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     parser.add_argument("--no-video", action="store_true", help="skip the MP4 of the final policy")
     args = parser.parse_args(argv)
-    import yaml
-
     from mmpref.control.pbrl import PbRLConfig, PbRLLoop
     from mmpref.control.video import plot_success_curve, record_policy
 
-    settings = {}
-    if args.config:
-        settings = yaml.safe_load(open(args.config)) or {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        settings[key] = yaml.safe_load(value)
     try:
-        config = PbRLConfig(**settings)
-    except (TypeError, ValueError) as err:
+        config = load_recipe(PbRLConfig, args.config, args.set)
+    except RecipeError as err:
         print(f"mmpref pbrl: {err}", file=sys.stderr)
         return 2
     out = Path(args.out or f"runs/pbrl/{config.task}-seed{config.seed}")
@@ -282,6 +278,9 @@ _RUNNERS = {
     "label": "mmpref.cli:run_label",
     "pbrl": "mmpref.cli:run_pbrl",
     "peeling": "mmpref.control.peeling_pipeline:run_peeling",
+    "regret": "mmpref.control.regret_job:run_regret",
+    "cpl": "mmpref.control.cpl_job:run_cpl",
+    "pearl": "mmpref.control.pearl_job:run_pearl",
     "sample": "mmpref.vision.diffusion.jobs:run_sample",
     "dpo": "mmpref.vision.diffusion.jobs:run_dpo",
     "dpo-eval": "mmpref.vision.diffusion.jobs:run_dpo_eval",

@@ -36,56 +36,24 @@ from typing import Any
 import numpy as np
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
-OFFSET = np.array([0.5, -0.5, 0.5, 0.0])
 
 
 def make_dataset(args: argparse.Namespace, seed: int, path: Path) -> dict[str, Any]:
-    from mmpref.control.envs import ExpertPolicy, make_env
-    from mmpref.control.regret import (
-        ExpertValueOracle,
-        SegmentRegretTeacher,
-        rollout_with_values,
-        segment_boundary_values,
-    )
-    from mmpref.control.robomimic_io import write_robomimic
-    from mmpref.control.segments import random_pairs
-    from mmpref.control.teachers import ScriptedTeacher
+    """The mixed-quality dataset of ``seed`` (:func:`mmpref.control.cpl_job.build_mixed_dataset`) at ``path``."""
+    from mmpref.control.cpl_job import CPLJobConfig, build_mixed_dataset
 
-    env = make_env(args.task, seed=seed)
-    oracle = ExpertValueOracle(args.task, horizon=args.value_horizon, gamma=args.gamma)
-    rng = np.random.default_rng(seed)
-    good = ExpertPolicy(args.task, noise=0.3, seed=seed)
-    biased = ExpertPolicy(args.task, noise=0.3, seed=seed + 1)
-    sources = {
-        "good": good,
-        "biased": lambda obs: np.clip(biased(obs) + OFFSET, -1, 1),
-        "random": lambda obs: rng.uniform(-1, 1, 4),
-    }
-    episodes, values, names = [], [], []
-    for k in range(args.episodes):
-        name = list(sources)[k % 3]
-        episode, v = rollout_with_values(
-            env, sources[name], oracle, every=args.length, max_steps=args.horizon, seed=1000 * seed + k, source=name
-        )
-        episodes.append(episode)
-        values.append(v)
-        names.append(name)
-    segments, table = segment_boundary_values(episodes, values, args.length)
-    pairs = random_pairs(segments, args.pairs, rng)
-    if args.teacher == "regret":
-        labelled = SegmentRegretTeacher(value=lambda s: table[s.id], gamma=args.gamma).label_pairs(pairs)
-    else:
-        labelled = ScriptedTeacher().label_pairs(pairs)
-    write_robomimic(
-        path, episodes, args.task, pairs=labelled, masks={"good": [i for i, n in enumerate(names) if n == "good"]}
+    config = CPLJobConfig(
+        task=args.task,
+        seed=seed,
+        episodes=args.episodes,
+        horizon=args.horizon,
+        length=args.length,
+        pairs=args.pairs,
+        teacher=args.teacher,
+        value_horizon=args.value_horizon,
+        gamma=args.gamma,
     )
-    return {
-        "success_by_source": {
-            n: float(np.mean([e.succeeded for e, m in zip(episodes, names, strict=True) if m == n])) for n in sources
-        },
-        "pairs": len(labelled),
-        "ties": int(sum(p.label == 0.5 for p in labelled)),
-    }
+    return build_mixed_dataset(config, path)
 
 
 def weighted_bc(policy, obs, act, weights, steps: int, batch: int, lr: float, seed: int) -> None:
@@ -132,16 +100,10 @@ def reward_model_segment_returns(pairs, segments, steps: int, seed: int) -> tupl
 
 
 def evaluate(policy, args: argparse.Namespace, seed: int) -> dict[str, float]:
-    from mmpref.control.envs import make_env
-    from mmpref.control.segments import rollout
+    from mmpref.control.cpl_job import evaluate as success
 
-    env = make_env(args.task, seed=seed)
-    det = rollout(env, policy.numpy_policy(deterministic=True), max_steps=args.horizon, seed=0).succeeded
-    stochastic = [
-        rollout(env, policy.numpy_policy(deterministic=False, seed=k), max_steps=args.horizon, seed=k).succeeded
-        for k in range(args.eval_episodes)
-    ]
-    return {"deterministic": float(det), "stochastic": float(np.mean(stochastic))}
+    rates = success(policy, args.task, seed, args.horizon, args.eval_episodes)
+    return {"deterministic": rates["deterministic"], "stochastic": rates["stochastic"]}
 
 
 def run_seed(job: tuple[argparse.Namespace, int]) -> dict[str, Any]:

@@ -179,6 +179,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reward-batch-size", type=int, default=64)
     parser.add_argument("--reward-hidden", type=int, default=128)
     parser.add_argument("--reward-layers", type=int, default=2)
+    parser.add_argument("--reward-scale", type=float, default=1.0)
+    parser.add_argument("--reward-normalize", action="store_true")
+    parser.add_argument("--queries-per-round", type=int, default=None, help="default: the budget over the rounds")
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--methods", nargs="+", default=["learned", "true"], choices=["learned", "true"])
     args = parser.parse_args(argv)
     rounds = len(range(args.feedback_start or args.feedback_every, args.steps, args.feedback_every))
     settings = {
@@ -186,21 +191,23 @@ def main(argv: list[str] | None = None) -> None:
         "learning_starts": 1000,
         "feedback_start": args.feedback_start,
         "feedback_every": args.feedback_every,
-        "queries_per_round": int(np.ceil(args.max_labels / max(rounds, 1))),
+        "queries_per_round": args.queries_per_round or int(np.ceil(args.max_labels / max(rounds, 1))),
         "max_labels": args.max_labels,
         "segment_length": 50,
         "reward_updates": args.reward_updates,
         "reward_batch_size": args.reward_batch_size,
         "reward_hidden": args.reward_hidden,
         "reward_layers": args.reward_layers,
+        "reward_scale": args.reward_scale,
+        "reward_normalize": args.reward_normalize,
         "eval_every": 2500,
-        "eval_episodes": 5,
+        "eval_episodes": args.eval_episodes,
     }
     jobs = [
         {"config": {**settings, "task": task, "seed": seed, "reward": reward}}
         for seed in args.seeds
         for task in args.tasks
-        for reward in ("learned", "true")
+        for reward in args.methods
     ]
     meta = {
         "machine": {

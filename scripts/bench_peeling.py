@@ -106,6 +106,12 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path)
         lines += ["", "Finetuning rounds (success of the on-policy rollouts per round):", ""]
         for r in results:
             lines.append(f"- seed {r['seed']}: " + " ".join(f"{s:.2f}" for s in r["finetune_log"]["success"]))
+        if any(r["finetune_log"].get("validation") for r in results):
+            lines += ["", "Fused-reward score of the mean-action policy on the validation goals (round 0 = BC):", ""]
+            for r in results:
+                log = r["finetune_log"]
+                scores = " ".join(f"{s:.3f}" for s in log["validation"])
+                lines.append(f"- seed {r['seed']}: {scores}; kept round {log['kept_round']}")
         lines += ["", "Timings (s): " + "; ".join(f"seed {r['seed']}: {r['timings']}" for r in results)]
     with atomic_write(out / "bench_peeling_cpu.md", "w") as handle:
         handle.write("\n".join(lines) + "\n")
@@ -133,6 +139,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--nll-weight", type=float, default=1.0)
+    parser.add_argument("--validation", type=int, default=0, help="fixed-goal envs scoring each round")
+    parser.add_argument("--select-best", action="store_true", help="keep the round the fused reward scores best")
     parser.add_argument("--eval-episodes", type=int, default=30)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--save-dir", type=Path, default=None)
@@ -146,9 +154,10 @@ def main() -> None:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_peeling.py "
         + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+            f"--{k.replace('_', '-')}"
+            + ("" if isinstance(v, bool) else f" {' '.join(map(str, v)) if isinstance(v, list) else v}")
             for k, v in vars(args).items()
-            if v is not None and k not in ("out_dir", "save_dir", "cache_dir")
+            if v is not None and v is not False and k not in ("out_dir", "save_dir", "cache_dir")
         ),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": f"2 vCPU AMD EPYC ({platform.processor() or platform.machine()}), torch {torch.__version__}, "

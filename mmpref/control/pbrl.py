@@ -43,6 +43,8 @@ class RewardSource:
     ):
         self.mode = mode
         self.ensemble = ensemble
+        # learned reward given to the policy = (r̂ − shift) · scale; set by the loop after each reward update
+        self.shift, self.scale = 0.0, 1.0
         self.k = k
         self.states: deque[np.ndarray] = deque(maxlen=memory)
 
@@ -51,7 +53,7 @@ class RewardSource:
         if self.mode == "true":
             return true_reward
         if self.mode == "learned":
-            return float(self.ensemble.step_reward(obs[None], action[None])[0])
+            return (float(self.ensemble.step_reward(obs[None], action[None])[0]) - self.shift) * self.scale
         # PEBBLE's unsupervised phase: the distance to the k-th nearest recent state (a state-entropy estimate)
         self.states.append(np.asarray(next_obs, np.float32))
         if len(self.states) <= self.k:
@@ -154,6 +156,10 @@ class PbRLConfig:
         reward_batch_size: labelled pairs per reward minibatch.
         reward_hidden: width of each member's step-reward MLP (PEBBLE: 256).
         reward_layers: hidden layers of each member's step-reward MLP (PEBBLE: 3).
+        reward_scale: the learned reward given to SAC is multiplied by this (PEBBLE: 1, a tanh-bounded reward).
+        reward_normalize: standardise the learned reward over the replay buffer after every reward update (mean 0,
+            std ``reward_scale``). A Bradley-Terry reward has no scale of its own, while SAC's entropy temperature
+            starts at a fixed value: standardising gives every reward update the same scale relative to it.
         eval_every: steps between success-rate evaluations.
         eval_episodes: episodes per evaluation.
         sac_kwargs: extra arguments of stable-baselines3's SAC.
@@ -177,6 +183,8 @@ class PbRLConfig:
     reward_batch_size: int = 128
     reward_hidden: int = 256
     reward_layers: int = 3
+    reward_scale: float = 1.0
+    reward_normalize: bool = False
     eval_every: int = 5_000
     eval_episodes: int = 5
     sac_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -191,6 +199,8 @@ class PbRLConfig:
                 f"feedback_every must be >= 1 and feedback_start >= 0, got {self.feedback_every} and "
                 f"{self.feedback_start}"
             )
+        if not self.reward_scale > 0:
+            raise ValueError(f"reward_scale must be > 0, got {self.reward_scale}")
         if self.reward_updates is not None and self.reward_updates < 1:
             raise ValueError(f"reward_updates must be >= 1 (or null for epochs), got {self.reward_updates}")
 
@@ -235,6 +245,7 @@ class PbRLLoop:
         self.fragmenter = fragmenter or self._random_pairs
         mode = "true" if config.reward == "true" else ("entropy" if config.unsupervised_steps > 0 else "learned")
         self.source = RewardSource(mode, self.ensemble)
+        self.source.scale = config.reward_scale
         self.env = PreferenceEnv(base, self.source)
         sac_kwargs = {
             "learning_starts": config.learning_starts,
@@ -246,6 +257,7 @@ class PbRLLoop:
             "device": "cpu",
         } | config.sac_kwargs
         self.model = SAC("MlpPolicy", self.env, seed=config.seed, **sac_kwargs)
+        _silence(self.model)
         self.eval_env = make_env(config.task, seed=config.seed + 10_000)
         self.labelled: list[SegmentPair] = []
         self.steps = 0
@@ -293,6 +305,10 @@ class PbRLLoop:
         rewards = np.concatenate(
             [self.ensemble.step_reward(obs[i : i + 4096], actions[i : i + 4096]) for i in range(0, size, 4096)]
         )
+        if self.config.reward_normalize:
+            self.source.shift = float(rewards.mean())
+            self.source.scale = self.config.reward_scale / max(float(rewards.std()), 1e-6)
+        rewards = (rewards - self.source.shift) * self.source.scale
         buffer.rewards[:size] = rewards.reshape(buffer.rewards[:size].shape)
 
     def evaluate(self) -> float:
@@ -379,6 +395,7 @@ class PbRLLoop:
             "ensemble_rng": self.ensemble.rng,
             "reward_learned": self.reward_learned,
             "source_mode": self.source.mode,
+            "source_affine": (self.source.shift, self.source.scale),
             "rng": self.rng,
             "teacher": {"budget": self.teacher.budget, "rng": self.teacher.rng},
             "episodes": list(self.env.episodes),
@@ -410,11 +427,13 @@ class PbRLLoop:
             state = pickle.load(handle)
         loop = cls(PbRLConfig(**state["config"]), progress=progress)
         loop.model = SAC.load(folder / "sac.zip", env=loop.env, device="cpu")
+        _silence(loop.model)
         loop.model.load_replay_buffer(folder / "replay_buffer.pkl")
         loop.steps, loop.history, loop.labelled = state["steps"], state["history"], state["labelled"]
         loop.ensemble.load_state_dict(state["ensemble"])
         loop.ensemble.rng = state["ensemble_rng"]
         loop.reward_learned, loop.source.mode, loop.rng = state["reward_learned"], state["source_mode"], state["rng"]
+        loop.source.shift, loop.source.scale = state.get("source_affine", (0.0, loop.config.reward_scale))
         loop.teacher.budget, loop.teacher.rng = state["teacher"]["budget"], state["teacher"]["rng"]
         loop.env.episodes = deque(state["episodes"])
         loop.env._current, loop.env._obs = state["env_current"], state["env_obs"]
@@ -428,6 +447,13 @@ class PbRLLoop:
         if state["last_original_obs"] is not None:
             loop.model._last_original_obs = state["last_original_obs"]
         return loop
+
+
+def _silence(model: Any) -> None:
+    """A logger with no outputs: stable-baselines3's default one makes an empty log folder per ``learn()`` call."""
+    from stable_baselines3.common.logger import Logger
+
+    model.set_logger(Logger(folder=None, output_formats=[]))
 
 
 _MONITOR_FIELDS = ("rewards", "needs_reset", "episode_returns", "episode_lengths", "episode_times", "total_steps")

@@ -29,6 +29,7 @@ trajectories is a Bradley-Terry pair).
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -276,6 +277,9 @@ class FinetuneConfig:
         nll_weight: weight α of the winners' mean per-step negative log-likelihood added to the DPO loss (RPO,
             Pang et al. 2024, eq. 1): DPO alone may lower the winners' likelihood along with the losers', which for
             a Gaussian policy shows up as a growing σ.
+        select_best: keep the round (BC included, as round 0) whose mean-action rollouts from the validation
+            environments score best under the reward model, instead of the last round: online DPO rounds are
+            noisy (few start states each), and the reward model, not the true reward, picks the round.
         seed: seeds the choice of start states and the rollouts.
     """
 
@@ -289,17 +293,35 @@ class FinetuneConfig:
     epochs: int = 4
     min_gap: float = 0.0
     nll_weight: float = 0.0
+    select_best: bool = False
     seed: int = 0
 
 
 @dataclass
 class FinetuneLog:
-    """Per round: mean fused reward of the rollouts, their success rate, pairs used, final DPO loss."""
+    """Per round: mean fused reward of the rollouts, their success rate, pairs used, final DPO loss.
+
+    With validation environments also: the mean reward-model score of the mean-action rollouts before any update
+    (``validation[0]``, the BC policy) and after each round, and the round kept (0 = the BC policy).
+    """
 
     reward: list[float] = field(default_factory=list)
     success: list[float] = field(default_factory=list)
     pairs: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
+    validation: list[float] = field(default_factory=list)
+    kept_round: int | None = None
+
+
+def validation_score(
+    policy: GaussianPolicy,
+    envs: Sequence[gym.Env],
+    reward: Callable[[Sequence[Episode]], np.ndarray],
+    max_steps: int,
+) -> float:
+    """Mean reward-model score of one mean-action rollout from each (fixed-goal) validation environment."""
+    act = policy.numpy_policy(deterministic=True)
+    return float(np.mean(reward([rollout(env, act, max_steps=max_steps) for env in envs])))
 
 
 def finetune_loss(
@@ -333,14 +355,18 @@ def preference_finetune(
     envs: Sequence[gym.Env],
     reward: Callable[[Sequence[Episode]], np.ndarray],
     config: FinetuneConfig,
+    validation: Sequence[gym.Env] = (),
 ) -> FinetuneLog:
     """Stage 2: online trajectory DPO of ``policy`` against the frozen ``reference``, in place.
 
     Each round draws ``config.groups`` of the fixed-goal ``envs``, rolls out ``group_size`` stochastic episodes of
     the current policy from each, ranks every group with ``reward`` (trajectories → scores), pairs best with worst,
     and takes ``epochs`` passes of Adam on the mean DPO loss (plus α times the winners' NLL when ``nll_weight`` > 0).
-    The reference never changes.
+    The reference never changes. With ``validation`` environments each round's policy is scored there by ``reward``
+    (mean action); with ``config.select_best`` the best-scoring round's weights are restored at the end.
     """
+    if config.select_best and not validation:
+        raise ValueError("select_best needs validation environments (the round is chosen on them)")
     if len(envs) < config.groups:
         raise ValueError(f"need >= {config.groups} environments (config.groups), got {len(envs)}")
     if config.group_size < 2:
@@ -348,6 +374,10 @@ def preference_finetune(
     rng = np.random.default_rng(config.seed)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
     log = FinetuneLog()
+    best_state = None
+    if validation:
+        log.validation.append(validation_score(policy, validation, reward, config.max_steps))
+        best_state, log.kept_round = copy.deepcopy(policy.state_dict()), 0
     for it in range(config.iterations):
         winners: list[Episode] = []
         losers: list[Episode] = []
@@ -379,6 +409,10 @@ def preference_finetune(
         log.success.append(float(np.mean(successes)))
         log.pairs.append(len(winners))
         log.loss.append(last)
+        if validation:
+            log.validation.append(validation_score(policy, validation, reward, config.max_steps))
+            if log.validation[-1] > log.validation[log.kept_round]:
+                best_state, log.kept_round = copy.deepcopy(policy.state_dict()), it + 1
         logger.info(
             "round %d: reward %.3f, success %.2f, %d pairs, DPO loss %.4f",
             it,
@@ -387,4 +421,8 @@ def preference_finetune(
             len(winners),
             last,
         )
+    if config.select_best and best_state is not None:
+        policy.load_state_dict(best_state)
+    elif validation:
+        log.kept_round = config.iterations
     return log

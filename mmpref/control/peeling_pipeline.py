@@ -17,7 +17,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from mmpref.control.robomimic_io import read_robomimic, write_robomimic
 from mmpref.control.segments import rollout
 from mmpref.control.teachers import RatingTeacher
 from mmpref.data import atomic_write
+from mmpref.recipe import RecipeError, add_recipe_arguments, load_recipe
 from mmpref.reward.system import RewardModelSystem
 
 
@@ -69,6 +70,9 @@ class PeelingConfig:
         lr: finetuning learning rate.
         epochs: passes per round.
         nll_weight: weight of the winners' NLL (RPO).
+        validation: fixed-goal validation environments (goals differ from the training pool's and the
+            evaluation's) on which each round's mean-action policy is scored by the fused reward (0: none).
+        select_best: keep the round (BC = round 0) that scores best there instead of the last one.
         eval_episodes: held-out goals per evaluation.
     """
 
@@ -94,6 +98,8 @@ class PeelingConfig:
     lr: float = 1e-4
     epochs: int = 4
     nll_weight: float = 1.0
+    validation: int = 0
+    select_best: bool = False
     eval_episodes: int = 30
 
     def __post_init__(self) -> None:
@@ -104,6 +110,8 @@ class PeelingConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.rated < 8:
             raise ValueError(f"rated must be >= 8 (the fused reward trains on lists of 8), got {self.rated}")
+        if self.select_best and self.validation < 1:
+            raise ValueError("select_best needs validation >= 1 environments to choose the round on")
         if self.groups > self.pool:
             raise ValueError(f"groups ({self.groups}) cannot exceed the pool of environments ({self.pool})")
 
@@ -118,6 +126,7 @@ class PeelingConfig:
             lr=self.lr,
             epochs=self.epochs,
             nll_weight=self.nll_weight,
+            select_best=self.select_best,
             seed=self.seed,
         )
 
@@ -142,6 +151,11 @@ def evaluate_policy(
 def training_pool(config: PeelingConfig) -> list[gym.Env]:
     """The fixed-goal environments of stage 2 (their goals differ from the evaluation's)."""
     return [make_env(config.task, seed=20_000 + 100 * config.seed + g) for g in range(config.pool)]
+
+
+def validation_pool(config: PeelingConfig) -> list[gym.Env]:
+    """Fixed-goal environments for choosing the finetuning round (goals differ from the pool's and evaluation's)."""
+    return [make_env(config.task, seed=50_000 + 100 * config.seed + g) for g in range(config.validation)]
 
 
 def stage_one(
@@ -205,7 +219,12 @@ def stage_two(
     reference_state = {k: v.clone() for k, v in reference.state_dict().items()}
     start = time.perf_counter()
     log = preference_finetune(
-        policy, reference, pool, lambda group: score_trajectories(reward, group, config.smoothness), config.finetune()
+        policy,
+        reference,
+        pool,
+        lambda group: score_trajectories(reward, group, config.smoothness),
+        config.finetune(),
+        validation=validation_pool(config),
     )
     results: dict[str, Any] = {"finetune_s": time.perf_counter() - start, "finetune_log": asdict(log)}
     state = reference.state_dict()
@@ -223,27 +242,12 @@ def run_peeling(argv: Sequence[str]) -> int:
     Writes ``<out>/demos.hdf5``, ``bc_policy.safetensors``, ``finetuned_policy.safetensors`` and ``summary.json``.
     """
     parser = argparse.ArgumentParser(prog="mmpref peeling", description=run_peeling.__doc__)
-    parser.add_argument("--config", default=None, help="a YAML recipe (fields of PeelingConfig)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override recipe fields")
+    add_recipe_arguments(parser, PeelingConfig)
     parser.add_argument("--out", default=None, help="output folder (default runs/peeling/<task>-seed<seed>)")
     args = parser.parse_args(argv)
-    import yaml
-
-    settings: dict[str, Any] = {}
-    if args.config:
-        with open(args.config) as handle:
-            settings = yaml.safe_load(handle) or {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        settings[key] = yaml.safe_load(value)
-    unknown = sorted(set(settings) - {f.name for f in fields(PeelingConfig)})
-    if unknown:
-        valid = ", ".join(f.name for f in fields(PeelingConfig))
-        print(f"mmpref peeling: unknown field(s) {unknown} in the recipe; valid: {valid}", file=sys.stderr)
-        return 2
     try:
-        config = PeelingConfig(**settings)
-    except (TypeError, ValueError) as err:
+        config = load_recipe(PeelingConfig, args.config, args.set)
+    except RecipeError as err:
         print(f"mmpref peeling: {err}", file=sys.stderr)
         return 2
     torch.set_num_threads(1)  # many small ops: one thread is faster than several on a shared CPU

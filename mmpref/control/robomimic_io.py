@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmpref.control.segments import Episode
+from mmpref.control.segments import Episode, episode_segment
 from mmpref.data import DataError, Segment, SegmentPair
 
 
@@ -162,6 +162,30 @@ def read_robomimic(path: str | Path, obs_key: str | None = None, filter_key: str
     return episodes
 
 
+def read_env_name(path: str | Path) -> str | None:
+    """The ``env_name`` recorded in ``data.attrs["env_args"]`` (robomimic's field), or ``None`` when absent."""
+    path = Path(path)
+    with _open(path) as f:
+        raw = f["data"].attrs.get("env_args")
+    if raw is None:
+        return None
+    try:
+        name = json.loads(raw).get("env_name")
+    except (json.JSONDecodeError, AttributeError, TypeError):
+        raise DataError(
+            path, ["data.attrs['env_args'] is not a JSON object; re-write it with write_robomimic"]
+        ) from None
+    return str(name) if name else None
+
+
+def resolve_env_name(path: str | Path, expected: str | None) -> str | None:
+    """``expected`` if given, else the file's recorded ``env_name``; a ``DataError`` when both are set and differ."""
+    recorded = read_env_name(path)
+    if expected is not None and recorded is not None and expected != recorded:
+        raise DataError(path, [f"recorded on {recorded!r}, not {expected!r}: leave the task unset to use the file's"])
+    return expected or recorded
+
+
 def read_preference_pairs(path: str | Path, obs_key: str | None = None) -> list[SegmentPair]:
     """The segment pairs stored in ``preferences/``, rebuilt from the episodes they index."""
     path = Path(path)
@@ -178,14 +202,7 @@ def read_preference_pairs(path: str | Path, obs_key: str | None = None) -> list[
         end = start + length
         if end > len(ep):
             raise DataError(path, [f"preferences index demo_{demo}[{start}:{end}] beyond its {len(ep)} steps"])
-        return Segment(
-            id=f"demo_{demo}:{start}",
-            observations=ep.observations[start:end],
-            actions=ep.actions[start:end],
-            rewards=ep.rewards[start:end],
-            source=ep.source,
-            start=start,
-        )
+        return episode_segment(ep, start, length, f"demo_{demo}:{start}")
 
     return [
         SegmentPair(

@@ -67,21 +67,24 @@ def cut_segments(episodes: Sequence[Episode], length: int, stride: int | None = 
     if length < 1:
         raise ValueError(f"segment length must be >= 1, got {length}")
     stride = stride or length
-    segments = []
-    for e, episode in enumerate(episodes):
-        for start in range(0, len(episode) - length + 1, stride):
-            end = start + length
-            segments.append(
-                Segment(
-                    id=f"{episode.source or 'ep'}{e}:{start}",
-                    observations=episode.observations[start:end],
-                    actions=episode.actions[start:end],
-                    rewards=episode.rewards[start:end],
-                    source=episode.source,
-                    start=start,
-                )
-            )
-    return segments
+    return [
+        episode_segment(episode, start, length, f"{episode.source or 'ep'}{e}:{start}")
+        for e, episode in enumerate(episodes)
+        for start in range(0, len(episode) - length + 1, stride)
+    ]
+
+
+def episode_segment(episode: Episode, start: int, length: int, segment_id: str) -> Segment:
+    """Steps ``start`` to ``start + length`` of ``episode`` as a :class:`~mmpref.data.Segment` named ``segment_id``."""
+    end = start + length
+    return Segment(
+        id=segment_id,
+        observations=episode.observations[start:end],
+        actions=episode.actions[start:end],
+        rewards=episode.rewards[start:end],
+        source=episode.source,
+        start=start,
+    )
 
 
 def random_pairs(segments: Sequence[Segment], n: int, rng: np.random.Generator) -> list[SegmentPair]:

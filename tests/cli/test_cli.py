@@ -15,7 +15,8 @@ RECIPES = sorted(p for p in RECIPE_ROOT.rglob("*.yaml") if not {"control", "diff
 def test_help_lists_the_jobs(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for job in ("fit", "validate", "test", "predict", "demo", "score", "enroll", "label", "pbrl"):
+    jobs = ("fit", "validate", "test", "predict", "demo", "score", "enroll", "label", "pbrl", "peeling")
+    for job in (*jobs, "regret", "cpl", "pearl"):
         assert f"  {job}" in out
 
 

@@ -45,8 +45,25 @@ def test_short_loop_learns_a_reward_that_orders_segments_by_true_return():
     np.testing.assert_allclose(stored, relabelled, rtol=1e-5, atol=1e-5)
 
 
+def test_normalised_learned_reward_is_standardised_over_the_buffer_and_per_step():
+    settings = SHORT | {"feedback_every": 400, "eval_every": 800, "reward_normalize": True, "reward_scale": 3.0}
+    loop = PbRLLoop(PbRLConfig(total_steps=800, **settings), progress=False)
+    loop.run()
+    buffer = loop.model.replay_buffer
+    raw = loop.ensemble.step_reward(buffer.observations[: buffer.pos, 0], buffer.actions[: buffer.pos, 0])
+    # the affine map was fitted on the buffer at the last relabelling (step 800): mean 0, std = reward_scale
+    stored = buffer.rewards[: buffer.pos, 0]
+    assert abs(stored.mean()) < 1e-3 and stored.std() == pytest.approx(3.0, rel=1e-3)
+    np.testing.assert_allclose(stored, (raw - loop.source.shift) * loop.source.scale, rtol=1e-4, atol=1e-4)
+    # the reward SAC sees at a new step goes through the same map
+    obs, act = buffer.observations[0, 0], buffer.actions[0, 0]
+    assert loop.source(obs, act, obs, 0.0) == pytest.approx(float(stored[0]), rel=1e-4, abs=1e-4)
+
+
 def test_checkpoint_resume_continues_exactly(tmp_path):
-    config = PbRLConfig(total_steps=1200, **(SHORT | {"feedback_every": 400, "eval_every": 1200}))
+    # reward_normalize: the affine map of the learned reward is part of the state that must survive a resume
+    settings = SHORT | {"feedback_every": 400, "eval_every": 1200, "reward_normalize": True}
+    config = PbRLConfig(total_steps=1200, **settings)
     straight = PbRLLoop(config, progress=False)
     straight.run()
     interrupted = PbRLLoop(config, progress=False)
@@ -68,5 +85,7 @@ def test_checkpoint_resume_continues_exactly(tmp_path):
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="label budget"):
         PbRLConfig(max_labels=0)
+    with pytest.raises(ValueError, match="reward_scale"):
+        PbRLConfig(reward_scale=0.0)
     with pytest.raises(ValueError, match="did you mean"):
         PbRLLoop(PbRLConfig(task="drawer-opne-v3"), progress=False)

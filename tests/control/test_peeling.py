@@ -239,3 +239,44 @@ def test_preference_finetuning_moves_the_policy_toward_what_the_ranker_prefers()
     assert np.abs(mean_action - target).sum() < 0.8  # measured 0.59
     assert np.abs(reference.act(np.zeros((1, 39), np.float32), deterministic=True)).max() == 0.0
     assert log.reward[-1] > log.reward[0] and len(log.pairs) == 25
+
+
+def _toy_policy() -> GaussianPolicy:
+    torch.manual_seed(0)
+    policy = GaussianPolicy(obs_dim=39, act_dim=4, hidden=16, squash="clip")
+    with torch.no_grad():
+        policy.head.weight.zero_()
+        policy.head.bias.zero_()
+    return policy
+
+
+def test_select_best_keeps_the_round_the_validation_envs_score_highest():
+    """Training rollouts reward actions near +target, the validation envs near −target: every DPO round makes the
+    policy worse on validation, so the kept round must be 0 and the weights exactly BC's; with the validation envs
+    rewarding +target too, the kept round is the argmax of the logged validation scores and the final weights score
+    exactly that."""
+    torch.set_num_threads(1)
+    target = np.array([0.5, -0.5, 0.5, -0.5], np.float32)
+    config = FinetuneConfig(
+        iterations=6, groups=4, group_size=8, max_steps=5, beta=0.5, lr=3e-3, epochs=4, select_best=True
+    )
+    returns = lambda group: np.array([e.rewards.sum() for e in group])  # noqa: E731
+
+    policy = _toy_policy()
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    envs = [_TargetEnv(target) for _ in range(4)]
+    log = preference_finetune(policy, frozen_copy(policy), envs, returns, config, validation=[_TargetEnv(-target)])
+    assert log.kept_round == 0 and len(log.validation) == 7
+    assert max(log.validation[1:]) < log.validation[0]
+    for key, value in policy.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+
+    policy = _toy_policy()
+    validation = [_TargetEnv(target)]
+    log = preference_finetune(policy, frozen_copy(policy), envs, returns, config, validation=validation)
+    assert log.kept_round == int(np.argmax(log.validation)) and log.kept_round > 0
+    from mmpref.control.peeling import validation_score
+
+    assert validation_score(policy, validation, returns, 5) == pytest.approx(max(log.validation), abs=1e-6)
+    with pytest.raises(ValueError, match="validation"):
+        preference_finetune(policy, frozen_copy(policy), envs, returns, config)
