@@ -19,6 +19,7 @@ from mmpref.control.policies import GaussianPolicy, behaviour_cloning
 from mmpref.losses import gaussian_bradley_terry, gaussian_kl_standard, gaussian_segment_return
 from mmpref.reward.datamodule import pair_dataset
 from mmpref.reward.metrics import pairwise_accuracy
+from mmpref.reward.networks import mlp_blocks
 from mmpref.reward.trainers import quick_trainer
 
 
@@ -42,13 +43,8 @@ class GaussianStepReward(nn.Module):
         super().__init__()
         if logvar_min > logvar_max:
             raise ValueError(f"need logvar_min <= logvar_max, got {logvar_min} and {logvar_max}")
-        blocks: list[nn.Module] = []
-        width = in_features
-        for _ in range(layers):
-            blocks += [nn.Linear(width, hidden), nn.LeakyReLU()]
-            width = hidden
-        self.trunk = nn.Sequential(*blocks)
-        self.head = nn.Linear(width, 2)
+        self.trunk = nn.Sequential(*mlp_blocks(in_features, [hidden] * layers, nn.LeakyReLU))
+        self.head = nn.Linear(hidden if layers else in_features, 2)
         self.logvar_min, self.logvar_max = logvar_min, logvar_max
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,6 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from mmpref.data import DataError, atomic_write
+from mmpref.reward.networks import mlp_blocks
 from mmpref.reward.trainers import quick_trainer, quiet_lightning
 
 Squash = Literal["tanh", "clip"]
@@ -93,13 +94,8 @@ class GaussianPolicy(nn.Module):
         }
         self.obs_dim, self.act_dim, self.squash = obs_dim, act_dim, squash
         self.log_std_min, self.log_std_max, self.action_eps = log_std_min, log_std_max, action_eps
-        blocks: list[nn.Module] = []
-        width = obs_dim
-        for _ in range(layers):
-            blocks += [nn.Linear(width, hidden), nn.ReLU()]
-            width = hidden
-        self.trunk = nn.Sequential(*blocks)
-        self.head = nn.Linear(width, 2 * act_dim)
+        self.trunk = nn.Sequential(*mlp_blocks(obs_dim, [hidden] * layers, nn.ReLU))
+        self.head = nn.Linear(hidden if layers else obs_dim, 2 * act_dim)
         self.register_buffer("obs_mean", torch.zeros(obs_dim))
         self.register_buffer("obs_std", torch.ones(obs_dim))
 

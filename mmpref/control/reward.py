@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from mmpref.data import SegmentPair
 from mmpref.losses import LossName, is_listwise
 from mmpref.reward.datamodule import DictDataset
+from mmpref.reward.networks import mlp_blocks
 from mmpref.reward.system import RewardModelSystem
 from mmpref.reward.trainers import quick_trainer
 
@@ -35,13 +36,8 @@ class StepReward(nn.Module):
 
     def __init__(self, in_features: int, hidden: int = 256, layers: int = 3):
         super().__init__()
-        blocks: list[nn.Module] = []
-        width = in_features
-        for _ in range(layers):
-            blocks += [nn.Linear(width, hidden), nn.LeakyReLU()]
-            width = hidden
-        blocks += [nn.Linear(width, 1), nn.Tanh()]
-        self.net = nn.Sequential(*blocks)
+        blocks = mlp_blocks(in_features, [hidden] * layers, nn.LeakyReLU)
+        self.net = nn.Sequential(*blocks, nn.Linear(hidden if layers else in_features, 1), nn.Tanh())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[..., o + a]`` → ``[...]``."""

@@ -8,6 +8,27 @@ import torch
 from torch import nn
 
 
+def mlp_blocks(
+    in_features: int,
+    widths: Sequence[int],
+    activation: type[nn.Module] = nn.ReLU,
+    dropout: float = 0.0,
+) -> list[nn.Module]:
+    """``Linear → activation [→ Dropout]`` for each hidden width: the trunk every MLP of mmpref is built from.
+
+    Returned as a list so callers can append a head and wrap it in one ``nn.Sequential`` (parameter names
+    ``0.weight``, ``2.weight``, ... are the same as a hand-written ``Sequential``'s, so saved weights still load).
+    """
+    blocks: list[nn.Module] = []
+    width = in_features
+    for size in widths:
+        blocks += [nn.Linear(width, size), activation()]
+        if dropout > 0:
+            blocks.append(nn.Dropout(dropout))
+        width = size
+    return blocks
+
+
 class MLPScorer(nn.Module):
     """A multilayer perceptron mapping a feature vector to a scalar score.
 
@@ -21,15 +42,8 @@ class MLPScorer(nn.Module):
         super().__init__()
         if in_features < 1:
             raise ValueError(f"in_features must be >= 1, got {in_features}")
-        layers: list[nn.Module] = []
-        width = in_features
-        for size in hidden:
-            layers += [nn.Linear(width, size), nn.GELU()]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            width = size
-        layers.append(nn.Linear(width, 1))
-        self.net = nn.Sequential(*layers)
+        width = hidden[-1] if hidden else in_features
+        self.net = nn.Sequential(*mlp_blocks(in_features, hidden, nn.GELU, dropout), nn.Linear(width, 1))
         self.in_features = in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
