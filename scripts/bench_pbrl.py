@@ -85,9 +85,14 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     table: dict[str, Any] = {}
     for r in results:
-        row = table.setdefault(r["task"], {"true": [], "learned": [], "sps_true": [], "sps_learned": [], "labels": []})
-        final = r["history"][-1]["success_rate"] if r["history"] else 0.0
-        row[r["reward"]].append(final)
+        row = table.setdefault(
+            r["task"],
+            {"true": [], "learned": [], "last3_true": [], "last3_learned": [], "sps_true": [], "sps_learned": []}
+            | {"labels": []},
+        )
+        curve = [h["success_rate"] for h in r["history"]] or [0.0]
+        row[r["reward"]].append(curve[-1])
+        row[f"last3_{r['reward']}"].append(float(np.mean(curve[-3:])))
         row[f"sps_{r['reward']}"].append(r["steps_per_cpu_s"])
         if r["reward"] == "learned":
             row["labels"].append(r["labels"])
@@ -97,6 +102,8 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             np.mean(row["learned"]) if row["learned"] else float("nan"),
         )
         row["ratio"] = pbrl / sac if sac and sac > 0 else float("nan")
+        sac3, pbrl3 = (np.mean(row[k]) if row[k] else float("nan") for k in ("last3_true", "last3_learned"))
+        row["ratio_last3"] = pbrl3 / sac3 if sac3 and sac3 > 0 else float("nan")
         row["speed_ratio"] = (
             np.mean(row["sps_learned"]) / np.mean(row["sps_true"])
             if row["sps_true"] and row["sps_learned"]
@@ -122,15 +129,34 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path)
         "Steps/s are per CPU second of each single-threaded run (evaluation episodes excluded), so other jobs on the "
         "machine do not skew the ratio; wall-clock per run is in the JSON.",
         "",
-        "| task | SAC (true reward) final success | PbRL final success | PbRL / SAC | labels used | "
-        "SAC steps/CPU-s | PbRL steps/CPU-s | PbRL / SAC speed |",
-        "|---|---|---|---|---|---|---|---|",
+        "| task | SAC (true reward) final success | PbRL final success | PbRL / SAC | PbRL / SAC, last 3 evaluations "
+        "| labels used | SAC steps/CPU-s | PbRL steps/CPU-s | PbRL / SAC speed |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for task, row in table.items():
         lines.append(
             f"| {task} | {np.round(row['true'], 2).tolist()} | {np.round(row['learned'], 2).tolist()} | "
-            f"{row['ratio']:.2f} | {row['labels']} | {np.mean(row['sps_true'] or [np.nan]):.1f} | "
+            f"{row['ratio']:.2f} | {row['ratio_last3']:.2f} | {row['labels']} | "
+            f"{np.mean(row['sps_true'] or [np.nan]):.1f} | "
             f"{np.mean(row['sps_learned'] or [np.nan]):.1f} | {row['speed_ratio']:.2f} |"
+        )
+    lines += [
+        "",
+        "Per run (success rate of the deterministic policy at each evaluation; 'last 3' is the mean of the last three "
+        "evaluations, less noisy than the final one; CPU seconds by part; reward learning = query selection + reward "
+        "updates + relabelling):",
+        "",
+        "| task | seed | method | final | last 3 | success curve | CPU s | reward learning CPU s | evaluation CPU s "
+        "| steps/CPU-s | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(results, key=lambda r: (r["task"], r["seed"], r["reward"])):
+        curve = [h["success_rate"] for h in r["history"]]
+        method = "PbRL" if r["reward"] == "learned" else "SAC true reward"
+        lines.append(
+            f"| {r['task']} | {r['seed']} | {method} | {curve[-1]:.1f} | {np.mean(curve[-3:]):.2f} | "
+            f"{' '.join(f'{c:.1f}' for c in curve)} | {r['cpu_s']:.0f} | {r['cpu_by_part_s']['feedback_round']:.0f} | "
+            f"{r['cpu_by_part_s']['evaluate']:.0f} | {r['steps_per_cpu_s']:.1f} | {r['wall_s']:.0f} |"
         )
     with atomic_write(out / "bench_pbrl.json", "w") as handle:
         json.dump({"meta": meta, "results": results}, handle, indent=1)
@@ -181,6 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reward-layers", type=int, default=2)
     parser.add_argument("--reward-scale", type=float, default=1.0)
     parser.add_argument("--reward-normalize", action="store_true")
+    parser.add_argument("--reward-pessimism", type=float, default=0.0)
+    parser.add_argument("--state-only-reward", action="store_true")
     parser.add_argument("--queries-per-round", type=int, default=None, help="default: the budget over the rounds")
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--methods", nargs="+", default=["learned", "true"], choices=["learned", "true"])
@@ -200,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
         "reward_layers": args.reward_layers,
         "reward_scale": args.reward_scale,
         "reward_normalize": args.reward_normalize,
+        "reward_pessimism": args.reward_pessimism,
+        "reward_use_actions": not args.state_only_reward,
         "eval_every": 2500,
         "eval_episodes": args.eval_episodes,
     }

@@ -45,6 +45,7 @@ class RewardSource:
         self.ensemble = ensemble
         # learned reward given to the policy = (r̂ − shift) · scale; set by the loop after each reward update
         self.shift, self.scale = 0.0, 1.0
+        self.pessimism = 0.0  # λ of the members' mean − λ · std
         self.k = k
         self.states: deque[np.ndarray] = deque(maxlen=memory)
 
@@ -53,7 +54,8 @@ class RewardSource:
         if self.mode == "true":
             return true_reward
         if self.mode == "learned":
-            return (float(self.ensemble.step_reward(obs[None], action[None])[0]) - self.shift) * self.scale
+            reward = self.ensemble.step_reward(obs[None], action[None], self.pessimism)[0]
+            return (float(reward) - self.shift) * self.scale
         # PEBBLE's unsupervised phase: the distance to the k-th nearest recent state (a state-entropy estimate)
         self.states.append(np.asarray(next_obs, np.float32))
         if len(self.states) <= self.k:
@@ -160,6 +162,9 @@ class PbRLConfig:
         reward_normalize: standardise the learned reward over the replay buffer after every reward update (mean 0,
             std ``reward_scale``). A Bradley-Terry reward has no scale of its own, while SAC's entropy temperature
             starts at a fixed value: standardising gives every reward update the same scale relative to it.
+        reward_pessimism: λ ≥ 0; the policy's reward is the members' mean − λ · their standard deviation (0: the
+            mean, as in PEBBLE), so transitions the ensemble disagrees on earn less.
+        reward_use_actions: learn r̂(o, a) (PEBBLE) or a state-only r̂(o).
         eval_every: steps between success-rate evaluations.
         eval_episodes: episodes per evaluation.
         sac_kwargs: extra arguments of stable-baselines3's SAC.
@@ -185,6 +190,8 @@ class PbRLConfig:
     reward_layers: int = 3
     reward_scale: float = 1.0
     reward_normalize: bool = False
+    reward_pessimism: float = 0.0
+    reward_use_actions: bool = True
     eval_every: int = 5_000
     eval_episodes: int = 5
     sac_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -199,6 +206,8 @@ class PbRLConfig:
                 f"feedback_every must be >= 1 and feedback_start >= 0, got {self.feedback_every} and "
                 f"{self.feedback_start}"
             )
+        if self.reward_pessimism < 0:
+            raise ValueError(f"reward_pessimism must be >= 0, got {self.reward_pessimism}")
         if not self.reward_scale > 0:
             raise ValueError(f"reward_scale must be > 0, got {self.reward_scale}")
         if self.reward_updates is not None and self.reward_updates < 1:
@@ -240,12 +249,13 @@ class PbRLLoop:
             hidden=config.reward_hidden,
             layers=config.reward_layers,
             seed=config.seed,
+            use_actions=config.reward_use_actions,
         )
         self.teacher = teacher or ScriptedTeacher(seed=config.seed, budget=Budget(limit=config.max_labels))
         self.fragmenter = fragmenter or self._random_pairs
         mode = "true" if config.reward == "true" else ("entropy" if config.unsupervised_steps > 0 else "learned")
         self.source = RewardSource(mode, self.ensemble)
-        self.source.scale = config.reward_scale
+        self.source.scale, self.source.pessimism = config.reward_scale, config.reward_pessimism
         self.env = PreferenceEnv(base, self.source)
         sac_kwargs = {
             "learning_starts": config.learning_starts,
@@ -303,7 +313,10 @@ class PbRLLoop:
         obs = buffer.observations[:size].reshape(size, -1)
         actions = buffer.actions[:size].reshape(size, -1)
         rewards = np.concatenate(
-            [self.ensemble.step_reward(obs[i : i + 4096], actions[i : i + 4096]) for i in range(0, size, 4096)]
+            [
+                self.ensemble.step_reward(obs[i : i + 4096], actions[i : i + 4096], self.config.reward_pessimism)
+                for i in range(0, size, 4096)
+            ]
         )
         if self.config.reward_normalize:
             self.source.shift = float(rewards.mean())

@@ -100,13 +100,12 @@ class SegmentReturnScorer(nn.Module):
         return (rewards * weights).sum(-1)
 
 
-def segment_features(pairs: Sequence[SegmentPair]) -> tuple[np.ndarray, np.ndarray]:
-    """Stack pairs into ``[N, H, o + a]`` arrays for the first and the second segments."""
+def segment_features(pairs: Sequence[SegmentPair], use_actions: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Stack pairs into ``[N, H, o + a]`` arrays (``[N, H, o]`` without actions) for the first and second segments."""
 
     def stack(side: str) -> np.ndarray:
-        return np.stack(
-            [np.concatenate([getattr(p, side).observations, getattr(p, side).actions], -1) for p in pairs]
-        ).astype(np.float32)
+        parts = [(getattr(p, side).observations, getattr(p, side).actions) for p in pairs]
+        return np.stack([np.concatenate(x if use_actions else x[:1], -1) for x in parts]).astype(np.float32)
 
     return stack("a"), stack("b")
 
@@ -129,6 +128,8 @@ class RewardEnsemble:
         layers: hidden layers of each step-reward MLP (PEBBLE: 3).
         lr: learning rate.
         seed: seed of the initialisation, the bootstrap counts and the minibatch order.
+        use_actions: r̂(o, a) (PEBBLE) or a state-only r̂(o). A state-only reward cannot be raised by the action
+            alone, which removes one way for the policy to exploit a reward learned from few labels.
     """
 
     def __init__(
@@ -142,19 +143,20 @@ class RewardEnsemble:
         layers: int = 3,
         lr: float = 3e-4,
         seed: int = 0,
+        use_actions: bool = True,
     ):
         if members < 1:
             raise ValueError(f"an ensemble needs >= 1 member, got {members}")
         if is_listwise(loss):
             raise ValueError(f"the segment reward ensemble learns from pairs; {loss!r} is a listwise loss")
         self.members = members
-        network = EnsembleStepReward(obs_dim + act_dim, members, hidden, layers, seed=seed)
+        network = EnsembleStepReward(obs_dim + (act_dim if use_actions else 0), members, hidden, layers, seed=seed)
         self.system = RewardModelSystem(
             SegmentReturnScorer(network, gamma), loss=loss, optimizer=lambda p: torch.optim.Adam(p, lr=lr)
         )
         self.rng = np.random.default_rng(seed)
         self.bootstrap = np.zeros((0, members), np.float32)  # counts per labelled pair (rows) and member
-        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.obs_dim, self.act_dim, self.use_actions = obs_dim, act_dim, use_actions
 
     @property
     def scorer(self) -> SegmentReturnScorer:
@@ -180,7 +182,7 @@ class RewardEnsemble:
             self.bootstrap = np.concatenate([self.bootstrap, self.rng.poisson(1.0, (new, self.members))]).astype(
                 np.float32
             )
-        x_a, x_b = segment_features(pairs)
+        x_a, x_b = segment_features(pairs, self.use_actions)
         labels = np.array([p.label for p in pairs], np.float32)
         dataset = DictDataset(
             x_a=torch.from_numpy(x_a),
@@ -199,17 +201,24 @@ class RewardEnsemble:
         quick_trainer(max_epochs).fit(self.system, train_dataloaders=loader)
 
     @torch.inference_mode()
-    def step_reward(self, observations: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """Mean predicted reward of transitions ``[N, o]``, ``[N, a]`` → ``[N]``."""
-        x = torch.from_numpy(np.concatenate([observations, actions], -1, dtype=np.float32))
-        return self.scorer.step_reward(x).mean(0).numpy()
+    def step_reward(self, observations: np.ndarray, actions: np.ndarray, pessimism: float = 0.0) -> np.ndarray:
+        """Predicted reward of transitions ``[N, o]``, ``[N, a]`` → ``[N]``: the members' mean − λ · their std.
+
+        With ``pessimism`` λ > 0 transitions the members disagree on (far from the labelled segments) earn less, so
+        a policy is not drawn to where the learned reward only extrapolates.
+        """
+        parts = [observations, actions] if self.use_actions else [observations]
+        rewards = self.scorer.step_reward(torch.from_numpy(np.concatenate(parts, -1, dtype=np.float32)))
+        if pessimism == 0.0 or self.members == 1:
+            return rewards.mean(0).numpy()
+        return (rewards.mean(0) - pessimism * rewards.std(0, correction=0)).numpy()
 
     @torch.inference_mode()
     def pair_probabilities(self, pairs: Sequence[SegmentPair], chunk: int = 1024) -> np.ndarray:
         """P(a ≻ b) per member and pair, ``[members, N]``."""
         parts = []
         for start in range(0, len(pairs), chunk):
-            x_a, x_b = (torch.from_numpy(x) for x in segment_features(pairs[start : start + chunk]))
+            x_a, x_b = (torch.from_numpy(x) for x in segment_features(pairs[start : start + chunk], self.use_actions))
             parts.append(self.system.preference_probability(x_a, x_b).numpy())
         return np.concatenate(parts, axis=1)
 

@@ -134,3 +134,40 @@ def test_bootstrap_weights_give_each_member_its_own_loss():
     per = bradley_terry(s_a, s_b)
     expected = torch.stack([(per[m] * weight[:, m]).sum() / weight[:, m].sum() for m in range(2)]).mean()
     torch.testing.assert_close(loss, expected)
+
+
+def test_pessimistic_step_reward_is_the_members_mean_minus_lambda_std():
+    import torch
+
+    rng = np.random.default_rng(1)
+    obs, act = rng.normal(size=(32, 39)).astype(np.float32), rng.normal(size=(32, 4)).astype(np.float32)
+    ensemble = RewardEnsemble(39, 4, members=3, hidden=16, layers=2, seed=3)
+    with torch.no_grad():  # each member by hand, from the fused weights (the oracle: numpy, no torch reductions)
+        members = ensemble.scorer.step_reward(torch.from_numpy(np.concatenate([obs, act], -1))).numpy()
+    mean = members.sum(0) / 3
+    std = np.sqrt(((members - mean) ** 2).sum(0) / 3)
+    np.testing.assert_allclose(ensemble.step_reward(obs, act), mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ensemble.step_reward(obs, act, pessimism=2.0), mean - 2.0 * std, rtol=1e-5, atol=1e-6)
+    assert (std > 0).all()
+
+
+def test_state_only_reward_ignores_actions_and_still_learns():
+    env = make_env("reach-v3", seed=0)
+    episodes = [
+        rollout(env, ExpertPolicy("reach-v3", noise=noise, seed=k), max_steps=100, seed=k)
+        for k, noise in enumerate([0.0, 0.5, 1.0, 3.0] * 3)
+    ]
+    segments = cut_segments(episodes, 25)
+    rng = np.random.default_rng(0)
+    labelled = ScriptedTeacher(seed=0).label_pairs(random_pairs(segments[::2], 300, rng))
+    ensemble = RewardEnsemble(39, 4, members=3, hidden=64, lr=1e-3, seed=0, use_actions=False)
+    ensemble.fit(labelled, epochs=30, batch_size=64)
+    obs = episodes[0].observations
+    np.testing.assert_array_equal(
+        ensemble.step_reward(obs, np.zeros((len(obs), 4), np.float32)),
+        ensemble.step_reward(obs, np.ones((len(obs), 4), np.float32)),
+    )
+    test_pairs = random_pairs(segments[1::2], 300, rng)
+    truth = np.array([p.a.rewards.sum() > p.b.rewards.sum() for p in test_pairs])
+    agreement = ((ensemble.pair_probabilities(test_pairs).mean(0) > 0.5) == truth).mean()
+    assert agreement >= 0.8, agreement  # chance 0.5

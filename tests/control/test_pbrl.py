@@ -47,10 +47,12 @@ def test_short_loop_learns_a_reward_that_orders_segments_by_true_return():
 
 def test_normalised_learned_reward_is_standardised_over_the_buffer_and_per_step():
     settings = SHORT | {"feedback_every": 400, "eval_every": 800, "reward_normalize": True, "reward_scale": 3.0}
+    # with the state-only, pessimistic variant of the learned reward, which must go through the same map
+    settings |= {"reward_use_actions": False, "reward_pessimism": 0.5}
     loop = PbRLLoop(PbRLConfig(total_steps=800, **settings), progress=False)
     loop.run()
     buffer = loop.model.replay_buffer
-    raw = loop.ensemble.step_reward(buffer.observations[: buffer.pos, 0], buffer.actions[: buffer.pos, 0])
+    raw = loop.ensemble.step_reward(buffer.observations[: buffer.pos, 0], buffer.actions[: buffer.pos, 0], 0.5)
     # the affine map was fitted on the buffer at the last relabelling (step 800): mean 0, std = reward_scale
     stored = buffer.rewards[: buffer.pos, 0]
     assert abs(stored.mean()) < 1e-3 and stored.std() == pytest.approx(3.0, rel=1e-3)
@@ -87,5 +89,7 @@ def test_bad_settings_are_refused():
         PbRLConfig(max_labels=0)
     with pytest.raises(ValueError, match="reward_scale"):
         PbRLConfig(reward_scale=0.0)
+    with pytest.raises(ValueError, match="reward_pessimism"):
+        PbRLConfig(reward_pessimism=-1.0)
     with pytest.raises(ValueError, match="did you mean"):
         PbRLLoop(PbRLConfig(task="drawer-opne-v3"), progress=False)
