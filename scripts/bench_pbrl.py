@@ -5,7 +5,11 @@ curve, the wall-clock and the environment steps/s of each, and the raw simulator
 are written after every finished run (JSON + markdown + a success-curve PNG), so a cut-short benchmark still
 reports what it finished.
 
-    .venv/bin/python scripts/bench_pbrl.py --tasks drawer-close-v3 handle-press-v3 --seeds 0 1 2 --steps 20000
+    OMP_NUM_THREADS=1 MUJOCO_GL=egl .venv/bin/python scripts/bench_pbrl.py --tasks drawer-close-v3 handle-press-v3 \
+        --seeds 0 1 2 --steps 20000
+
+(defaults: the recipes' setting: a round every 2,000 steps from step 1,000, 100 reward updates per round, a
+state-only learned reward standardised over the buffer; ``--no-state-only-reward`` gives PEBBLE's r(o, a))
 """
 
 from __future__ import annotations
@@ -193,22 +197,22 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path)
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=["drawer-close-v3", "reach-v3"])
+    parser.add_argument("--tasks", nargs="+", default=["drawer-close-v3", "handle-press-v3"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--max-labels", type=int, default=2000)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--out-dir", type=Path, default=Path("runs/bench_pbrl"))
     parser.add_argument("--feedback-start", type=int, default=1000)
-    parser.add_argument("--feedback-every", type=int, default=4000)
-    parser.add_argument("--reward-updates", type=int, default=300)
+    parser.add_argument("--feedback-every", type=int, default=2000)
+    parser.add_argument("--reward-updates", type=int, default=100)
     parser.add_argument("--reward-batch-size", type=int, default=64)
     parser.add_argument("--reward-hidden", type=int, default=128)
     parser.add_argument("--reward-layers", type=int, default=2)
     parser.add_argument("--reward-scale", type=float, default=1.0)
-    parser.add_argument("--reward-normalize", action="store_true")
+    parser.add_argument("--reward-normalize", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--reward-pessimism", type=float, default=0.0)
-    parser.add_argument("--state-only-reward", action="store_true")
+    parser.add_argument("--state-only-reward", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--queries-per-round", type=int, default=None, help="default: the budget over the rounds")
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--methods", nargs="+", default=["learned", "true"], choices=["learned", "true"])
