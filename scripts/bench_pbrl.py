@@ -175,15 +175,18 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path)
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         for reward, colour in (("true", "black"), ("learned", "tab:blue")):
-            for r in (r for r in results if r["task"] == task and r["reward"] == reward):
-                steps = [h["steps"] for h in r["history"]]
-                ax.plot(
-                    steps,
-                    [h["success_rate"] for h in r["history"]],
-                    color=colour,
-                    alpha=0.7,
-                    label=f"{'SAC true reward' if reward == 'true' else 'PbRL'} seed {r['seed']}",
-                )
+            runs = [r for r in results if r["task"] == task and r["reward"] == reward and r["history"]]
+            name = "SAC true reward" if reward == "true" else "PbRL"
+            for k, r in enumerate(runs):  # each seed thin and offset a little, so overlapping 0/1 curves stay visible
+                steps = np.array([h["steps"] for h in r["history"]])
+                offset = (k - 1) * 0.015 + (0.005 if reward == "learned" else -0.005)
+                curve = np.array([h["success_rate"] for h in r["history"]]) + offset
+                ax.plot(steps, curve, color=colour, alpha=0.3, lw=1)
+            if runs:
+                length = min(len(r["history"]) for r in runs)
+                steps = [h["steps"] for h in runs[0]["history"][:length]]
+                mean = np.mean([[h["success_rate"] for h in r["history"][:length]] for r in runs], axis=0)
+                ax.plot(steps, mean, color=colour, lw=2.5, marker="o", label=f"{name}, mean of {len(runs)} seeds")
         ax.set_title(task)
         ax.set_xlabel("environment steps")
         ax.set_ylabel("success rate")
