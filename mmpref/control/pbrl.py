@@ -40,12 +40,14 @@ class RewardSource:
         ensemble: RewardEnsemble | None = None,
         k: int = 5,
         memory: int = 10_000,
+        scale: float = 1.0,
+        pessimism: float = 0.0,
     ):
         self.mode = mode
         self.ensemble = ensemble
-        # learned reward given to the policy = (r̂ − shift) · scale; set by the loop after each reward update
-        self.shift, self.scale = 0.0, 1.0
-        self.pessimism = 0.0  # λ of the members' mean − λ · std
+        # learned reward given to the policy = (r̂ − shift) · scale, r̂ = members' mean − pessimism · std; the loop
+        # refits shift and scale after each reward update when it standardises the reward
+        self.shift, self.scale, self.pessimism = 0.0, scale, pessimism
         self.k = k
         self.states: deque[np.ndarray] = deque(maxlen=memory)
 
@@ -54,14 +56,29 @@ class RewardSource:
         if self.mode == "true":
             return true_reward
         if self.mode == "learned":
-            reward = self.ensemble.step_reward(obs[None], action[None], self.pessimism)[0]
-            return (float(reward) - self.shift) * self.scale
+            return float(self.learned(obs[None], action[None])[0])
         # PEBBLE's unsupervised phase: the distance to the k-th nearest recent state (a state-entropy estimate)
         self.states.append(np.asarray(next_obs, np.float32))
         if len(self.states) <= self.k:
             return 0.0
         distances = np.linalg.norm(np.asarray(self.states)[:-1] - next_obs, axis=1)
         return float(np.log(1.0 + np.partition(distances, self.k - 1)[self.k - 1]))
+
+    def raw_learned(self, observations: np.ndarray, actions: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        """r̂ of transitions ``[N, o]``, ``[N, a]`` → ``[N]`` before the affine map (in chunks, for whole buffers)."""
+        parts = [
+            self.ensemble.step_reward(observations[i : i + chunk], actions[i : i + chunk], self.pessimism)
+            for i in range(0, len(observations), chunk)
+        ]
+        return np.concatenate(parts)
+
+    def affine(self, raw: np.ndarray) -> np.ndarray:
+        """(r̂ − shift) · scale: what the policy gets for raw learned rewards."""
+        return (raw - self.shift) * self.scale
+
+    def learned(self, observations: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """The learned reward the policy gets for transitions ``[N, o]``, ``[N, a]`` → ``[N]``."""
+        return self.affine(self.raw_learned(observations, actions))
 
 
 class PreferenceEnv(gym.Wrapper):
@@ -254,8 +271,7 @@ class PbRLLoop:
         self.teacher = teacher or ScriptedTeacher(seed=config.seed, budget=Budget(limit=config.max_labels))
         self.fragmenter = fragmenter or self._random_pairs
         mode = "true" if config.reward == "true" else ("entropy" if config.unsupervised_steps > 0 else "learned")
-        self.source = RewardSource(mode, self.ensemble)
-        self.source.scale, self.source.pessimism = config.reward_scale, config.reward_pessimism
+        self.source = RewardSource(mode, self.ensemble, scale=config.reward_scale, pessimism=config.reward_pessimism)
         self.env = PreferenceEnv(base, self.source)
         sac_kwargs = {
             "learning_starts": config.learning_starts,
@@ -312,16 +328,11 @@ class PbRLLoop:
             return
         obs = buffer.observations[:size].reshape(size, -1)
         actions = buffer.actions[:size].reshape(size, -1)
-        rewards = np.concatenate(
-            [
-                self.ensemble.step_reward(obs[i : i + 4096], actions[i : i + 4096], self.config.reward_pessimism)
-                for i in range(0, size, 4096)
-            ]
-        )
+        raw = self.source.raw_learned(obs, actions)
         if self.config.reward_normalize:
-            self.source.shift = float(rewards.mean())
-            self.source.scale = self.config.reward_scale / max(float(rewards.std()), 1e-6)
-        rewards = (rewards - self.source.shift) * self.source.scale
+            self.source.shift = float(raw.mean())
+            self.source.scale = self.config.reward_scale / max(float(raw.std()), 1e-6)
+        rewards = self.source.affine(raw)
         buffer.rewards[:size] = rewards.reshape(buffer.rewards[:size].shape)
 
     def evaluate(self) -> float:
