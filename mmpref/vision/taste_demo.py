@@ -49,7 +49,7 @@ def run_taste_demo(out_dir: str | Path = "runs/demo/taste", epochs: int = 25, se
             path = images / "labelled" / f"{name}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             image.save(path)
-            paths.append(str(path))
+            paths.append(str(path.relative_to(out)))  # manifest paths resolve against the manifest's folder
         labels.append(
             PreferencePair(
                 id=f"pair{k}", a=paths[0], b=paths[1], label=float(person.enroll.label[k]), user_id="person-0"
