@@ -136,6 +136,8 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=4)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--loss", default="bradley_terry", help="core loss: pairwise, or listwise over each group")
+    parser.add_argument("--explore-temperature", type=float, default=1.0, help="σ multiplier of the rollouts")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--nll-weight", type=float, default=1.0)

@@ -9,7 +9,11 @@ it. Here the stage-2 update is trajectory DPO on the shared loss core, with the 
 
 (Rafailov et al. 2023, eq. 7, with the sequence log-ratio of a trajectory as the implicit reward; the CPL / DPO row
 of the design's score table), where τ_w, τ_l are on-policy rollouts from the *same* start state ranked by the reward
-model. Any pairwise loss of :mod:`mmpref.losses` can replace −log σ. The objective optionally adds α times the
+model. Any pairwise loss of :mod:`mmpref.losses` can replace −log σ; a listwise loss (Plackett-Luce, ListNet,
+RankList) instead ranks each *whole group* of rollouts from one start state by the reward model and fits the
+policy's β-scaled scores s_θ to that order (listwise DPO: for Plackett-Luce with π the reward model's order,
+ℓ = −Σ_i [β s_θ(τ_π(i)) − log Σ_{j≥i} exp(β s_θ(τ_π(j)))], Liu et al. 2024, LiPO), so every rollout and every
+ordered pair informs the update instead of best-vs-worst pairs only. The objective optionally adds α times the
 winners' per-step negative log-likelihood (RPO, Pang et al. 2024): on push-v3 DPO alone (α = 0) left success where BC
 had it and widened the policy; with α = 1 success rose on average over 3 seeds, though not on every seed
 (``docs/benchmarks/bench_peeling_cpu.md``).
@@ -43,7 +47,7 @@ from torch.utils.data import DataLoader
 from mmpref.control.policies import GaussianPolicy
 from mmpref.control.reward import StepReward
 from mmpref.control.segments import Episode, rollout
-from mmpref.losses import PAIRWISE_LOSSES, PairwiseLossName
+from mmpref.losses import LISTWISE_LOSSES, PAIRWISE_LOSSES, LossName, PairwiseLossName, is_listwise
 from mmpref.reward.datamodule import list_dataset
 from mmpref.reward.system import RewardModelSystem
 from mmpref.reward.trainers import quick_trainer, quiet_lightning
@@ -252,6 +256,43 @@ def trajectory_dpo_loss(
     return PAIRWISE_LOSSES[loss](score_w, score_l, beta=beta, **loss_kwargs)
 
 
+def group_dpo_loss(
+    policy: GaussianPolicy,
+    reference: GaussianPolicy,
+    observations: torch.Tensor,
+    actions: torch.Tensor,
+    targets: torch.Tensor,
+    beta: float = 0.1,
+    loss: str = "plackett_luce",
+    **loss_kwargs: float,
+) -> torch.Tensor:
+    """The unreduced listwise DPO loss ``[G]``: a core listwise loss on each group's trajectory scores s_θ.
+
+    Args:
+        policy: the policy being finetuned.
+        reference: the frozen reference (the BC policy).
+        observations: ``[G, K, T, o]``, K trajectories from each of G start states.
+        actions: ``[G, K, T, a]``.
+        targets: ``[G, K]`` the reward model's scores (higher = better); only their order within a group matters
+            for Plackett-Luce and RankList, ListNet also uses their spread.
+        beta: β of the loss.
+        loss: a listwise loss of :mod:`mmpref.losses` by name.
+        loss_kwargs: extra arguments of the loss (e.g. ``skip`` for ``ranklist``).
+    """
+    if loss not in LISTWISE_LOSSES:
+        raise ValueError(f"unknown listwise loss {loss!r}; valid: {', '.join(LISTWISE_LOSSES)}")
+    if observations.dim() != 4 or actions.shape[:3] != observations.shape[:3]:
+        raise ValueError(
+            f"need observations [G, K, T, o] and actions [G, K, T, a], got {tuple(observations.shape)} and "
+            f"{tuple(actions.shape)}"
+        )
+    if targets.shape != observations.shape[:2]:
+        raise ValueError(f"targets must be [G, K] = {tuple(observations.shape[:2])}, got {tuple(targets.shape)}")
+    groups, k = targets.shape
+    scores = trajectory_score(policy, reference, observations.flatten(0, 1), actions.flatten(0, 1))
+    return LISTWISE_LOSSES[loss](scores.view(groups, k), targets, beta=beta, **loss_kwargs)
+
+
 def frozen_copy(policy: GaussianPolicy) -> GaussianPolicy:
     """A detached copy of ``policy`` with gradients off, for the DPO reference."""
     reference = GaussianPolicy(**policy.config)
@@ -270,7 +311,8 @@ class FinetuneConfig:
         group_size: stochastic rollouts per start state; winners and losers come from the same group.
         max_steps: steps per rollout (all rollouts share it, so scores sum the same number of terms).
         beta: DPO β.
-        loss: pairwise loss of the core.
+        loss: a loss of the core by name: pairwise (best-vs-worst pairs of each group) or listwise (each group's
+            whole ranking, :func:`group_dpo_loss`).
         lr: Adam learning rate.
         epochs: passes over a round's pairs.
         min_gap: keep a pair only if the reward-model scores differ by at least this much.
@@ -280,6 +322,8 @@ class FinetuneConfig:
         select_best: keep the round (BC included, as round 0) whose mean-action rollouts from the validation
             environments score best under the reward model, instead of the last round: online DPO rounds are
             noisy (few start states each), and the reward model, not the true reward, picks the round.
+        explore_temperature: σ multiplier of the rollouts that are ranked (1: the policy's own samples; smaller
+            values explore nearer the mean action, the policy that is evaluated). The loss always uses π_θ itself.
         seed: seeds the choice of start states and the rollouts.
     """
 
@@ -288,18 +332,25 @@ class FinetuneConfig:
     group_size: int = 8
     max_steps: int = 150
     beta: float = 0.1
-    loss: PairwiseLossName = "bradley_terry"
+    loss: LossName = "bradley_terry"
     lr: float = 1e-4
     epochs: int = 4
     min_gap: float = 0.0
     nll_weight: float = 0.0
     select_best: bool = False
+    explore_temperature: float = 1.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        is_listwise(self.loss)  # raises, listing the valid names, for an unknown loss
+        if self.explore_temperature <= 0:
+            raise ValueError(f"explore_temperature must be > 0, got {self.explore_temperature}")
 
 
 @dataclass
 class FinetuneLog:
-    """Per round: mean fused reward of the rollouts, their success rate, pairs used, final DPO loss.
+    """Per round: mean fused reward of the rollouts, their success rate, comparisons used (pairs, or a listwise
+    round's ordered pairs of unequal score), final DPO loss.
 
     With validation environments also: the mean reward-model score of the mean-action rollouts before any update
     (``validation[0]``, the BC policy) and after each round, and the round kept (0 = the BC policy).
@@ -331,11 +382,66 @@ def finetune_loss(
     loser: tuple[torch.Tensor, torch.Tensor],
     config: FinetuneConfig,
 ) -> torch.Tensor:
-    """The scalar stage-2 objective: mean trajectory-DPO loss + α · mean per-step NLL of the winners."""
-    loss = trajectory_dpo_loss(policy, reference, winner, loser, config.beta, config.loss).mean()
+    """The scalar stage-2 objective of a pairwise loss: mean trajectory-DPO loss + α · mean per-step NLL of the
+    winners."""
+    loss = trajectory_dpo_loss(policy, reference, winner, loser, config.beta, config.loss).mean()  # type: ignore[arg-type]
     if config.nll_weight > 0:
         loss = loss - config.nll_weight * policy.log_prob(*winner).mean()
     return loss
+
+
+def group_finetune_loss(
+    policy: GaussianPolicy,
+    reference: GaussianPolicy,
+    observations: torch.Tensor,
+    actions: torch.Tensor,
+    targets: torch.Tensor,
+    config: FinetuneConfig,
+) -> torch.Tensor:
+    """The scalar stage-2 objective of a listwise loss: mean :func:`group_dpo_loss` + α · mean per-step NLL of the
+    upper half of every group by ``targets`` (the trajectories a pairwise round would call winners)."""
+    loss = group_dpo_loss(policy, reference, observations, actions, targets, config.beta, config.loss).mean()
+    if config.nll_weight > 0:
+        top = torch.argsort(targets, dim=-1, descending=True, stable=True)[:, : targets.shape[1] // 2]
+        rows = torch.arange(len(targets))[:, None]
+        loss = loss - config.nll_weight * policy.log_prob(observations[rows, top], actions[rows, top]).mean()
+    return loss
+
+
+def _stack(episodes: Sequence[Episode], key: str) -> torch.Tensor:
+    return torch.from_numpy(np.stack([getattr(e, key) for e in episodes]))
+
+
+def round_objective(
+    groups: Sequence[tuple[Sequence[Episode], np.ndarray]], config: FinetuneConfig
+) -> tuple[Callable[[GaussianPolicy, GaussianPolicy], torch.Tensor] | None, int]:
+    """One round's objective from its ranked groups (rollouts of one start state, reward-model scores).
+
+    Returns:
+        ``(loss(policy, reference) → scalar, comparisons)``; the loss is ``None`` when no group yields a
+        comparison. A pairwise loss compares best with worst, second best with second worst ... (gap ≥
+        ``min_gap``); a listwise loss uses every group whole (comparisons: its ordered pairs of unequal score).
+    """
+    if is_listwise(config.loss):
+        kept = [(g, s) for g, s in groups if np.ptp(s) > 0 and np.ptp(s) >= config.min_gap]
+        if not kept:
+            return None, 0
+        obs = torch.stack([_stack(g, "observations") for g, _ in kept])
+        act = torch.stack([_stack(g, "actions") for g, _ in kept])
+        targets = torch.from_numpy(np.stack([s for _, s in kept]).astype(np.float32))
+        comparisons = int(sum((s[:, None] > s[None, :]).sum() for _, s in kept))
+        return (lambda policy, ref: group_finetune_loss(policy, ref, obs, act, targets, config)), comparisons
+    winners: list[Episode] = []
+    losers: list[Episode] = []
+    for group, scores in groups:
+        for best, worst in rank_pairs(scores, config.min_gap):
+            winners.append(group[best])
+            losers.append(group[worst])
+    if not winners:
+        return None, 0
+    winner = (_stack(winners, "observations"), _stack(winners, "actions"))
+    loser = (_stack(losers, "observations"), _stack(losers, "actions"))
+    return (lambda policy, ref: finetune_loss(policy, ref, winner, loser, config)), len(winners)
 
 
 def rank_pairs(scores: np.ndarray, min_gap: float = 0.0) -> list[tuple[int, int]]:
@@ -360,8 +466,9 @@ def preference_finetune(
     """Stage 2: online trajectory DPO of ``policy`` against the frozen ``reference``, in place.
 
     Each round draws ``config.groups`` of the fixed-goal ``envs``, rolls out ``group_size`` stochastic episodes of
-    the current policy from each, ranks every group with ``reward`` (trajectories → scores), pairs best with worst,
-    and takes ``epochs`` passes of Adam on the mean DPO loss (plus α times the winners' NLL when ``nll_weight`` > 0).
+    the current policy (σ scaled by ``explore_temperature``) from each, ranks every group with ``reward``
+    (trajectories → scores), and takes ``epochs`` passes of Adam on :func:`round_objective` (best-vs-worst pairs for
+    a pairwise loss, whole groups for a listwise one; plus α times the winners' NLL when ``nll_weight`` > 0).
     The reference never changes. With ``validation`` environments each round's policy is scored there by ``reward``
     (mean action); with ``config.select_best`` the best-scoring round's weights are restored at the end.
     """
@@ -379,46 +486,38 @@ def preference_finetune(
         log.validation.append(validation_score(policy, validation, reward, config.max_steps))
         best_state, log.kept_round = copy.deepcopy(policy.state_dict()), 0
     for it in range(config.iterations):
-        winners: list[Episode] = []
-        losers: list[Episode] = []
-        rewards, successes = [], []
+        groups: list[tuple[list[Episode], np.ndarray]] = []
         for g in rng.choice(len(envs), config.groups, replace=False):
-            act = policy.numpy_policy(deterministic=False, seed=int(rng.integers(2**31)))
+            act = policy.numpy_policy(
+                deterministic=False, seed=int(rng.integers(2**31)), temperature=config.explore_temperature
+            )
             group = [rollout(envs[g], act, max_steps=config.max_steps) for _ in range(config.group_size)]
-            scores = np.asarray(reward(group), np.float64)
-            rewards.append(scores.mean())
-            successes += [e.succeeded for e in group]
-            for best, worst in rank_pairs(scores, config.min_gap):
-                winners.append(group[best])
-                losers.append(group[worst])
+            groups.append((group, np.asarray(reward(group), np.float64)))
+        rewards = [scores.mean() for _, scores in groups]
+        successes = [e.succeeded for group, _ in groups for e in group]
+        objective, comparisons = round_objective(groups, config)
         last = float("nan")
-        if winners:
-            obs_w, act_w = (
-                torch.from_numpy(np.stack([getattr(e, k) for e in winners])) for k in ("observations", "actions")
-            )
-            obs_l, act_l = (
-                torch.from_numpy(np.stack([getattr(e, k) for e in losers])) for k in ("observations", "actions")
-            )
-            for _ in range(config.epochs):  # full batch: a round holds only groups × group_size / 2 pairs
-                loss = finetune_loss(policy, reference, (obs_w, act_w), (obs_l, act_l), config)
+        if objective is not None:
+            for _ in range(config.epochs):  # full batch: a round holds only groups × group_size rollouts
+                loss = objective(policy, reference)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 last = loss.item()
         log.reward.append(float(np.mean(rewards)))
         log.success.append(float(np.mean(successes)))
-        log.pairs.append(len(winners))
+        log.pairs.append(comparisons)
         log.loss.append(last)
         if validation:
             log.validation.append(validation_score(policy, validation, reward, config.max_steps))
             if log.validation[-1] > log.validation[log.kept_round]:
                 best_state, log.kept_round = copy.deepcopy(policy.state_dict()), it + 1
         logger.info(
-            "round %d: reward %.3f, success %.2f, %d pairs, DPO loss %.4f",
+            "round %d: reward %.3f, success %.2f, %d comparisons, DPO loss %.4f",
             it,
             log.reward[-1],
             log.success[-1],
-            len(winners),
+            comparisons,
             last,
         )
     if config.select_best and best_state is not None:

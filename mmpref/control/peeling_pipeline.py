@@ -39,6 +39,7 @@ from mmpref.control.robomimic_io import read_robomimic, write_robomimic
 from mmpref.control.segments import rollout
 from mmpref.control.teachers import RatingTeacher
 from mmpref.data import atomic_write
+from mmpref.losses import LossName
 from mmpref.recipe import RecipeError, add_recipe_arguments, load_recipe
 from mmpref.reward.system import RewardModelSystem
 
@@ -67,6 +68,9 @@ class PeelingConfig:
         groups: start states per round.
         group_size: rollouts per start state.
         beta: DPO β.
+        loss: the core loss of stage 2: pairwise (``bradley_terry`` ...: best-vs-worst pairs of each group) or
+            listwise (``plackett_luce`` ...: each group's whole ranking).
+        explore_temperature: σ multiplier of the finetuning rollouts (1: the policy's own samples).
         lr: finetuning learning rate.
         epochs: passes per round.
         nll_weight: weight of the winners' NLL (RPO).
@@ -95,6 +99,8 @@ class PeelingConfig:
     groups: int = 4
     group_size: int = 8
     beta: float = 0.1
+    loss: LossName = "bradley_terry"
+    explore_temperature: float = 1.0
     lr: float = 1e-4
     epochs: int = 4
     nll_weight: float = 1.0
@@ -112,6 +118,7 @@ class PeelingConfig:
             raise ValueError(f"rated must be >= 8 (the fused reward trains on lists of 8), got {self.rated}")
         if self.select_best and self.validation < 1:
             raise ValueError("select_best needs validation >= 1 environments to choose the round on")
+        self.finetune()  # checks the stage-2 fields (loss name, temperature)
         if self.groups > self.pool:
             raise ValueError(f"groups ({self.groups}) cannot exceed the pool of environments ({self.pool})")
 
@@ -123,6 +130,8 @@ class PeelingConfig:
             group_size=self.group_size,
             max_steps=self.max_steps,
             beta=self.beta,
+            loss=self.loss,
+            explore_temperature=self.explore_temperature,
             lr=self.lr,
             epochs=self.epochs,
             nll_weight=self.nll_weight,

@@ -158,11 +158,15 @@ class GaussianPolicy(nn.Module):
         obs: torch.Tensor | np.ndarray,
         deterministic: bool = False,
         generator: torch.Generator | None = None,
+        temperature: float = 1.0,
     ) -> torch.Tensor | np.ndarray:
         """Actions in [-1, 1] for ``obs`` ``[..., o]``: the squashed mean if ``deterministic``, else a sample.
 
-        NumPy in gives NumPy out (float32); no gradient flows.
+        ``temperature`` scales σ of the sample (u = μ + temperature·σ·ε; 1 samples the policy itself, smaller values
+        explore closer to the mean action). NumPy in gives NumPy out (float32); no gradient flows.
         """
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
         is_numpy = isinstance(obs, np.ndarray)
         x = torch.as_tensor(obs, dtype=torch.float32) if is_numpy else obs
         with torch.no_grad():
@@ -170,16 +174,18 @@ class GaussianPolicy(nn.Module):
             u = mean
             if not deterministic:
                 noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
-                u = mean + log_std.exp() * noise
+                u = mean + temperature * log_std.exp() * noise
             action = torch.tanh(u) if self.squash == "tanh" else u.clamp(-1.0, 1.0)
         return action.numpy() if is_numpy else action
 
-    def numpy_policy(self, deterministic: bool = False, seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    def numpy_policy(
+        self, deterministic: bool = False, seed: int = 0, temperature: float = 1.0
+    ) -> Callable[[np.ndarray], np.ndarray]:
         """A ``obs → action`` callable for :func:`mmpref.control.segments.rollout` (own seeded generator)."""
         generator = torch.Generator().manual_seed(seed)
 
         def policy(obs: np.ndarray) -> np.ndarray:
-            return self.act(np.asarray(obs, np.float32), deterministic, generator).astype(np.float64)
+            return self.act(np.asarray(obs, np.float32), deterministic, generator, temperature).astype(np.float64)
 
         return policy
 
