@@ -349,8 +349,9 @@ class FinetuneConfig:
 
 @dataclass
 class FinetuneLog:
-    """Per round: mean fused reward of the rollouts, their success rate, comparisons used (pairs, or a listwise
-    round's ordered pairs of unequal score), final DPO loss.
+    """Per round: mean fused reward of the rollouts, success rate, comparisons used, final DPO loss.
+
+    Comparisons are the pairs of a pairwise round or a listwise round's ordered pairs of unequal score.
 
     With validation environments also: the mean reward-model score of the mean-action rollouts before any update
     (``validation[0]``, the BC policy) and after each round, and the round kept (0 = the BC policy).
@@ -382,9 +383,9 @@ def finetune_loss(
     loser: tuple[torch.Tensor, torch.Tensor],
     config: FinetuneConfig,
 ) -> torch.Tensor:
-    """The scalar stage-2 objective of a pairwise loss: mean trajectory-DPO loss + α · mean per-step NLL of the
-    winners."""
-    loss = trajectory_dpo_loss(policy, reference, winner, loser, config.beta, config.loss).mean()  # type: ignore[arg-type]
+    """The scalar stage-2 objective of a pairwise loss: mean trajectory-DPO loss + α · winners' mean step NLL."""
+    name: PairwiseLossName = config.loss  # type: ignore[assignment]
+    loss = trajectory_dpo_loss(policy, reference, winner, loser, config.beta, name).mean()
     if config.nll_weight > 0:
         loss = loss - config.nll_weight * policy.log_prob(*winner).mean()
     return loss
@@ -398,8 +399,10 @@ def group_finetune_loss(
     targets: torch.Tensor,
     config: FinetuneConfig,
 ) -> torch.Tensor:
-    """The scalar stage-2 objective of a listwise loss: mean :func:`group_dpo_loss` + α · mean per-step NLL of the
-    upper half of every group by ``targets`` (the trajectories a pairwise round would call winners)."""
+    """The scalar stage-2 objective of a listwise loss: mean :func:`group_dpo_loss` + α · mean step NLL of the top.
+
+    The top is the upper half of every group by ``targets`` (the trajectories a pairwise round calls winners).
+    """
     loss = group_dpo_loss(policy, reference, observations, actions, targets, config.beta, config.loss).mean()
     if config.nll_weight > 0:
         top = torch.argsort(targets, dim=-1, descending=True, stable=True)[:, : targets.shape[1] // 2]

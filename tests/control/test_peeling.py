@@ -311,7 +311,9 @@ def test_listwise_finetuning_moves_the_policy_toward_what_the_ranker_prefers(tem
         explore_temperature=temperature,
     )
     envs = [_TargetEnv(target) for _ in range(4)]
-    log = preference_finetune(policy, reference, envs, lambda group: np.array([e.rewards.sum() for e in group]), config)
+    log = preference_finetune(
+        policy, reference, envs, lambda group: np.array([e.rewards.sum() for e in group]), config
+    )
     mean_action = policy.act(np.zeros((1, 39), np.float32), deterministic=True)[0]
     assert np.abs(mean_action - target).sum() < 0.8
     assert log.pairs[0] == 4 * 28 and log.reward[-1] > log.reward[0]
