@@ -8,7 +8,7 @@ reports what it finished.
     OMP_NUM_THREADS=1 MUJOCO_GL=egl .venv/bin/python scripts/bench_pbrl.py --tasks drawer-close-v3 handle-press-v3 \
         --seeds 0 1 2 --steps 20000
 
-(defaults: the recipes' setting: a round every 2,000 steps from step 1,000, 100 reward updates per round, a
+(defaults: the recipes' setting: a round every 2,000 steps from step 1,000, 70 reward updates per round, a
 state-only learned reward standardised over the buffer; ``--no-state-only-reward`` gives PEBBLE's r(o, a))
 """
 
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", type=Path, default=Path("runs/bench_pbrl"))
     parser.add_argument("--feedback-start", type=int, default=1000)
     parser.add_argument("--feedback-every", type=int, default=2000)
-    parser.add_argument("--reward-updates", type=int, default=100)
+    parser.add_argument("--reward-updates", type=int, default=70)
     parser.add_argument("--reward-batch-size", type=int, default=64)
     parser.add_argument("--reward-hidden", type=int, default=128)
     parser.add_argument("--reward-layers", type=int, default=2)
