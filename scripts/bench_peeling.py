@@ -32,7 +32,13 @@ def run_seed(job: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     from mmpref.control.peeling import FusedTrajectoryScorer
-    from mmpref.control.peeling_pipeline import PeelingConfig, stage_one, stage_two, training_pool
+    from mmpref.control.peeling_pipeline import (
+        PeelingConfig,
+        collect_demonstrations,
+        stage_one,
+        stage_two,
+        training_pool,
+    )
     from mmpref.control.policies import load_policy, save_policy
     from mmpref.reward.system import RewardModelSystem
 
@@ -50,15 +56,19 @@ def run_seed(job: dict[str, Any]) -> dict[str, Any]:
         reward.eval()
         results = json.loads((cache / "results.json").read_text())
         timings = results.pop("timings")
+        demos = []
+        if config.demo_weight > 0:  # deterministic in the seed: the same demonstrations BC was trained on
+            with tempfile.TemporaryDirectory() as tmp:
+                demos = collect_demonstrations(config, Path(tmp) / "demos.hdf5")
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            policy, reward, results, timings = stage_one(config, pool, Path(tmp) / "demos.hdf5")
+            policy, reward, results, timings, demos = stage_one(config, pool, Path(tmp) / "demos.hdf5")
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
             save_policy(policy, cache / "bc.safetensors")
             torch.save(reward.state_dict(), cache / "reward.pt")
             (cache / "results.json").write_text(json.dumps({**results, "timings": timings}))
-    results |= stage_two(config, policy, reward, pool)
+    results |= stage_two(config, policy, reward, pool, demos)
     timings["finetune_s"] = results.pop("finetune_s")
     if job.get("save_dir"):
         save_policy(policy, Path(job["save_dir"]) / f"peeling_{config.task}_seed{config.seed}.safetensors")
@@ -141,6 +151,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--nll-weight", type=float, default=1.0)
+    parser.add_argument("--demo-weight", type=float, default=0.0, help="offline term on the ranked demonstrations")
     parser.add_argument("--validation", type=int, default=0, help="fixed-goal envs scoring each round")
     parser.add_argument("--select-best", action="store_true", help="keep the round the fused reward scores best")
     parser.add_argument("--eval-episodes", type=int, default=30)

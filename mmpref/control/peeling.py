@@ -324,6 +324,11 @@ class FinetuneConfig:
             noisy (few start states each), and the reward model, not the true reward, picks the round.
         explore_temperature: σ multiplier of the rollouts that are ranked (1: the policy's own samples; smaller
             values explore nearer the mean action, the policy that is evaluated). The loss always uses π_θ itself.
+        demo_weight: weight of an offline term added to every update: the demonstrations, ranked once by the
+            reward model, as one more group (best against worst for a pairwise loss, the whole ranking for a
+            listwise one; with the same NLL term). The demonstrations come from different start states, so their
+            pairs are cruder than the on-policy groups; they pull the policy toward the better demonstrations it
+            was cloned from. 0: off.
         seed: seeds the choice of start states and the rollouts.
     """
 
@@ -339,12 +344,15 @@ class FinetuneConfig:
     nll_weight: float = 0.0
     select_best: bool = False
     explore_temperature: float = 1.0
+    demo_weight: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         is_listwise(self.loss)  # raises, listing the valid names, for an unknown loss
         if self.explore_temperature <= 0:
             raise ValueError(f"explore_temperature must be > 0, got {self.explore_temperature}")
+        if self.demo_weight < 0:
+            raise ValueError(f"demo_weight must be >= 0, got {self.demo_weight}")
 
 
 @dataclass
@@ -363,6 +371,7 @@ class FinetuneLog:
     loss: list[float] = field(default_factory=list)
     validation: list[float] = field(default_factory=list)
     kept_round: int | None = None
+    demo_comparisons: int = 0
 
 
 def validation_score(
@@ -465,6 +474,7 @@ def preference_finetune(
     reward: Callable[[Sequence[Episode]], np.ndarray],
     config: FinetuneConfig,
     validation: Sequence[gym.Env] = (),
+    demonstrations: Sequence[Episode] = (),
 ) -> FinetuneLog:
     """Stage 2: online trajectory DPO of ``policy`` against the frozen ``reference``, in place.
 
@@ -473,7 +483,9 @@ def preference_finetune(
     (trajectories → scores), and takes ``epochs`` passes of Adam on :func:`round_objective` (best-vs-worst pairs for
     a pairwise loss, whole groups for a listwise one; plus α times the winners' NLL when ``nll_weight`` > 0).
     The reference never changes. With ``validation`` environments each round's policy is scored there by ``reward``
-    (mean action); with ``config.select_best`` the best-scoring round's weights are restored at the end.
+    (mean action); with ``config.select_best`` the best-scoring round's weights are restored at the end. With
+    ``config.demo_weight`` > 0 the ``demonstrations`` (all of ``max_steps`` steps), ranked once by ``reward``, add
+    ``demo_weight`` times their own :func:`round_objective` to every update.
     """
     if config.select_best and not validation:
         raise ValueError("select_best needs validation environments (the round is chosen on them)")
@@ -484,6 +496,12 @@ def preference_finetune(
     rng = np.random.default_rng(config.seed)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
     log = FinetuneLog()
+    demo_objective = None
+    if config.demo_weight > 0:
+        if len(demonstrations) < 2:
+            raise ValueError(f"demo_weight > 0 needs >= 2 demonstrations, got {len(demonstrations)}")
+        demos = list(demonstrations)
+        demo_objective, log.demo_comparisons = round_objective([(demos, np.asarray(reward(demos)))], config)
     best_state = None
     if validation:
         log.validation.append(validation_score(policy, validation, reward, config.max_steps))
@@ -500,9 +518,11 @@ def preference_finetune(
         successes = [e.succeeded for group, _ in groups for e in group]
         objective, comparisons = round_objective(groups, config)
         last = float("nan")
-        if objective is not None:
+        if objective is not None or demo_objective is not None:
             for _ in range(config.epochs):  # full batch: a round holds only groups × group_size rollouts
-                loss = objective(policy, reference)
+                loss = objective(policy, reference) if objective is not None else torch.zeros(())
+                if demo_objective is not None:
+                    loss = loss + config.demo_weight * demo_objective(policy, reference)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -36,7 +36,7 @@ from mmpref.control.peeling import (
 )
 from mmpref.control.policies import GaussianPolicy, Squash, behaviour_cloning, save_policy
 from mmpref.control.robomimic_io import read_robomimic, write_robomimic
-from mmpref.control.segments import rollout
+from mmpref.control.segments import Episode, rollout
 from mmpref.control.teachers import RatingTeacher
 from mmpref.data import atomic_write
 from mmpref.losses import LossName
@@ -74,6 +74,7 @@ class PeelingConfig:
         lr: finetuning learning rate.
         epochs: passes per round.
         nll_weight: weight of the winners' NLL (RPO).
+        demo_weight: weight of the offline term on the demonstrations ranked by the fused reward (0: off).
         validation: fixed-goal validation environments (goals differ from the training pool's and the
             evaluation's) on which each round's mean-action policy is scored by the fused reward (0: none).
         select_best: keep the round (BC = round 0) that scores best there instead of the last one.
@@ -104,6 +105,7 @@ class PeelingConfig:
     lr: float = 1e-4
     epochs: int = 4
     nll_weight: float = 1.0
+    demo_weight: float = 0.0
     validation: int = 0
     select_best: bool = False
     eval_episodes: int = 30
@@ -136,6 +138,7 @@ class PeelingConfig:
             epochs=self.epochs,
             nll_weight=self.nll_weight,
             select_best=self.select_best,
+            demo_weight=self.demo_weight,
             seed=self.seed,
         )
 
@@ -167,21 +170,38 @@ def validation_pool(config: PeelingConfig) -> list[gym.Env]:
     return [make_env(config.task, seed=50_000 + 100 * config.seed + g) for g in range(config.validation)]
 
 
+def collect_demonstrations(config: PeelingConfig, dataset: Path) -> list[Episode]:
+    """The scripted expert's demonstrations with per-episode noise, written to and read back from ``dataset``.
+
+    Deterministic in ``config.seed``: noise levels U[noise_low, noise_high], one fixed-goal-varying env.
+    """
+    rng = np.random.default_rng(config.seed)
+    env = make_env(config.task, seed=10_000 + config.seed, goal_variation=True)
+    noises = rng.uniform(config.noise_low, config.noise_high, config.demos)
+    demos = [
+        rollout(
+            env,
+            ExpertPolicy(config.task, noise=float(n), seed=1000 * config.seed + i),
+            max_steps=config.max_steps,
+            source="demo",
+        )
+        for i, n in enumerate(noises)
+    ]
+    return read_robomimic(write_robomimic(dataset, demos, config.task, qualities=noises))
+
+
 def stage_one(
     config: PeelingConfig, pool: Sequence[gym.Env], dataset: Path
-) -> tuple[GaussianPolicy, RewardModelSystem, dict[str, Any], dict[str, float]]:
-    """Demonstrations (through ``dataset``, robomimic HDF5), BC, the rated set and fused reward, BC's evaluation."""
+) -> tuple[GaussianPolicy, RewardModelSystem, dict[str, Any], dict[str, float], list[Episode]]:
+    """Demonstrations (through ``dataset``, robomimic HDF5), BC, the rated set and fused reward, BC's evaluation.
+
+    Returns:
+        The BC policy, the fused reward, results, timings and the demonstrations.
+    """
     task, seed, steps = config.task, config.seed, config.max_steps
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    env = make_env(task, seed=10_000 + seed, goal_variation=True)
-    noises = rng.uniform(config.noise_low, config.noise_high, config.demos)
-    demos = [
-        rollout(env, ExpertPolicy(task, noise=float(n), seed=1000 * seed + i), max_steps=steps, source="demo")
-        for i, n in enumerate(noises)
-    ]
-    demos = read_robomimic(write_robomimic(dataset, demos, task, qualities=noises))
+    demos = collect_demonstrations(config, dataset)
     timings["demos_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -217,11 +237,15 @@ def stage_one(
     results["metric_weight"] = float(reward.scorer.metric_weight.detach())
     for mode, det in (("sample", False), ("mean", True)):
         results[f"bc_{mode}"] = evaluate_policy(policy, task, 30_000 + seed, config.eval_episodes, steps, det)
-    return policy, reward, results, timings
+    return policy, reward, results, timings, demos
 
 
 def stage_two(
-    config: PeelingConfig, policy: GaussianPolicy, reward: RewardModelSystem, pool: Sequence[gym.Env]
+    config: PeelingConfig,
+    policy: GaussianPolicy,
+    reward: RewardModelSystem,
+    pool: Sequence[gym.Env],
+    demonstrations: Sequence[Episode] = (),
 ) -> dict[str, Any]:
     """Finetune ``policy`` in place against a frozen copy of itself; evaluate it; check the reference stayed put."""
     reference = frozen_copy(policy)
@@ -234,6 +258,7 @@ def stage_two(
         lambda group: score_trajectories(reward, group, config.smoothness),
         config.finetune(),
         validation=validation_pool(config),
+        demonstrations=demonstrations,
     )
     results: dict[str, Any] = {"finetune_s": time.perf_counter() - start, "finetune_log": asdict(log)}
     state = reference.state_dict()
@@ -262,9 +287,9 @@ def run_peeling(argv: Sequence[str]) -> int:
     torch.set_num_threads(1)  # many small ops: one thread is faster than several on a shared CPU
     out = Path(args.out or f"runs/peeling/{config.task}-seed{config.seed}")
     pool = training_pool(config)
-    policy, reward, results, timings = stage_one(config, pool, out / "demos.hdf5")
+    policy, reward, results, timings, demos = stage_one(config, pool, out / "demos.hdf5")
     save_policy(policy, out / "bc_policy.safetensors")
-    results |= stage_two(config, policy, reward, pool)
+    results |= stage_two(config, policy, reward, pool, demos)
     save_policy(policy, out / "finetuned_policy.safetensors")
     summary = {"config": asdict(config), "results": results, "timings": timings}
     with atomic_write(out / "summary.json", "w") as handle:

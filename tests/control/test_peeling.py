@@ -319,6 +319,46 @@ def test_listwise_finetuning_moves_the_policy_toward_what_the_ranker_prefers(tem
     assert log.pairs[0] == 4 * 28 and log.reward[-1] > log.reward[0]
 
 
+def test_ranked_demonstrations_alone_move_the_policy_toward_the_better_ones():
+    """The ranker sees nothing in the on-policy groups (every rollout scores 0, so no pair forms); only the offline
+    demonstration term acts. Demonstrations act at +target (good) or −target (bad) with noise; the reward ranks
+    them by the toy's true return. The mean action must move most of the way to +target (start: error 2.0)."""
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    target = np.array([0.5, -0.5, 0.5, -0.5], np.float32)
+    demos = []
+    for k in range(16):
+        actions = np.clip((1 if k % 2 else -1) * target + rng.normal(0, 0.2, (5, 4)), -1, 1).astype(np.float32)
+        rewards = -((actions - target) ** 2).sum(-1).astype(np.float32)
+        obs = np.zeros((5, 39), np.float32)
+        demos.append(Episode(obs, actions, rewards, obs, np.zeros(5, np.float32), source="demo"))
+
+    def reward(group):
+        return np.array([e.rewards.sum() if e.source == "demo" else 0.0 for e in group])
+
+    policy = _toy_policy()
+    reference = frozen_copy(policy)
+    config = FinetuneConfig(
+        iterations=20,
+        groups=2,
+        group_size=2,
+        max_steps=5,
+        beta=0.5,
+        lr=3e-3,
+        epochs=4,
+        nll_weight=1.0,
+        demo_weight=1.0,
+    )
+    log = preference_finetune(policy, reference, [_TargetEnv(target)] * 2, reward, config, demonstrations=demos)
+    mean_action = policy.act(np.zeros((1, 39), np.float32), deterministic=True)[0]
+    assert np.abs(mean_action - target).sum() < 0.8
+    assert log.demo_comparisons == 8 and set(log.pairs) == {0}
+    with pytest.raises(ValueError, match="demonstrations"):
+        preference_finetune(policy, reference, [_TargetEnv(target)] * 2, reward, config)
+    with pytest.raises(ValueError, match="demo_weight"):
+        FinetuneConfig(demo_weight=-1.0)
+
+
 def test_exploration_temperature_scales_the_sampled_deviation():
     policy = _toy_policy()
     obs = np.random.default_rng(0).normal(size=(6, 39)).astype(np.float32)
