@@ -1,6 +1,7 @@
 """Benchmark: PEARL cross-task label transfer on Meta-World v3, and target policies from transferred labels.
 
-Stages (each merges its results into ``docs/benchmarks/bench_pearl_cpu.json`` and rewrites the markdown):
+Stages (each merges its results into ``docs/benchmarks/bench_pearl_cpu.json``, or ``--out``, and rewrites the
+markdown):
 
 * ``dev``: the fused-GW weight α is chosen on *development* task pairs that share no task with the evaluation pairs
   (door-open → door-close, faucet-open → faucet-close, plate-slide → plate-slide-back), so no evaluation target label
@@ -12,7 +13,12 @@ Stages (each merges its results into ``docs/benchmarks/bench_pearl_cpu.json`` an
 * ``timing``: GW / fused-GW wall-clock at 1,000 × 1,000 segments;
 * ``policy``: per target task, a robust Gaussian reward on the target's segments from (a) transferred labels only,
   (b) the target's true labels → filtered BC on the target's unlabelled trajectories → success rate; and BC on all
-  trajectories (no labels) as the floor.
+  trajectories (no labels) as the floor;
+* ``policy_scarce``: the same on a hard pool, the target's unlabelled trajectories with only ``--scarce-keep`` each
+  of the ``--scarce-thin`` behaviours (default 2 of expert0 and of expert0.3), filtered BC on the top
+  ``--scarce-top-fraction`` (default 5 %); baselines BC on all of the pool and a random filter of the same size.
+
+``--out`` writes the JSON and markdown elsewhere (a side run must not overwrite the committed multi-seed results).
 
 Data: per task 245 trajectories of 200 steps (35 each of 7 behaviours, :mod:`mmpref.control.transfer_data`), cached
 in ``runs/pearl``; segments of 50 steps; source = even trajectories, target = odd; 480 segments per side.
@@ -27,8 +33,11 @@ import json
 import logging
 import os
 import platform
+import shlex
+import sys
 import time
 import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -210,48 +219,82 @@ def stage_timing(results: dict[str, Any], n: int) -> None:
     results["timing"] = {"n": n, "seconds": timings, "device": "cpu (numpy backend); no GPU on this machine"}
 
 
-def stage_policy(results: dict[str, Any], n: int, episodes: int, top_fraction: float, bc_seeds: list[int]) -> None:
-    from mmpref.control import pearl
+def policy_target(target: str, n: int, episodes: int) -> tuple[dict[str, np.ndarray], Any, Callable[[Any], float]]:
+    """The target's labelled segments (odd side, subsample 0), its cached task data and a success evaluator.
+
+    The evaluator rolls a policy (sampling actions, seed k) out for ``episodes`` episodes of 200 steps with episode
+    seeds 10 000 + k on one goal-varying env, and returns the fraction of episodes that succeeded.
+    """
     from mmpref.control.envs import make_env
-    from mmpref.control.pearl_reward import fit_gaussian_reward, predicted_returns, reward_filtered_bc
-    from mmpref.control.policies import GaussianPolicy, behaviour_cloning
     from mmpref.control.segments import rollout
     from mmpref.control.transfer_data import load_or_generate
 
+    t = side(target, 1, n, 0)
+    data = load_or_generate(target, CACHE, 35, 200, 0)
+    env = make_env(target, seed=123, goal_variation=True)
+
+    def success(policy: Any) -> float:
+        runs = [rollout(env, policy.numpy_policy(True, seed=k), 200, seed=10_000 + k) for k in range(episodes)]
+        return float(np.mean([r.succeeded for r in runs]))
+
+    return t, data, success
+
+
+def filtered_bc_rows(
+    target: str,
+    n: int,
+    t: dict[str, np.ndarray],
+    data: Any,
+    pool: np.ndarray,
+    top_fraction: float,
+    bc_seeds: list[int],
+    success: Callable[[Any], float],
+    stage: str,
+) -> dict[str, dict[str, Any]]:
+    """Filtered BC on the trajectories ``pool`` of ``data`` with a reward from transferred and from true labels.
+
+    For each label source a robust Gaussian reward is fitted on the target segments ``t`` (seed 0; 4000 pairs, 10
+    epochs, width 64), the top ``top_fraction`` of ``pool`` by predicted return is cloned once per BC seed, and the
+    policy's success is measured. ``chosen_behaviours`` counts the chosen trajectories per behaviour (the ranking,
+    hence the choice, does not depend on the BC seed).
+    """
+    from mmpref.control import pearl
+    from mmpref.control.pearl_reward import fit_gaussian_reward, predicted_returns, reward_filtered_bc
+
+    x = np.concatenate([t["obs"], t["act"]], -1).astype(np.float32)
+    rows: dict[str, dict[str, Any]] = {}
+    for name, labels in (
+        ("transferred", np.load(CACHE / f"yhat_{target}_n{n}_seed0.npy")),
+        ("true_labels", pearl.label_matrix(t["ret"])),
+    ):
+        start = time.perf_counter()
+        system = fit_gaussian_reward(x, labels, n_pairs=4000, epochs=10, hidden=64)
+        reward_acc = pearl.transfer_accuracy(pearl.label_matrix(predicted_returns(system, x)), t["ret"])
+        per_seed = []
+        for bc_seed in bc_seeds:
+            policy, chosen = reward_filtered_bc(
+                system, data.observations[pool], data.actions[pool], top_fraction, seed=bc_seed
+            )
+            per_seed.append(success(policy))
+        rows[name] = {
+            "success": float(np.mean(per_seed)),
+            "success_per_bc_seed": per_seed,
+            "reward_pair_accuracy_on_target_segments": reward_acc,
+            "chosen_behaviours": np.bincount(data.behaviour[pool][chosen], minlength=7).tolist(),
+            "seconds": time.perf_counter() - start,
+        }
+        logging.info("%s %s %s: %s", stage, target, name, rows[name])
+    return rows
+
+
+def stage_policy(results: dict[str, Any], n: int, episodes: int, top_fraction: float, bc_seeds: list[int]) -> None:
+    from mmpref.control.policies import GaussianPolicy, behaviour_cloning
+
     rows = {}
     for _, target in EVAL_PAIRS:
-        t = side(target, 1, n, 0)
-        x = np.concatenate([t["obs"], t["act"]], -1).astype(np.float32)
-        data = load_or_generate(target, CACHE, 35, 200, 0)
+        t, data, success = policy_target(target, n, episodes)
         odd = np.arange(1, len(data.observations), 2)
-        env = make_env(target, seed=123, goal_variation=True)
-
-        def success(policy: Any, env: Any = env) -> float:
-            runs = [rollout(env, policy.numpy_policy(True, seed=k), 200, seed=10_000 + k) for k in range(episodes)]
-            return float(np.mean([r.succeeded for r in runs]))
-
-        row: dict[str, Any] = {}
-        for name, labels in (
-            ("transferred", np.load(CACHE / f"yhat_{target}_n{n}_seed0.npy")),
-            ("true_labels", pearl.label_matrix(t["ret"])),
-        ):
-            start = time.perf_counter()
-            system = fit_gaussian_reward(x, labels, n_pairs=4000, epochs=10, hidden=64)
-            reward_acc = pearl.transfer_accuracy(pearl.label_matrix(predicted_returns(system, x)), t["ret"])
-            per_seed = []
-            for bc_seed in bc_seeds:
-                policy, chosen = reward_filtered_bc(
-                    system, data.observations[odd], data.actions[odd], top_fraction, seed=bc_seed
-                )
-                per_seed.append(success(policy))
-            row[name] = {
-                "success": float(np.mean(per_seed)),
-                "success_per_bc_seed": per_seed,
-                "reward_pair_accuracy_on_target_segments": reward_acc,
-                "chosen_behaviours": np.bincount(data.behaviour[odd][chosen], minlength=7).tolist(),
-                "seconds": time.perf_counter() - start,
-            }
-            logging.info("policy %s %s: %s", target, name, row[name])
+        row: dict[str, Any] = filtered_bc_rows(target, n, t, data, odd, top_fraction, bc_seeds, success, "policy")
         previous = results.get("policy", {}).get("targets", {}).get(target, {}).get("bc_all")
         if previous is None:  # BC on everything does not depend on the labels: kept from an earlier run if there
             policy = GaussianPolicy()
@@ -262,6 +305,93 @@ def stage_policy(results: dict[str, Any], n: int, episodes: int, top_fraction: f
         logging.info("policy %s bc_all: %s", target, row["bc_all"])
         rows[target] = row
     results["policy"] = {"episodes": episodes, "top_fraction": top_fraction, "bc_seeds": bc_seeds, "targets": rows}
+
+
+def scarce_pool(
+    behaviour: np.ndarray, candidates: np.ndarray, thin: tuple[int, ...], keep: int, seed: int = 0
+) -> np.ndarray:
+    """Sorted trajectory indices: ``keep`` random ones of each behaviour index in ``thin`` among ``candidates``, and
+    every candidate of the other behaviours.
+
+    The draw uses ``numpy.random.default_rng(seed)``, one thinned behaviour after the other in the order given, so
+    the pool is fixed by the seed.
+    """
+    rng = np.random.default_rng(seed)
+    candidates = np.asarray(candidates)
+    kept = [candidates[~np.isin(behaviour[candidates], thin)]]
+    for b in thin:
+        of_b = candidates[behaviour[candidates] == b]
+        if keep > len(of_b):
+            raise ValueError(f"cannot keep {keep} trajectories of behaviour {b}: only {len(of_b)}")
+        kept.append(rng.choice(of_b, keep, replace=False))
+    return np.sort(np.concatenate(kept))
+
+
+def stage_policy_scarce(
+    results: dict[str, Any],
+    n: int,
+    episodes: int,
+    top_fraction: float,
+    bc_seeds: list[int],
+    keep: int,
+    thin: list[str],
+    command: str,
+) -> None:
+    """:func:`stage_policy` on a hard pool: the odd trajectories with only ``keep`` each of the behaviours ``thin``
+    (default expert0 / expert0.3; :func:`scarce_pool`, seed 0), so that BC on all of it should fail and the filter
+    has to find the few strong ones. Baselines on the same pool, cloned per BC seed with the same cloning as
+    filtered BC (:func:`mmpref.control.pearl_reward.clone_trajectories`): BC on all of it, and a random filter (a
+    random subset of the filtered size drawn with ``default_rng(bc_seed)``).
+    """
+    from mmpref.control.pearl_reward import clone_trajectories
+    from mmpref.control.transfer_data import BEHAVIOURS
+
+    thinned = tuple(BEHAVIOURS.index(b) for b in thin)
+    rows = {}
+    for _, target in EVAL_PAIRS:
+        t, data, success = policy_target(target, n, episodes)
+        pool = scarce_pool(data.behaviour, np.arange(1, len(data.observations), 2), thinned, keep)
+        row: dict[str, Any] = filtered_bc_rows(
+            target, n, t, data, pool, top_fraction, bc_seeds, success, "policy_scarce"
+        )
+        size = max(1, round(top_fraction * len(pool)))  # as reward_filtered_bc
+        obs, act = data.observations[pool], data.actions[pool]
+        start = time.perf_counter()
+        picks = [np.random.default_rng(s).choice(len(pool), size, replace=False) for s in bc_seeds]
+        per_seed = [success(clone_trajectories(obs, act, c, seed=s)) for c, s in zip(picks, bc_seeds, strict=True)]
+        row["random_filter"] = {
+            "success": float(np.mean(per_seed)),
+            "success_per_bc_seed": per_seed,
+            "chosen_behaviours_per_bc_seed": [
+                np.bincount(data.behaviour[pool][c], minlength=7).tolist() for c in picks
+            ],
+            "seconds": time.perf_counter() - start,
+        }
+        start = time.perf_counter()
+        every = np.arange(len(pool))
+        per_seed = [success(clone_trajectories(obs, act, every, seed=s)) for s in bc_seeds]
+        row["bc_all"] = {
+            "success": float(np.mean(per_seed)),
+            "success_per_bc_seed": per_seed,
+            "seconds": time.perf_counter() - start,
+        }
+        row["pool_behaviours"] = np.bincount(data.behaviour[pool], minlength=7).tolist()
+        row["pool_size"], row["filtered_size"] = len(pool), size
+        logging.info(
+            "policy_scarce %s: %s", target, {k: row[k] for k in ("random_filter", "bc_all", "pool_behaviours")}
+        )
+        rows[target] = row
+    results["policy_scarce"] = {
+        "episodes": episodes,
+        "top_fraction": top_fraction,
+        "bc_seeds": bc_seeds,
+        "keep": keep,
+        "thinned": list(thin),
+        "pool_seed": 0,
+        "n": n,
+        "command": command,
+        "targets": rows,
+    }
 
 
 def stage_rrl(results: dict[str, Any], n: int) -> None:
@@ -289,7 +419,8 @@ def stage_rrl(results: dict[str, Any], n: int) -> None:
     results["rrl"] = {"pairs": rows}
 
 
-def write_markdown(results: dict[str, Any]) -> None:
+def write_markdown(results: dict[str, Any], out: Path = OUT) -> None:
+    """Render ``results`` as markdown at ``out`` + ``.md`` (one section per stage present)."""
     lines = [
         "# PEARL cross-task label transfer on Meta-World v3 (CPU)",
         "",
@@ -308,6 +439,8 @@ def write_markdown(results: dict[str, Any]) -> None:
             lines.append(f"| {pair} | " + " | ".join(f"{100 * v:.1f}" for v in row.values()) + " |")
         lines += ["| mean | " + " | ".join(f"{100 * v:.1f}" for v in dev["mean"].values()) + " |", ""]
         lines += [f"chosen α = {dev['alpha']} (then fixed for every evaluation pair)", ""]
+        if "copied_from" in dev:
+            lines += [f"(this development-pair result was copied from `{dev['copied_from']}`, not rerun)", ""]
     for key in sorted(k for k in results if k.startswith("transfer")):
         tr = results[key]
         methods = ["random", "nearest", "gw_exact", "gw_entropic", "shared_feature_bt", "mmpref_robust"]
@@ -390,8 +523,48 @@ def write_markdown(results: dict[str, Any]) -> None:
                 f"{100 * tl['reward_pair_accuracy_on_target_segments']:.0f} | {tr_['chosen_behaviours']} |"
             )
         lines.append("")
+    if "policy_scarce" in results:
+        lines += scarce_markdown(results["policy_scarce"], results.get("transfer", {}).get("alpha"))
     lines += NOTES
-    OUT.with_suffix(".md").write_text("\n".join(lines))
+    out.with_suffix(".md").write_text("\n".join(lines))
+
+
+def scarce_markdown(po: dict[str, Any], alpha: float | None) -> list[str]:
+    """Markdown section of the ``policy_scarce`` stage (same layout as the ``policy`` table, plus the baselines)."""
+
+    def cell(entry: dict[str, Any]) -> str:
+        return f"{100 * entry['success']:.0f} {[round(100 * v) for v in entry['success_per_bc_seed']]}"
+
+    from mmpref.control.transfer_data import BEHAVIOURS
+
+    some = next(iter(po["targets"].values()))
+    thinned = po["thinned"]
+    others = [b for b in BEHAVIOURS if b not in thinned]
+    lines = [
+        f"## Target policy from a scarce pool: filtered BC (top {po['top_fraction']:.0%} of the pool, "
+        f"{some['filtered_size']} of {some['pool_size']} trajectories), success % over {po['episodes']} episodes of "
+        f"200 steps, mean [per BC seed {po['bc_seeds']}]",
+        "",
+        f"Pool: the target's odd (unlabelled) trajectories with only {po['keep']} each of {', '.join(thinned)} kept "
+        f"(drawn with `numpy.random.default_rng({po['pool_seed']})`) and all of {', '.join(others)}. The rewards are "
+        f"the `policy` stage's (fitted on the same {po['n']} labelled target segments, which still come from all "
+        "odd trajectories); only the pool that BC selects from is thinned. Every column is cloned "
+        "with the same cloning (30 epochs, per BC seed); *random filter* clones a random subset of the filtered "
+        f"size (`default_rng(bc_seed)`). Transferred labels: fused GW with α = {alpha}. Run: `{po['command']}`.",
+        "",
+        "| target | pool (e0, e.3, e1, e2, late, early, rand) | 0 target labels (transferred) | true target labels "
+        "| BC on all of the pool | random filter | chosen transferred | chosen true | chosen random (per BC seed) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for target, row in po["targets"].items():
+        tr_, tl, rf = row["transferred"], row["true_labels"], row["random_filter"]
+        lines.append(
+            f"| {target} | {row['pool_behaviours']} | {cell(tr_)} | {cell(tl)} | {cell(row['bc_all'])} | {cell(rf)} "
+            f"| {tr_['chosen_behaviours']} | {tl['chosen_behaviours']} | "
+            + " ".join(str(c) for c in rf["chosen_behaviours_per_bc_seed"])
+            + " |"
+        )
+    return [*lines, ""]
 
 
 NOTES = [
@@ -432,6 +605,12 @@ def main() -> None:
     parser.add_argument("--top-fraction", type=float, default=0.2)
     parser.add_argument("--bc-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--data-seed", type=int, default=0, help="rollout seed of the transfer stage's data")
+    parser.add_argument("--scarce-keep", type=int, default=2, help="expert0 / expert0.3 trajectories kept (scarce)")
+    parser.add_argument(
+        "--scarce-thin", nargs="+", default=["expert0", "expert0.3"], help="behaviours thinned to --scarce-keep"
+    )
+    parser.add_argument("--scarce-top-fraction", type=float, default=0.05, help="filtered-BC fraction (scarce)")
+    parser.add_argument("--out", type=Path, default=OUT, help="results path without suffix (.json and .md)")
     args = parser.parse_args()
     import torch
 
@@ -440,16 +619,21 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for name in ("lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    json_path = OUT.with_suffix(".json")
+    json_path = args.out.with_suffix(".json")
     results = json.loads(json_path.read_text()) if json_path.exists() else {}
     results["machine"] = (
         f"2 vCPU AMD EPYC ({platform.platform()}), torch {torch.__version__}, CPU only, shared with other jobs; "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; {datetime.now(UTC).isoformat(timespec='seconds')}"
     )
-    results["command"] = (
-        "OMP_NUM_THREADS=1 MUJOCO_GL=egl .venv/bin/python scripts/bench_pearl.py "
-        "--stage dev transfer ablation timing policy"
-    )
+    invoked = "OMP_NUM_THREADS=1 MUJOCO_GL=egl .venv/bin/python scripts/bench_pearl.py " + shlex.join(sys.argv[1:])
+    if args.out == OUT:
+        results["command"] = (
+            "OMP_NUM_THREADS=1 MUJOCO_GL=egl .venv/bin/python scripts/bench_pearl.py "
+            "--stage dev transfer ablation timing policy"
+        )
+    else:  # a side run: the reproduce line lists every invocation that wrote into it, in order
+        earlier = [c for c in results.get("command", "").split("; ") if c]
+        results["command"] = "; ".join(dict.fromkeys([*earlier, invoked]))
     DATA_SEED[0] = args.data_seed
     stages = {
         "dev": lambda: stage_dev(results, args.n),
@@ -459,18 +643,30 @@ def main() -> None:
         "rrl": lambda: stage_rrl(results, args.n),
         "report": lambda: None,  # only rewrites the markdown from the JSON
         "policy": lambda: stage_policy(results, args.n, args.episodes, args.top_fraction, args.bc_seeds),
+        "policy_scarce": lambda: stage_policy_scarce(
+            results,
+            args.n,
+            args.episodes,
+            args.scarce_top_fraction,
+            args.bc_seeds,
+            args.scarce_keep,
+            args.scarce_thin,
+            invoked,
+        ),
     }
     for stage in args.stage:
         before = set(results)
         stages[stage]()
         produced = {k: results[k] for k in set(results) - before | {"machine", "command"}}
-        produced |= {k: results[k] for k in results if k.startswith(stage) or (stage == "dev" and k == "dev")}
+        # A stage owns the keys that start with its name (transfer → transfer_data_seed1), except other stages'
+        # own keys (policy must not re-emit a stale policy_scarce).
+        produced |= {k: results[k] for k in results if k.startswith(stage) and (k == stage or k not in stages)}
         # Merge into what is on disk now: another stage may have finished meanwhile in a second process.
         on_disk = json.loads(json_path.read_text()) if json_path.exists() else {}
         results = on_disk | produced
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(results, indent=1, default=float))
-        write_markdown(results)
+        write_markdown(results, args.out)
 
 
 if __name__ == "__main__":

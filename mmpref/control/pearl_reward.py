@@ -194,6 +194,20 @@ def reward_filtered_bc(
     scores = predicted_returns(system, x)
     keep = max(1, round(top_fraction * len(x)))
     chosen = np.argsort(-scores, kind="stable")[:keep]
+    return clone_trajectories(observations, actions, chosen, epochs, seed), chosen
+
+
+def clone_trajectories(
+    observations: np.ndarray, actions: np.ndarray, chosen: np.ndarray, epochs: int = 30, seed: int = 0
+) -> GaussianPolicy:
+    """Behaviour cloning on the trajectories ``chosen`` of ``[N, T, o]``, ``[N, T, a]``, as filtered BC does.
+
+    The cloning step of :func:`reward_filtered_bc` on its own, so that baselines (a random subset of the same size,
+    all trajectories) are cloned with exactly the same policy, epochs and seeds as the reward-filtered subset.
+    """
+    chosen = np.asarray(chosen)
+    if chosen.ndim != 1 or len(chosen) == 0:
+        raise ValueError(f"need a non-empty 1-D index array of trajectories, got shape {chosen.shape}")
     torch.manual_seed(seed)
     policy = GaussianPolicy(observations.shape[-1], actions.shape[-1])
     behaviour_cloning(
@@ -203,4 +217,4 @@ def reward_filtered_bc(
         epochs=epochs,
         seed=seed,
     )
-    return policy, chosen
+    return policy

@@ -10,6 +10,7 @@ from mmpref.control.pearl import label_matrix, transfer_accuracy
 from mmpref.control.pearl_reward import (
     GaussianRewardSystem,
     GaussianStepReward,
+    clone_trajectories,
     fit_gaussian_reward,
     predicted_returns,
     reward_filtered_bc,
@@ -62,6 +63,20 @@ def test_filtered_bc_keeps_the_trajectories_the_reward_ranks_highest():
     assert policy.act(obs[0, 0]).shape == (4,)
     with pytest.raises(ValueError, match="top_fraction"):
         reward_filtered_bc(system, obs, act, top_fraction=0.0)
+
+
+def test_clone_trajectories_matches_the_cloning_step_of_filtered_bc():
+    rng = np.random.default_rng(2)
+    obs = rng.normal(size=(6, 4, 39)).astype(np.float32)
+    act = rng.uniform(-1, 1, size=(6, 4, 4)).astype(np.float32)
+    torch.manual_seed(0)
+    system = GaussianRewardSystem(GaussianStepReward(43, hidden=8))
+    filtered, chosen = reward_filtered_bc(system, obs, act, top_fraction=0.5, epochs=2, seed=3)
+    cloned = clone_trajectories(obs, act, chosen, epochs=2, seed=3)
+    for a, b in zip(filtered.state_dict().values(), cloned.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # same subset, epochs and seed: the same policy
+    with pytest.raises(ValueError, match="non-empty"):
+        clone_trajectories(obs, act, np.array([], int))
 
 
 def test_bad_shapes_raise():
