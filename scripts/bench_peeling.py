@@ -107,12 +107,19 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path)
             f"| {r['bc_mean']['progress']:.2f} | {r['ft_mean']['progress']:.2f} | {r['reference_unchanged']} |"
         )
     if results:
-        lines += ["", "Mean over seeds (percentage points of change in brackets):", ""]
+        lines += [
+            "",
+            "Mean over seeds (change in brackets: percentage points for success and progress, relative for jerk):",
+            "",
+        ]
         for mode in ("sample", "mean"):
             for metric in ("success", "progress", "jerk"):
                 bc = np.mean([r[f"bc_{mode}"][metric] for r in results])
                 ft = np.mean([r[f"ft_{mode}"][metric] for r in results])
-                lines.append(f"- {mode}, {metric}: BC {bc:.3f} → BC + DPO {ft:.3f} ({100 * (ft - bc):+.1f})")
+                change = (
+                    f"{100 * (ft - bc) / max(bc, 1e-12):+.0f} %" if metric == "jerk" else f"{100 * (ft - bc):+.1f}"
+                )
+                lines.append(f"- {mode}, {metric}: BC {bc:.3f} → BC + DPO {ft:.3f} ({change})")
         lines += ["", "Finetuning rounds (success of the on-policy rollouts per round):", ""]
         for r in results:
             lines.append(f"- seed {r['seed']}: " + " ".join(f"{s:.2f}" for s in r["finetune_log"]["success"]))
@@ -147,7 +154,7 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--loss", default="bradley_terry", help="core loss: pairwise, or listwise over each group")
-    parser.add_argument("--explore-temperature", type=float, default=1.0, help="σ multiplier of the rollouts")
+    parser.add_argument("--explore-temperature", type=float, default=0.5, help="σ multiplier of the rollouts")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--nll-weight", type=float, default=1.0)

@@ -70,7 +70,8 @@ class PeelingConfig:
         beta: DPO β.
         loss: the core loss of stage 2: pairwise (``bradley_terry`` ...: best-vs-worst pairs of each group) or
             listwise (``plackett_luce`` ...: each group's whole ranking).
-        explore_temperature: σ multiplier of the finetuning rollouts (1: the policy's own samples).
+        explore_temperature: σ multiplier of the finetuning rollouts (1: the policy's own samples; 0.5 measured better
+            on push-v3, `docs/benchmarks/bench_peeling_variants_cpu.md`).
         lr: finetuning learning rate.
         epochs: passes per round.
         nll_weight: weight of the winners' NLL (RPO).
@@ -101,7 +102,7 @@ class PeelingConfig:
     group_size: int = 8
     beta: float = 0.1
     loss: LossName = "bradley_terry"
-    explore_temperature: float = 1.0
+    explore_temperature: float = 0.5
     lr: float = 1e-4
     epochs: int = 4
     nll_weight: float = 1.0
