@@ -120,6 +120,15 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path)
                     f"{100 * (ft - bc) / max(bc, 1e-12):+.0f} %" if metric == "jerk" else f"{100 * (ft - bc):+.1f}"
                 )
                 lines.append(f"- {mode}, {metric}: BC {bc:.3f} → BC + DPO {ft:.3f} ({change})")
+        if all("bc_tempered_sample" in r for r in results):
+            temperature = meta["args"].get("explore_temperature")
+            for metric in ("success", "progress"):
+                bc = np.mean([r["bc_tempered_sample"][metric] for r in results])
+                ft = np.mean([r["ft_sample"][metric] for r in results])
+                lines.append(
+                    f"- sample, {metric}, against BC sampled at the exploration temperature ({temperature}; no "
+                    f"finetuning): BC {bc:.3f} → BC + DPO {ft:.3f} ({100 * (ft - bc):+.1f})"
+                )
         lines += ["", "Finetuning rounds (success of the on-policy rollouts per round):", ""]
         for r in results:
             lines.append(f"- seed {r['seed']}: " + " ".join(f"{s:.2f}" for s in r["finetune_log"]["success"]))

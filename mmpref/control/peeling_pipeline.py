@@ -145,14 +145,20 @@ class PeelingConfig:
 
 
 def evaluate_policy(
-    policy: GaussianPolicy, task: str, seed: int, episodes: int, max_steps: int, deterministic: bool
+    policy: GaussianPolicy,
+    task: str,
+    seed: int,
+    episodes: int,
+    max_steps: int,
+    deterministic: bool,
+    temperature: float = 1.0,
 ) -> dict[str, float]:
     """Success rate, mean final progress and jerk over ``episodes`` goals of a fresh env seeded ``seed``.
 
-    A fresh env per call gives every policy the same goal sequence.
+    A fresh env per call gives every policy the same goal sequence; ``temperature`` scales σ of sampled actions.
     """
     env = make_env(task, seed=seed, goal_variation=True)
-    act = policy.numpy_policy(deterministic=deterministic, seed=seed)
+    act = policy.numpy_policy(deterministic=deterministic, seed=seed, temperature=temperature)
     results = [outcome(rollout(env, act, max_steps=max_steps)) for _ in range(episodes)]
     return {
         "success": float(np.mean([r.success for r in results])),
@@ -267,6 +273,16 @@ def stage_two(
     for mode, det in (("sample", False), ("mean", True)):
         results[f"ft_{mode}"] = evaluate_policy(
             policy, config.task, 30_000 + config.seed, config.eval_episodes, config.max_steps, det
+        )
+    if config.explore_temperature != 1.0:  # the baseline that finetuning at a lower σ must beat: BC sampled there
+        results["bc_tempered_sample"] = evaluate_policy(
+            reference,
+            config.task,
+            30_000 + config.seed,
+            config.eval_episodes,
+            config.max_steps,
+            False,
+            config.explore_temperature,
         )
     return results
 
