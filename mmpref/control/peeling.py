@@ -315,7 +315,8 @@ class FinetuneConfig:
             whole ranking, :func:`group_dpo_loss`).
         lr: Adam learning rate.
         epochs: passes over a round's pairs.
-        min_gap: keep a pair only if the reward-model scores differ by at least this much.
+        min_gap: keep a pair only if the reward-model scores differ by at least this much (listwise: keep a group
+            only if its scores spread at least this much).
         nll_weight: weight α of the winners' mean per-step negative log-likelihood added to the DPO loss (RPO,
             Pang et al. 2024, eq. 1): DPO alone may lower the winners' likelihood along with the losers', which for
             a Gaussian policy shows up as a growing σ.
