@@ -313,7 +313,10 @@ def run_peeling(argv: Sequence[str]) -> int:
         json.dump(summary, handle, indent=1)
     bc, ft = results["bc_mean"]["success"], results["ft_mean"]["success"]
     bc_sample, ft_sample = results["bc_sample"]["success"], results["ft_sample"]["success"]
+    tempered = results.get("bc_tempered_sample")
+    baseline = f" (BC sampled at {config.explore_temperature}·σ: {tempered['success']:.2f})" if tempered else ""
     print(
-        f"success (mean action) BC {bc:.2f} -> finetuned {ft:.2f}; sampled {bc_sample:.2f} -> {ft_sample:.2f}; {out}"
+        f"success (mean action) BC {bc:.2f} -> finetuned {ft:.2f}; sampled {bc_sample:.2f} -> {ft_sample:.2f}"
+        f"{baseline}; {out}"
     )
     return 0
