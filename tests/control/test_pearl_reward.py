@@ -51,12 +51,17 @@ def test_sample_pairs_never_pairs_a_segment_with_itself():
         sample_pairs(np.zeros((1, 1)), 3, np.random.default_rng(0))
 
 
-def test_filtered_bc_keeps_the_trajectories_the_reward_ranks_highest():
-    rng = np.random.default_rng(1)
-    obs = rng.normal(size=(10, 4, 39)).astype(np.float32)
-    act = rng.uniform(-1, 1, size=(10, 4, 4)).astype(np.float32)
+def _trajectories_and_reward(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, GaussianRewardSystem]:
+    """n random 4-step trajectories (observations, actions) and an untrained Gaussian reward over them."""
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(size=(n, 4, 39)).astype(np.float32)
+    act = rng.uniform(-1, 1, size=(n, 4, 4)).astype(np.float32)
     torch.manual_seed(0)
-    system = GaussianRewardSystem(GaussianStepReward(43, hidden=8))
+    return obs, act, GaussianRewardSystem(GaussianStepReward(43, hidden=8))
+
+
+def test_filtered_bc_keeps_the_trajectories_the_reward_ranks_highest():
+    obs, act, system = _trajectories_and_reward(10, seed=1)
     policy, chosen = reward_filtered_bc(system, obs, act, top_fraction=0.3, epochs=1)
     scores = predicted_returns(system, np.concatenate([obs, act], -1))
     assert sorted(chosen.tolist()) == sorted(np.argsort(-scores)[:3].tolist())
@@ -66,11 +71,7 @@ def test_filtered_bc_keeps_the_trajectories_the_reward_ranks_highest():
 
 
 def test_clone_trajectories_matches_the_cloning_step_of_filtered_bc():
-    rng = np.random.default_rng(2)
-    obs = rng.normal(size=(6, 4, 39)).astype(np.float32)
-    act = rng.uniform(-1, 1, size=(6, 4, 4)).astype(np.float32)
-    torch.manual_seed(0)
-    system = GaussianRewardSystem(GaussianStepReward(43, hidden=8))
+    obs, act, system = _trajectories_and_reward(6, seed=2)
     filtered, chosen = reward_filtered_bc(system, obs, act, top_fraction=0.5, epochs=2, seed=3)
     cloned = clone_trajectories(obs, act, chosen, epochs=2, seed=3)
     for a, b in zip(filtered.state_dict().values(), cloned.state_dict().values(), strict=True):

@@ -269,24 +269,33 @@ class _TargetEnv(gym.Env):
         return np.zeros(39, np.float32), reward, False, self.t >= 5, {"success": float(reward > -0.05)}
 
 
+TARGET = np.array([0.5, -0.5, 0.5, -0.5], np.float32)
+
+
+def _true_returns(group) -> np.ndarray:
+    """The toy ranker: each rollout's true return."""
+    return np.array([e.rewards.sum() for e in group])
+
+
+def _mean_action_error(policy: GaussianPolicy) -> float:
+    """Σ_i |μ_i − target_i| of the mean action at the toy's (constant) observation; 2.0 for a mean of 0."""
+    return float(np.abs(policy.act(np.zeros((1, 39), np.float32), deterministic=True)[0] - TARGET).sum())
+
+
 def test_preference_finetuning_moves_the_policy_toward_what_the_ranker_prefers():
     """Reference: mean 0, σ ≈ 0.37; the ranker prefers actions near (0.5, −0.5, 0.5, −0.5). DPO must move the mean
-    most of the way there (staying at 0 errs by Σ|target| = 2.0) and leave the reference as it was."""
+    most of the way there (staying at 0 errs by Σ|TARGET| = 2.0) and leave the reference as it was."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    target = np.array([0.5, -0.5, 0.5, -0.5], np.float32)
     policy = GaussianPolicy(obs_dim=39, act_dim=4, hidden=16, squash="clip")
     with torch.no_grad():
         policy.head.weight.zero_()
         policy.head.bias.zero_()  # mean 0, log σ halfway between its bounds
     reference = frozen_copy(policy)
-    envs = [_TargetEnv(target) for _ in range(4)]
+    envs = [_TargetEnv(TARGET) for _ in range(4)]
     config = FinetuneConfig(iterations=25, groups=4, group_size=8, max_steps=5, beta=0.5, lr=3e-3, epochs=4)
-    log = preference_finetune(
-        policy, reference, envs, lambda group: np.array([e.rewards.sum() for e in group]), config
-    )
-    mean_action = policy.act(np.zeros((1, 39), np.float32), deterministic=True)[0]
-    assert np.abs(mean_action - target).sum() < 0.8  # measured 0.59
+    log = preference_finetune(policy, reference, envs, _true_returns, config)
+    assert _mean_action_error(policy) < 0.8  # measured 0.59
     assert np.abs(reference.act(np.zeros((1, 39), np.float32), deterministic=True)).max() == 0.0
     assert log.reward[-1] > log.reward[0] and len(log.pairs) == 25
 
@@ -294,9 +303,8 @@ def test_preference_finetuning_moves_the_policy_toward_what_the_ranker_prefers()
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
 def test_listwise_finetuning_moves_the_policy_toward_what_the_ranker_prefers(temperature):
     """The known-answer toy above with Plackett-Luce over whole groups of 8 (and with rollouts at half σ): the mean
-    action must get most of the way to the target (staying at 0 errs by 2.0)."""
+    action must get most of the way to TARGET (staying at 0 errs by 2.0)."""
     torch.set_num_threads(1)
-    target = np.array([0.5, -0.5, 0.5, -0.5], np.float32)
     policy = _toy_policy()
     reference = frozen_copy(policy)
     config = FinetuneConfig(
@@ -310,26 +318,22 @@ def test_listwise_finetuning_moves_the_policy_toward_what_the_ranker_prefers(tem
         loss="plackett_luce",
         explore_temperature=temperature,
     )
-    envs = [_TargetEnv(target) for _ in range(4)]
-    log = preference_finetune(
-        policy, reference, envs, lambda group: np.array([e.rewards.sum() for e in group]), config
-    )
-    mean_action = policy.act(np.zeros((1, 39), np.float32), deterministic=True)[0]
-    assert np.abs(mean_action - target).sum() < 0.8
+    envs = [_TargetEnv(TARGET) for _ in range(4)]
+    log = preference_finetune(policy, reference, envs, _true_returns, config)
+    assert _mean_action_error(policy) < 0.8
     assert log.pairs[0] == 4 * 28 and log.reward[-1] > log.reward[0]
 
 
 def test_ranked_demonstrations_alone_move_the_policy_toward_the_better_ones():
     """The ranker sees nothing in the on-policy groups (every rollout scores 0, so no pair forms); only the offline
-    demonstration term acts. Demonstrations act at +target (good) or −target (bad) with noise; the reward ranks
-    them by the toy's true return. The mean action must move most of the way to +target (start: error 2.0)."""
+    demonstration term acts. Demonstrations act at +TARGET (good) or −TARGET (bad) with noise; the reward ranks
+    them by the toy's true return. The mean action must move most of the way to +TARGET (start: error 2.0)."""
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
-    target = np.array([0.5, -0.5, 0.5, -0.5], np.float32)
     demos = []
     for k in range(16):
-        actions = np.clip((1 if k % 2 else -1) * target + rng.normal(0, 0.2, (5, 4)), -1, 1).astype(np.float32)
-        rewards = -((actions - target) ** 2).sum(-1).astype(np.float32)
+        actions = np.clip((1 if k % 2 else -1) * TARGET + rng.normal(0, 0.2, (5, 4)), -1, 1).astype(np.float32)
+        rewards = -((actions - TARGET) ** 2).sum(-1).astype(np.float32)
         obs = np.zeros((5, 39), np.float32)
         demos.append(Episode(obs, actions, rewards, obs, np.zeros(5, np.float32), source="demo"))
 
@@ -349,12 +353,11 @@ def test_ranked_demonstrations_alone_move_the_policy_toward_the_better_ones():
         nll_weight=1.0,
         demo_weight=1.0,
     )
-    log = preference_finetune(policy, reference, [_TargetEnv(target)] * 2, reward, config, demonstrations=demos)
-    mean_action = policy.act(np.zeros((1, 39), np.float32), deterministic=True)[0]
-    assert np.abs(mean_action - target).sum() < 0.8
+    log = preference_finetune(policy, reference, [_TargetEnv(TARGET)] * 2, reward, config, demonstrations=demos)
+    assert _mean_action_error(policy) < 0.8
     assert log.demo_comparisons == 8 and set(log.pairs) == {0}
     with pytest.raises(ValueError, match="demonstrations"):
-        preference_finetune(policy, reference, [_TargetEnv(target)] * 2, reward, config)
+        preference_finetune(policy, reference, [_TargetEnv(TARGET)] * 2, reward, config)
     with pytest.raises(ValueError, match="demo_weight"):
         FinetuneConfig(demo_weight=-1.0)
 
@@ -381,32 +384,32 @@ def _toy_policy() -> GaussianPolicy:
 
 
 def test_select_best_keeps_the_round_the_validation_envs_score_highest():
-    """Training rollouts reward actions near +target, the validation envs near −target: every DPO round makes the
+    """Training rollouts reward actions near +TARGET, the validation envs near −TARGET: every DPO round makes the
     policy worse on validation, so the kept round must be 0 and the weights exactly BC's; with the validation envs
-    rewarding +target too, the kept round is the argmax of the logged validation scores and the final weights score
+    rewarding +TARGET too, the kept round is the argmax of the logged validation scores and the final weights score
     exactly that."""
     torch.set_num_threads(1)
-    target = np.array([0.5, -0.5, 0.5, -0.5], np.float32)
     config = FinetuneConfig(
         iterations=6, groups=4, group_size=8, max_steps=5, beta=0.5, lr=3e-3, epochs=4, select_best=True
     )
-    returns = lambda group: np.array([e.rewards.sum() for e in group])  # noqa: E731
 
     policy = _toy_policy()
     before = {k: v.clone() for k, v in policy.state_dict().items()}
-    envs = [_TargetEnv(target) for _ in range(4)]
-    log = preference_finetune(policy, frozen_copy(policy), envs, returns, config, validation=[_TargetEnv(-target)])
+    envs = [_TargetEnv(TARGET) for _ in range(4)]
+    log = preference_finetune(
+        policy, frozen_copy(policy), envs, _true_returns, config, validation=[_TargetEnv(-TARGET)]
+    )
     assert log.kept_round == 0 and len(log.validation) == 7
     assert max(log.validation[1:]) < log.validation[0]
     for key, value in policy.state_dict().items():
         torch.testing.assert_close(value, before[key], rtol=0, atol=0)
 
     policy = _toy_policy()
-    validation = [_TargetEnv(target)]
-    log = preference_finetune(policy, frozen_copy(policy), envs, returns, config, validation=validation)
+    validation = [_TargetEnv(TARGET)]
+    log = preference_finetune(policy, frozen_copy(policy), envs, _true_returns, config, validation=validation)
     assert log.kept_round == int(np.argmax(log.validation)) and log.kept_round > 0
     from mmpref.control.peeling import validation_score
 
-    assert validation_score(policy, validation, returns, 5) == pytest.approx(max(log.validation), abs=1e-6)
+    assert validation_score(policy, validation, _true_returns, 5) == pytest.approx(max(log.validation), abs=1e-6)
     with pytest.raises(ValueError, match="validation"):
-        preference_finetune(policy, frozen_copy(policy), envs, returns, config)
+        preference_finetune(policy, frozen_copy(policy), envs, _true_returns, config)
