@@ -354,7 +354,7 @@ def stage_policy_scarce(
         row: dict[str, Any] = filtered_bc_rows(
             target, n, t, data, pool, top_fraction, bc_seeds, success, "policy_scarce"
         )
-        size = max(1, round(top_fraction * len(pool)))  # as reward_filtered_bc
+        size = sum(row["transferred"]["chosen_behaviours"])  # the filtered subset's size, as reward_filtered_bc chose
         obs, act = data.observations[pool], data.actions[pool]
         start = time.perf_counter()
         picks = [np.random.default_rng(s).choice(len(pool), size, replace=False) for s in bc_seeds]
@@ -605,7 +605,7 @@ def main() -> None:
     parser.add_argument("--top-fraction", type=float, default=0.2)
     parser.add_argument("--bc-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--data-seed", type=int, default=0, help="rollout seed of the transfer stage's data")
-    parser.add_argument("--scarce-keep", type=int, default=2, help="expert0 / expert0.3 trajectories kept (scarce)")
+    parser.add_argument("--scarce-keep", type=int, default=2, help="trajectories kept of each --scarce-thin behaviour")
     parser.add_argument(
         "--scarce-thin", nargs="+", default=["expert0", "expert0.3"], help="behaviours thinned to --scarce-keep"
     )
