@@ -68,7 +68,8 @@ def run_seed(job: dict[str, Any]) -> dict[str, Any]:
             save_policy(policy, cache / "bc.safetensors")
             torch.save(reward.state_dict(), cache / "reward.pt")
             (cache / "results.json").write_text(json.dumps({**results, "timings": timings}))
-    results |= stage_two(config, policy, reward, pool, demos)
+    finetuned, policy = stage_two(config, policy, reward, pool, demos)
+    results |= finetuned
     timings["finetune_s"] = results.pop("finetune_s")
     if job.get("save_dir"):
         save_policy(policy, Path(job["save_dir"]) / f"peeling_{config.task}_seed{config.seed}.safetensors")
@@ -168,6 +169,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--nll-weight", type=float, default=1.0)
     parser.add_argument("--demo-weight", type=float, default=0.0, help="offline term on the ranked demonstrations")
+    parser.add_argument("--residual-hidden", type=int, default=0, help="> 0: train a residual MLP on frozen BC")
+    parser.add_argument("--windows", type=int, default=1, help="rank rollouts window by window (1: whole)")
     parser.add_argument("--validation", type=int, default=0, help="fixed-goal envs scoring each round")
     parser.add_argument("--select-best", action="store_true", help="keep the round the fused reward scores best")
     parser.add_argument("--eval-episodes", type=int, default=30)

@@ -133,11 +133,15 @@ class FusedTrajectoryScorer(nn.Module):
         self.metric_weight = nn.Parameter(torch.tensor(float(metric_weight)))
         self.in_features = obs_dim + act_dim + 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[..., T, o + a + 1]`` → ``[...]``."""
+    def step_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-step terms w·m_t + r̂(s_t, a_t)/T, ``[..., T, o + a + 1]`` → ``[..., T]`` (they sum to s(τ))."""
         if x.shape[-1] != self.in_features:
             raise ValueError(f"features must end in size {self.in_features} (obs, action, metric), got {x.shape}")
-        return self.metric_weight * x[..., -1].sum(-1) + self.step_reward(x[..., :-1]).mean(-1)
+        return self.metric_weight * x[..., -1] + self.step_reward(x[..., :-1]) / x.shape[-2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., T, o + a + 1]`` → ``[...]``."""
+        return self.step_scores(x).sum(-1)
 
 
 def trajectory_features(episodes: Sequence[Episode], smoothness: float = 0.0) -> np.ndarray:
@@ -204,10 +208,44 @@ def fit_fused_reward(
     return system
 
 
-def score_trajectories(system: RewardModelSystem, episodes: Sequence[Episode], smoothness: float = 0.0) -> np.ndarray:
-    """The fused reward of each trajectory, ``[N]``."""
+def window_edges(length: int, windows: int) -> np.ndarray:
+    """Boundaries of ``windows`` consecutive near-equal windows of ``length`` steps, ``[windows + 1]``."""
+    if not 1 <= windows <= length:
+        raise ValueError(f"need 1 <= windows <= trajectory length {length}, got windows={windows}")
+    return np.linspace(0, length, windows + 1).round().astype(int)
+
+
+def window_episodes(episode: Episode, windows: int) -> list[Episode]:
+    """An episode cut into ``windows`` consecutive windows (the boundaries of :func:`window_edges`)."""
+    edges = window_edges(len(episode), windows)
+    return [
+        Episode(
+            episode.observations[a:b],
+            episode.actions[a:b],
+            episode.rewards[a:b],
+            episode.next_observations[a:b],
+            episode.success[a:b],
+            episode.source,
+        )
+        for a, b in zip(edges[:-1], edges[1:], strict=True)
+    ]
+
+
+def score_trajectories(
+    system: RewardModelSystem, episodes: Sequence[Episode], smoothness: float = 0.0, windows: int = 1
+) -> np.ndarray:
+    """The fused reward of each trajectory, ``[N]``; with ``windows`` > 1 each window's share, ``[N, windows]``.
+
+    A window's share is the sum of the scorer's per-step terms over its steps
+    (:meth:`FusedTrajectoryScorer.step_scores`), so the shares of a trajectory add up to its score.
+    """
+    features = torch.from_numpy(trajectory_features(episodes, smoothness))
     with torch.no_grad():
-        return system(torch.from_numpy(trajectory_features(episodes, smoothness))).numpy()
+        if windows == 1:
+            return system(features).numpy()
+        steps = system.scorer.step_scores(features).numpy()
+    edges = window_edges(steps.shape[-1], windows)
+    return np.stack([steps[:, a:b].sum(-1) for a, b in zip(edges[:-1], edges[1:], strict=True)], -1)
 
 
 # --- trajectory DPO ------------------------------------------------------------------------------------------------
@@ -294,8 +332,8 @@ def group_dpo_loss(
 
 
 def frozen_copy(policy: GaussianPolicy) -> GaussianPolicy:
-    """A detached copy of ``policy`` with gradients off, for the DPO reference."""
-    reference = GaussianPolicy(**policy.config)
+    """A detached copy of ``policy`` (same class) with gradients off, for the DPO reference."""
+    reference = type(policy)(**policy.config)
     reference.load_state_dict(policy.state_dict())
     reference.requires_grad_(False)
     return reference.eval()
@@ -330,6 +368,10 @@ class FinetuneConfig:
             listwise one; with the same NLL term). The demonstrations come from different start states, so their
             pairs are cruder than the on-policy groups; they pull the policy toward the better demonstrations it
             was cloned from. 0: off.
+        windows: cut every rollout into this many consecutive windows and rank the windows at the same time of one
+            group's rollouts by their share of the reward model's score (the reward callable then returns
+            ``[N, windows]``, :func:`score_trajectories`); each pair or list is then a window of the rollouts, so the
+            preference lands on the part of a rollout that earned it instead of all 150 steps. 1: whole rollouts.
         seed: seeds the choice of start states and the rollouts.
     """
 
@@ -346,6 +388,7 @@ class FinetuneConfig:
     select_best: bool = False
     explore_temperature: float = 1.0
     demo_weight: float = 0.0
+    windows: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -354,6 +397,8 @@ class FinetuneConfig:
             raise ValueError(f"explore_temperature must be > 0, got {self.explore_temperature}")
         if self.demo_weight < 0:
             raise ValueError(f"demo_weight must be >= 0, got {self.demo_weight}")
+        if not 1 <= self.windows <= self.max_steps:
+            raise ValueError(f"windows must lie in [1, max_steps={self.max_steps}], got {self.windows}")
 
 
 @dataclass
@@ -383,7 +428,42 @@ def validation_score(
 ) -> float:
     """Mean reward-model score of one mean-action rollout from each (fixed-goal) validation environment."""
     act = policy.numpy_policy(deterministic=True)
-    return float(np.mean(reward([rollout(env, act, max_steps=max_steps) for env in envs])))
+    return float(np.mean(trajectory_totals(reward([rollout(env, act, max_steps=max_steps) for env in envs]))))
+
+
+def trajectory_totals(scores: np.ndarray) -> np.ndarray:
+    """Per-trajectory scores ``[N]`` from a reward's output, ``[N]`` or per window ``[N, W]`` (summed)."""
+    scores = np.asarray(scores, np.float64)
+    return scores.sum(-1) if scores.ndim == 2 else scores
+
+
+def ranked_scores(
+    reward: Callable[[Sequence[Episode]], np.ndarray], episodes: Sequence[Episode], windows: int
+) -> np.ndarray:
+    """``reward(episodes)`` checked to be ``[N]`` (``windows`` = 1) or ``[N, windows]``."""
+    scores = np.asarray(reward(episodes), np.float64)
+    expected = (len(episodes),) if windows == 1 else (len(episodes), windows)
+    if scores.shape != expected:
+        raise ValueError(
+            f"the reward returned scores of shape {scores.shape} for {len(episodes)} trajectories and windows="
+            f"{windows}; expected {expected} (score_trajectories(..., windows={windows}) gives that)"
+        )
+    return scores
+
+
+def by_window(groups: Sequence[tuple[Sequence[Episode], np.ndarray]]) -> list[tuple[list[Episode], np.ndarray]]:
+    """Groups with per-window scores ``[K, W]`` → W groups of windows each (window w of every rollout, scores[:, w]).
+
+    Groups with one score per rollout ``[K]`` pass through unchanged.
+    """
+    out: list[tuple[list[Episode], np.ndarray]] = []
+    for group, scores in groups:
+        if scores.ndim == 1:
+            out.append((list(group), scores))
+            continue
+        cut = [window_episodes(e, scores.shape[1]) for e in group]
+        out += [([c[w] for c in cut], scores[:, w]) for w in range(scores.shape[1])]
+    return out
 
 
 def finetune_loss(
@@ -434,7 +514,9 @@ def round_objective(
         ``(loss(policy, reference) → scalar, comparisons)``; the loss is ``None`` when no group yields a
         comparison. A pairwise loss compares best with worst, second best with second worst ... (gap ≥
         ``min_gap``); a listwise loss uses every group whole (comparisons: its ordered pairs of unequal score).
+        Scores ``[K, W]`` rank each window separately (:func:`by_window`).
     """
+    groups = by_window(groups)
     if is_listwise(config.loss):
         kept = [(g, s) for g, s in groups if np.ptp(s) > 0 and np.ptp(s) >= config.min_gap]
         if not kept:
@@ -495,14 +577,16 @@ def preference_finetune(
     if config.group_size < 2:
         raise ValueError(f"group_size must be >= 2 to form pairs, got {config.group_size}")
     rng = np.random.default_rng(config.seed)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
+    # a residual policy's frozen base has no gradient: only what trains is handed to Adam
+    optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=config.lr)
     log = FinetuneLog()
     demo_objective = None
     if config.demo_weight > 0:
         if len(demonstrations) < 2:
             raise ValueError(f"demo_weight > 0 needs >= 2 demonstrations, got {len(demonstrations)}")
         demos = list(demonstrations)
-        demo_objective, log.demo_comparisons = round_objective([(demos, np.asarray(reward(demos)))], config)
+        demo_scores = ranked_scores(reward, demos, config.windows)
+        demo_objective, log.demo_comparisons = round_objective([(demos, demo_scores)], config)
     best_state = None
     if validation:
         log.validation.append(validation_score(policy, validation, reward, config.max_steps))
@@ -514,8 +598,8 @@ def preference_finetune(
                 deterministic=False, seed=int(rng.integers(2**31)), temperature=config.explore_temperature
             )
             group = [rollout(envs[g], act, max_steps=config.max_steps) for _ in range(config.group_size)]
-            groups.append((group, np.asarray(reward(group), np.float64)))
-        rewards = [scores.mean() for _, scores in groups]
+            groups.append((group, ranked_scores(reward, group, config.windows)))
+        rewards = [trajectory_totals(scores).mean() for _, scores in groups]
         successes = [e.succeeded for group, _ in groups for e in group]
         objective, comparisons = round_objective(groups, config)
         last = float("nan")

@@ -34,7 +34,7 @@ from mmpref.control.peeling import (
     preference_finetune,
     score_trajectories,
 )
-from mmpref.control.policies import GaussianPolicy, Squash, behaviour_cloning, save_policy
+from mmpref.control.policies import GaussianPolicy, ResidualPolicy, Squash, behaviour_cloning, save_policy
 from mmpref.control.robomimic_io import read_robomimic, write_robomimic
 from mmpref.control.segments import Episode, rollout
 from mmpref.control.teachers import RatingTeacher
@@ -76,6 +76,10 @@ class PeelingConfig:
         epochs: passes per round.
         nll_weight: weight of the winners' NLL (RPO).
         demo_weight: weight of the offline term on the demonstrations ranked by the fused reward (0: off).
+        residual_hidden: 0 finetunes the whole BC policy; > 0 freezes it and trains a residual MLP of this width on
+            top (:class:`~mmpref.control.policies.ResidualPolicy`), starting exactly at BC.
+        windows: rank and pair the rollouts of a group window by window (this many consecutive windows, each scored
+            by its share of the fused reward; 1: whole rollouts).
         validation: fixed-goal validation environments (goals differ from the training pool's and the
             evaluation's) on which each round's mean-action policy is scored by the fused reward (0: none).
         select_best: keep the round (BC = round 0) that scores best there instead of the last one.
@@ -107,6 +111,8 @@ class PeelingConfig:
     epochs: int = 4
     nll_weight: float = 1.0
     demo_weight: float = 0.0
+    windows: int = 1
+    residual_hidden: int = 0
     validation: int = 0
     select_best: bool = False
     eval_episodes: int = 30
@@ -117,6 +123,8 @@ class PeelingConfig:
         for name in ("demos", "max_steps", "bc_epochs", "pool", "reward_epochs", "iterations", "eval_episodes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.residual_hidden < 0:
+            raise ValueError(f"residual_hidden must be >= 0 (0: finetune BC itself), got {self.residual_hidden}")
         if self.rated < 8:
             raise ValueError(f"rated must be >= 8 (the fused reward trains on lists of 8), got {self.rated}")
         if self.select_best and self.validation < 1:
@@ -140,6 +148,7 @@ class PeelingConfig:
             nll_weight=self.nll_weight,
             select_best=self.select_best,
             demo_weight=self.demo_weight,
+            windows=self.windows,
             seed=self.seed,
         )
 
@@ -253,16 +262,23 @@ def stage_two(
     reward: RewardModelSystem,
     pool: Sequence[gym.Env],
     demonstrations: Sequence[Episode] = (),
-) -> dict[str, Any]:
-    """Finetune ``policy`` in place against a frozen copy of itself; evaluate it; check the reference stayed put."""
+) -> tuple[dict[str, Any], GaussianPolicy]:
+    """Finetune against a frozen copy of the BC ``policy``; evaluate; check the reference stayed put.
+
+    Returns:
+        The results and the finetuned policy: ``policy`` itself, changed in place, or with ``residual_hidden`` > 0
+        a new :class:`~mmpref.control.policies.ResidualPolicy` on a frozen copy of it (``policy`` unchanged).
+    """
     reference = frozen_copy(policy)
+    if config.residual_hidden > 0:
+        policy = ResidualPolicy.on(policy, config.residual_hidden)
     reference_state = {k: v.clone() for k, v in reference.state_dict().items()}
     start = time.perf_counter()
     log = preference_finetune(
         policy,
         reference,
         pool,
-        lambda group: score_trajectories(reward, group, config.smoothness),
+        lambda group: score_trajectories(reward, group, config.smoothness, config.windows),
         config.finetune(),
         validation=validation_pool(config),
         demonstrations=demonstrations,
@@ -284,7 +300,7 @@ def stage_two(
             False,
             config.explore_temperature,
         )
-    return results
+    return results, policy
 
 
 def run_peeling(argv: Sequence[str]) -> int:
@@ -306,7 +322,8 @@ def run_peeling(argv: Sequence[str]) -> int:
     pool = training_pool(config)
     policy, reward, results, timings, demos = stage_one(config, pool, out / "demos.hdf5")
     save_policy(policy, out / "bc_policy.safetensors")
-    results |= stage_two(config, policy, reward, pool, demos)
+    finetuned, policy = stage_two(config, policy, reward, pool, demos)
+    results |= finetuned
     save_policy(policy, out / "finetuned_policy.safetensors")
     summary = {"config": asdict(config), "results": results, "timings": timings}
     with atomic_write(out / "summary.json", "w") as handle:

@@ -109,11 +109,14 @@ class GaussianPolicy(nn.Module):
         if x.shape[-1] != size:
             raise ValueError(f"{name} must end in size {size}, got shape {tuple(x.shape)}")
 
+    def raw(self, obs: torch.Tensor) -> torch.Tensor:
+        """The network's output ``[..., 2·act_dim]``: μ(s) and the unbounded log σ(s) before its squash."""
+        return self.head(self.trunk((obs - self.obs_mean) / self.obs_std))
+
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean μ(s) and log σ(s) of the (pre-squash) Gaussian, each ``[..., act_dim]``, for ``obs`` ``[..., o]``."""
         self._check("obs", obs, self.obs_dim)
-        out = self.head(self.trunk((obs - self.obs_mean) / self.obs_std))
-        mean, log_std = out.chunk(2, dim=-1)
+        mean, log_std = self.raw(obs).chunk(2, dim=-1)
         # a smooth squash into [min, max] keeps gradients alive at the bounds (hard clamping would zero them)
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1)
         return mean, log_std
@@ -190,19 +193,82 @@ class GaussianPolicy(nn.Module):
         return policy
 
 
+class ResidualPolicy(GaussianPolicy):
+    r"""A residual policy on a frozen base: the base's output plus a small trainable MLP's.
+
+    .. math:: [\mu(s), \tilde\sigma(s)] = f_{\mathrm{base}}(s) + g_\phi(s)
+
+    where f_base (this class's ``trunk`` and ``head``) is the frozen BC network and g_φ (``residual``) is trained; μ
+    is the pre-squash mean and σ̃ the unbounded log σ (squashed into [``log_std_min``, ``log_std_max``] as in
+    :class:`GaussianPolicy`). g_φ's last layer starts at zero, so the policy starts as the base exactly, and the
+    base's weights and normaliser never change (the residual policy of peeling-style finetuning: the preference stage
+    corrects the imitation policy instead of rewriting it).
+
+    Args:
+        residual_hidden: width of g_φ's hidden layers.
+        residual_layers: number of them.
+        config: the base's constructor arguments (:attr:`GaussianPolicy.config`).
+    """
+
+    def __init__(self, residual_hidden: int = 64, residual_layers: int = 2, **config: Any):
+        super().__init__(**config)
+        if residual_hidden < 1 or residual_layers < 1:
+            raise ValueError(
+                f"residual_hidden and residual_layers must be >= 1, got {residual_hidden} and {residual_layers}"
+            )
+        self.config |= {"residual_hidden": residual_hidden, "residual_layers": residual_layers}
+        self.trunk.requires_grad_(False)
+        self.head.requires_grad_(False)
+        last = nn.Linear(residual_hidden, 2 * self.act_dim)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.residual = nn.Sequential(*mlp_blocks(self.obs_dim, [residual_hidden] * residual_layers, nn.ReLU), last)
+
+    @classmethod
+    def on(cls, base: GaussianPolicy, residual_hidden: int = 64, residual_layers: int = 2) -> ResidualPolicy:
+        """A residual policy whose frozen part copies ``base`` (weights and normaliser); ``base`` is untouched."""
+        if isinstance(base, ResidualPolicy):
+            raise ValueError("base is already a ResidualPolicy; stack residuals by training one, not by nesting")
+        policy = cls(residual_hidden, residual_layers, **base.config)
+        missing, unexpected = policy.load_state_dict(base.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith("residual.") for k in missing)
+        return policy
+
+    def raw(self, obs: torch.Tensor) -> torch.Tensor:
+        """f_base(s) + g_φ(s), both on the base's standardised observation."""
+        x = (obs - self.obs_mean) / self.obs_std
+        return self.head(self.trunk(x)) + self.residual(x)
+
+
+def policy_format(policy: GaussianPolicy) -> str:
+    """The ``format`` metadata of a saved policy: which class rebuilds it."""
+    return f"mmpref.{type(policy).__name__}"
+
+
+_POLICY_CLASSES: dict[str, type[GaussianPolicy]] = {
+    "mmpref.GaussianPolicy": GaussianPolicy,
+    "mmpref.ResidualPolicy": ResidualPolicy,
+}
+
+
 def save_policy(policy: GaussianPolicy, path: str | Path) -> Path:
     """Write a policy's weights and normaliser to one safetensors file (constructor arguments in the metadata)."""
     from safetensors.torch import save
 
+    if policy_format(policy) not in _POLICY_CLASSES:
+        raise TypeError(f"cannot save a {type(policy).__name__}; known: {', '.join(_POLICY_CLASSES)}")
     state = {k: v.detach().contiguous().cpu() for k, v in policy.state_dict().items()}
-    data = save(state, metadata={"format": "mmpref.GaussianPolicy", "config": json.dumps(policy.config)})
+    data = save(state, metadata={"format": policy_format(policy), "config": json.dumps(policy.config)})
     with atomic_write(path, "wb") as handle:
         handle.write(data)
     return Path(path)
 
 
 def load_policy(path: str | Path) -> GaussianPolicy:
-    """Rebuild a policy written by :func:`save_policy`; a ``DataError`` names the file and what is wrong."""
+    """Rebuild a policy written by :func:`save_policy`, its class read from the metadata.
+
+    A ``DataError`` names the file and what is wrong.
+    """
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -215,9 +281,9 @@ def load_policy(path: str | Path) -> GaussianPolicy:
         state = load_file(str(path))
     except Exception as err:  # safetensors raises its own error types for damaged files
         raise DataError(path, [f"not a readable safetensors file ({err}); re-write it with save_policy"]) from None
-    if metadata.get("format") != "mmpref.GaussianPolicy" or "config" not in metadata:
+    if metadata.get("format") not in _POLICY_CLASSES or "config" not in metadata:
         raise DataError(path, ["metadata field 'config' missing: not written by mmpref.control.policies.save_policy"])
-    policy = GaussianPolicy(**json.loads(metadata["config"]))
+    policy = _POLICY_CLASSES[metadata["format"]](**json.loads(metadata["config"]))
     try:
         policy.load_state_dict(state)
     except RuntimeError as err:

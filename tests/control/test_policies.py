@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmpref.control.policies import GaussianPolicy, behaviour_cloning, load_policy, save_policy
+from mmpref.control.policies import GaussianPolicy, ResidualPolicy, behaviour_cloning, load_policy, save_policy
 from mmpref.data import DataError
 
 
@@ -157,3 +157,52 @@ def test_load_errors_name_the_file(tmp_path):
     save_file({"x": torch.zeros(2)}, str(other))
     with pytest.raises(DataError, match="config"):
         load_policy(other)
+
+
+def _trained_base() -> GaussianPolicy:
+    torch.manual_seed(6)
+    base = GaussianPolicy(obs_dim=7, act_dim=3, hidden=12, squash="tanh")
+    base.set_normalizer(np.random.default_rng(1).standard_normal((40, 7)) * 2 + 3)
+    with torch.no_grad():
+        base.head.bias.uniform_(-0.5, 0.5)
+    return base
+
+
+def test_residual_policy_starts_as_its_base_and_trains_only_the_residual():
+    base = _trained_base()
+    policy = ResidualPolicy.on(base, residual_hidden=8)
+    obs, actions = torch.randn(6, 7), torch.rand(6, 3) * 1.8 - 0.9
+    for got, want in zip(policy(obs), base(obs), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(policy.log_prob(obs, actions), _naive_log_prob(base, obs, actions).float())
+    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("residual.") for n in trainable)
+    frozen = {k: v.clone() for k, v in policy.state_dict().items() if not k.startswith("residual.")}
+    optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(20):  # raise the likelihood of fixed actions: only the residual can move
+        loss = -policy.log_prob(obs, actions).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert -policy.log_prob(obs, actions).mean() < -base.log_prob(obs, actions).mean() - 0.1
+    for key, value in frozen.items():
+        torch.testing.assert_close(policy.state_dict()[key], value, rtol=0, atol=0)
+    # the policy is f_base + g_φ on the base's standardised observation, by hand
+    x = (obs - base.obs_mean) / base.obs_std
+    mean = (base.head(base.trunk(x)) + policy.residual(x))[..., :3]
+    torch.testing.assert_close(policy(obs)[0], mean)
+
+
+def test_residual_policy_saves_loads_and_refuses_nesting(tmp_path):
+    policy = ResidualPolicy.on(_trained_base(), residual_hidden=8, residual_layers=1)
+    with torch.no_grad():
+        policy.residual[-1].bias.fill_(0.2)
+    back = load_policy(save_policy(policy, tmp_path / "residual.safetensors"))
+    assert isinstance(back, ResidualPolicy) and back.config == policy.config
+    obs, actions = torch.randn(5, 7), torch.rand(5, 3) * 2 - 1
+    torch.testing.assert_close(back.log_prob(obs, actions), policy.log_prob(obs, actions), rtol=0, atol=0)
+    assert not any(p.requires_grad for n, p in back.named_parameters() if not n.startswith("residual."))
+    with pytest.raises(ValueError, match="already"):
+        ResidualPolicy.on(policy)
+    with pytest.raises(ValueError, match="residual_hidden"):
+        ResidualPolicy(residual_hidden=0)
