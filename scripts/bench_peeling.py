@@ -35,6 +35,7 @@ def run_seed(job: dict[str, Any]) -> dict[str, Any]:
     from mmpref.control.peeling_pipeline import (
         PeelingConfig,
         collect_demonstrations,
+        evaluate_policy,
         stage_one,
         stage_two,
         training_pool,
@@ -56,6 +57,11 @@ def run_seed(job: dict[str, Any]) -> dict[str, Any]:
         reward.eval()
         results = json.loads((cache / "results.json").read_text())
         timings = results.pop("timings")
+        if "goal_success" not in results["bc_mean"]:  # cached before per-goal outcomes were kept: same goals again
+            for mode, det in (("sample", False), ("mean", True)):
+                results[f"bc_{mode}"] = evaluate_policy(
+                    policy, config.task, 30_000 + config.seed, config.eval_episodes, config.max_steps, det
+                )
         demos = []
         if config.demo_weight > 0:  # deterministic in the seed: the same demonstrations BC was trained on
             with tempfile.TemporaryDirectory() as tmp:
@@ -75,6 +81,24 @@ def run_seed(job: dict[str, Any]) -> dict[str, Any]:
         save_policy(policy, Path(job["save_dir"]) / f"peeling_{config.task}_seed{config.seed}.safetensors")
     results["timings"] = timings
     return results
+
+
+def difference_interval(before: float, after: float, n: int) -> float:
+    """Half-width of the 95 % Wald interval of a difference of two success rates over ``n`` goals each.
+
+    Computed as if the two samples were independent; BC and the finetuned policy meet the same goals, which
+    correlates them positively, so the true interval is narrower: this one is conservative.
+    """
+    return 1.96 * float(np.sqrt((before * (1 - before) + after * (1 - after)) / max(n, 1)))
+
+
+def paired_interval(before: list[list[int]], after: list[list[int]]) -> float:
+    """Half-width of the 95 % interval of the mean per-goal success change, pairing each goal's two outcomes.
+
+    ``before``/``after``: per seed, 0/1 per goal in the same goal order (``goal_success`` of one evaluation).
+    """
+    diff = np.concatenate([np.subtract(a, b) for a, b in zip(after, before, strict=True)]).astype(float)
+    return 1.96 * float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
 
 
 def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> None:
@@ -110,9 +134,21 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path)
     if results:
         lines += [
             "",
-            "Mean over seeds (change in brackets: percentage points for success and progress, relative for jerk):",
+            "Mean over seeds (change in brackets: percentage points for success and progress, relative for jerk; ± is "
+            "the 95 % interval of a success change over all goals: paired when each goal's outcomes were recorded, "
+            "else computed as if BC's and the finetuned policy's goals were independent, which is conservative):",
             "",
         ]
+        goals = len(results) * meta["args"]["eval_episodes"]
+
+        def interval(bc: float, ft: float, before: str, after: str) -> str:
+            if all("goal_success" in r[before] and "goal_success" in r[after] for r in results):
+                half = paired_interval(
+                    [r[before]["goal_success"] for r in results], [r[after]["goal_success"] for r in results]
+                )
+                return f" ± {100 * half:.1f}, 95 % over {goals} goals, paired"
+            return f" ± {100 * difference_interval(bc, ft, goals):.1f}, 95 % over {goals} goals, unpaired"
+
         for mode in ("sample", "mean"):
             for metric in ("success", "progress", "jerk"):
                 bc = np.mean([r[f"bc_{mode}"][metric] for r in results])
@@ -120,15 +156,20 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path)
                 change = (
                     f"{100 * (ft - bc) / max(bc, 1e-12):+.0f} %" if metric == "jerk" else f"{100 * (ft - bc):+.1f}"
                 )
+                if metric == "success":
+                    change += interval(bc, ft, f"bc_{mode}", f"ft_{mode}")
                 lines.append(f"- {mode}, {metric}: BC {bc:.3f} → BC + DPO {ft:.3f} ({change})")
         if all("bc_tempered_sample" in r for r in results):
             temperature = meta["args"].get("explore_temperature")
             for metric in ("success", "progress"):
                 bc = np.mean([r["bc_tempered_sample"][metric] for r in results])
                 ft = np.mean([r["ft_sample"][metric] for r in results])
+                change = f"{100 * (ft - bc):+.1f}" + (
+                    interval(bc, ft, "bc_tempered_sample", "ft_sample") if metric == "success" else ""
+                )
                 lines.append(
                     f"- sample, {metric}, against BC sampled at the exploration temperature ({temperature}; no "
-                    f"finetuning): BC {bc:.3f} → BC + DPO {ft:.3f} ({100 * (ft - bc):+.1f})"
+                    f"finetuning): BC {bc:.3f} → BC + DPO {ft:.3f} ({change})"
                 )
         lines += ["", "Finetuning rounds (success of the on-policy rollouts per round):", ""]
         for r in results:
@@ -142,6 +183,29 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path)
         lines += ["", "Timings (s): " + "; ".join(f"seed {r['seed']}: {r['timings']}" for r in results)]
     with atomic_write(out / "bench_peeling_cpu.md", "w") as handle:
         handle.write("\n".join(lines) + "\n")
+
+
+def merge_reports(paths: list[Path], out: Path) -> None:
+    """One report over the seeds of several runs whose settings (all but the seeds) agree."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+
+    def settings(run: dict[str, Any]) -> dict[str, Any]:
+        ignored = ("seeds", "out_dir", "cache_dir", "save_dir", "workers", "merge")
+        return {k: v for k, v in run["meta"]["args"].items() if k not in ignored}
+
+    for path, run in zip(paths[1:], runs[1:], strict=True):
+        if settings(run) != settings(runs[0]):
+            differ = sorted(k for k in settings(run) if settings(run)[k] != settings(runs[0]).get(k))
+            raise SystemExit(f"{path}: settings differ from {paths[0]} in {differ}; merge runs of one setting only")
+    results = sorted((r for run in runs for r in run["results"]), key=lambda r: r["seed"])
+    seeds = [r["seed"] for r in results]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"seeds repeat across {[str(p) for p in paths]} ({seeds}); merge runs of distinct seeds")
+    meta = dict(runs[0]["meta"])
+    meta["command"] = " ; ".join(run["meta"]["command"] for run in runs)
+    meta["date"] = ", ".join(run["meta"]["date"] for run in runs)
+    write_report(results, meta, out)
+    print((out / "bench_peeling_cpu.md").read_text())
 
 
 def main() -> None:
@@ -178,7 +242,17 @@ def main() -> None:
     parser.add_argument("--save-dir", type=Path, default=None)
     parser.add_argument("--cache-dir", type=Path, default=None, help="reuse stage 1 (demos, BC, reward) per seed")
     parser.add_argument("--out-dir", type=Path, default=Path("docs/benchmarks"))
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="instead of running: one report from these bench_peeling_cpu.json files (same settings, other seeds)",
+    )
     args = parser.parse_args()
+    if args.merge:
+        merge_reports(args.merge, args.out_dir)
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import torch
 

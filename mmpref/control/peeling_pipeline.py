@@ -161,10 +161,11 @@ def evaluate_policy(
     max_steps: int,
     deterministic: bool,
     temperature: float = 1.0,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Success rate, mean final progress and jerk over ``episodes`` goals of a fresh env seeded ``seed``.
 
-    A fresh env per call gives every policy the same goal sequence; ``temperature`` scales σ of sampled actions.
+    A fresh env per call gives every policy the same goal sequence (so two policies' ``goal_success`` lists, 0/1 per
+    goal, pair up); ``temperature`` scales σ of sampled actions.
     """
     env = make_env(task, seed=seed, goal_variation=True)
     act = policy.numpy_policy(deterministic=deterministic, seed=seed, temperature=temperature)
@@ -173,6 +174,7 @@ def evaluate_policy(
         "success": float(np.mean([r.success for r in results])),
         "progress": float(np.mean([r.progress for r in results])),
         "jerk": float(np.mean([r.jerk for r in results])),
+        "goal_success": [int(r.success) for r in results],
     }
 
 
