@@ -186,12 +186,20 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path)
 
 
 def merge_reports(paths: list[Path], out: Path) -> None:
-    """One report over the seeds of several runs whose settings (all but the seeds) agree."""
+    """One report over the seeds of several runs whose settings (all but the seeds) agree.
+
+    A flag missing from an older run's recorded arguments did not exist yet; the run used what is now its default,
+    so it counts as that default.
+    """
     runs = [json.loads(Path(p).read_text()) for p in paths]
+    ignored = ("seeds", "out_dir", "cache_dir", "save_dir", "workers", "merge")
+    defaults = {
+        "windows": 1,  # runs before --windows ranked whole rollouts
+        "residual_hidden": 0,  # and before --residual-hidden finetuned the whole policy
+    }
 
     def settings(run: dict[str, Any]) -> dict[str, Any]:
-        ignored = ("seeds", "out_dir", "cache_dir", "save_dir", "workers", "merge")
-        return {k: v for k, v in run["meta"]["args"].items() if k not in ignored}
+        return defaults | {k: v for k, v in run["meta"]["args"].items() if k not in ignored}
 
     for path, run in zip(paths[1:], runs[1:], strict=True):
         if settings(run) != settings(runs[0]):
@@ -234,7 +242,7 @@ def main() -> None:
     parser.add_argument("--nll-weight", type=float, default=1.0)
     parser.add_argument("--demo-weight", type=float, default=0.0, help="offline term on the ranked demonstrations")
     parser.add_argument("--residual-hidden", type=int, default=0, help="> 0: train a residual MLP on frozen BC")
-    parser.add_argument("--windows", type=int, default=1, help="rank rollouts window by window (1: whole)")
+    parser.add_argument("--windows", type=int, default=5, help="rank rollouts window by window (1: whole)")
     parser.add_argument("--validation", type=int, default=0, help="fixed-goal envs scoring each round")
     parser.add_argument("--select-best", action="store_true", help="keep the round the fused reward scores best")
     parser.add_argument("--eval-episodes", type=int, default=30)

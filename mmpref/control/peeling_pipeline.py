@@ -6,7 +6,8 @@ to and read back from a robomimic HDF5 file, then behaviour cloning. Stage 2: st
 from fixed-goal environments are rated 1..``rating_levels`` on their true return by a
 :class:`~mmpref.control.teachers.RatingTeacher` (trajectory level); the fused reward (object-to-goal progress per step
 + a learned step reward, :mod:`mmpref.control.peeling`) is trained on those ratings; then online trajectory DPO
-against the frozen BC policy. Both policies are evaluated on the same held-out goals, sampled and with the mean
+against the frozen BC policy (whole policy or a residual on it; rollouts ranked window by window with ``windows`` >
+1). Both policies are evaluated on the same held-out goals, sampled and with the mean
 action. ``scripts/bench_peeling.py`` runs this for several seeds.
 """
 
@@ -79,7 +80,7 @@ class PeelingConfig:
         residual_hidden: 0 finetunes the whole BC policy; > 0 freezes it and trains a residual MLP of this width on
             top (:class:`~mmpref.control.policies.ResidualPolicy`), starting exactly at BC.
         windows: rank and pair the rollouts of a group window by window (this many consecutive windows, each scored
-            by its share of the fused reward; 1: whole rollouts).
+            by its share of the fused reward; 1: whole rollouts; 5 measured better on push-v3).
         validation: fixed-goal validation environments (goals differ from the training pool's and the
             evaluation's) on which each round's mean-action policy is scored by the fused reward (0: none).
         select_best: keep the round (BC = round 0) that scores best there instead of the last one.
@@ -111,7 +112,7 @@ class PeelingConfig:
     epochs: int = 4
     nll_weight: float = 1.0
     demo_weight: float = 0.0
-    windows: int = 1
+    windows: int = 5
     residual_hidden: int = 0
     validation: int = 0
     select_best: bool = False

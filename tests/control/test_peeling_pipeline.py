@@ -41,6 +41,8 @@ def test_job_runs_end_to_end_on_a_tiny_setting(tmp_path):
     assert summary["results"]["reference_unchanged"] is True
     # the default explores at half σ, so BC sampled there is evaluated as the baseline finetuning must beat
     assert summary["config"]["explore_temperature"] == 0.5
-    assert set(summary["results"]["bc_tempered_sample"]) == {"success", "progress", "jerk"}
+    assert set(summary["results"]["bc_tempered_sample"]) == {"success", "progress", "jerk", "goal_success"}
+    assert len(summary["results"]["ft_mean"]["goal_success"]) == 1  # one 0/1 per evaluation goal
+    assert summary["config"]["windows"] == 5
     for name in ("demos.hdf5", "bc_policy.safetensors", "finetuned_policy.safetensors"):
         assert (tmp_path / name).is_file()

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import json
+import math
+import runpy
+from pathlib import Path
+
+import pytest
+
+# scripts/ is not a package: load the file itself.
+SCRIPT = runpy.run_path(str(Path(__file__).resolve().parents[2] / "scripts" / "bench_peeling.py"))
+
+
+def _evaluation(goals: list[int]) -> dict:
+    return {"success": sum(goals) / len(goals), "progress": 0.5, "jerk": 0.1, "goal_success": goals}
+
+
+def _run(path: Path, seeds: list[int], bc: list[int], ft: list[int], **args) -> Path:
+    results = [
+        {
+            "seed": s,
+            "demo_success": 0.7,
+            "reward_pair_accuracy": 0.8,
+            "bc_sample": _evaluation(bc),
+            "ft_sample": _evaluation(ft),
+            "bc_tempered_sample": _evaluation(bc),
+            "bc_mean": _evaluation(bc),
+            "ft_mean": _evaluation(ft),
+            "reference_unchanged": True,
+            "finetune_log": {"success": [0.5], "validation": [1.0, 1.2], "kept_round": 1},
+            "timings": {"finetune_s": 1.0},
+        }
+        for s in seeds
+    ]
+    meta = {
+        "date": "today",
+        "command": f"run {seeds}",
+        "machine": "test",
+        "args": {"seeds": seeds, "eval_episodes": len(bc), "explore_temperature": 0.5, "windows": 5} | args,
+    }
+    path.write_text(json.dumps({"meta": meta, "results": results}))
+    return path
+
+
+def test_intervals_by_hand():
+    # unpaired Wald: 1.96 √((0.5·0.5 + 0.9·0.1) / 100)
+    assert SCRIPT["difference_interval"](0.5, 0.9, 100) == pytest.approx(1.96 * math.sqrt(0.34 / 100))
+    # paired: per-goal differences [1, 0, 0, 1, -1, 0] (after − before, seed by seed), their sample sd by hand
+    diffs = [1, 0, 0, 1, -1, 0]
+    mean = sum(diffs) / 6
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 5)
+    got = SCRIPT["paired_interval"]([[0, 1, 0], [0, 1, 1]], [[1, 1, 0], [1, 0, 1]])
+    assert got == pytest.approx(1.96 * sd / math.sqrt(6))
+
+
+def test_merge_pools_the_seeds_of_one_setting_and_refuses_others(tmp_path):
+    a = _run(tmp_path / "a.json", [0, 1], [0, 0, 1, 1], [1, 1, 1, 0])
+    b = _run(tmp_path / "b.json", [2], [0, 1, 1, 1], [1, 1, 1, 1], workers=3)  # workers do not change results
+    SCRIPT["merge_reports"]([a, b], tmp_path / "out")
+    merged = json.loads((tmp_path / "out" / "bench_peeling_cpu.json").read_text())
+    assert [r["seed"] for r in merged["results"]] == [0, 1, 2]
+    report = (tmp_path / "out" / "bench_peeling_cpu.md").read_text()
+    # mean success BC (0.5 + 0.5 + 0.75) / 3 → finetuned (0.75 + 0.75 + 1) / 3, paired over 12 goals
+    assert "mean, success: BC 0.583 → BC + DPO 0.833 (+25.0 ±" in report and "12 goals, paired" in report
+    other = _run(tmp_path / "c.json", [3], [0, 1, 0, 1], [1, 1, 0, 1], windows=1)
+    with pytest.raises(SystemExit, match="windows"):
+        SCRIPT["merge_reports"]([a, other], tmp_path / "out")
+    with pytest.raises(SystemExit, match="repeat"):
+        SCRIPT["merge_reports"]([a, a], tmp_path / "out")
