@@ -234,6 +234,10 @@ class ResidualPolicy(GaussianPolicy):
         assert not unexpected and all(k.startswith("residual.") for k in missing)
         return policy
 
+    def set_normalizer(self, observations: np.ndarray | torch.Tensor, min_std: float = 1e-3) -> None:
+        """Refused: the normaliser is part of the frozen base (set it on the base before :meth:`on`)."""
+        raise TypeError("a ResidualPolicy keeps its base's normaliser; set it on the base before ResidualPolicy.on")
+
     def raw(self, obs: torch.Tensor) -> torch.Tensor:
         """f_base(s) + g_φ(s), both on the base's standardised observation."""
         x = (obs - self.obs_mean) / self.obs_std

@@ -204,5 +204,7 @@ def test_residual_policy_saves_loads_and_refuses_nesting(tmp_path):
     assert not any(p.requires_grad for n, p in back.named_parameters() if not n.startswith("residual."))
     with pytest.raises(ValueError, match="already"):
         ResidualPolicy.on(policy)
+    with pytest.raises(TypeError, match="normaliser"):  # the base's normaliser is frozen with it
+        policy.set_normalizer(np.zeros((4, 7)))
     with pytest.raises(ValueError, match="residual_hidden"):
         ResidualPolicy(residual_hidden=0)
