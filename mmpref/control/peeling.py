@@ -25,7 +25,7 @@ summed over that window's steps only. A whole-trajectory preference credits all 
 of them did; window preferences put the credit near the steps that earned it (the reward-model analogue of CPL's
 segment preferences). The windows of a pair start from different states (the rollouts have diverged), so this is the
 partial-return preference model on segments. On push-v3, W = 5 raised the mean-action gain over BC from +15.6 to
-+20.0 points on seeds 0-2 but not on fresh seeds: over nine seeds +9.3, level with whole-trajectory ranking
++20.0 points on seeds 0-2 but not on fresh seeds: over nine seeds +9.3, level with whole-trajectory ranking (+8.2)
 (``docs/benchmarks/bench_peeling_variants_cpu.md``).
 
 **Residual policy** (:class:`~mmpref.control.policies.ResidualPolicy`): the BC network frozen and a small MLP added to
