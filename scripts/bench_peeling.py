@@ -35,7 +35,7 @@ def run_seed(job: dict[str, Any]) -> dict[str, Any]:
     from mmpref.control.peeling_pipeline import (
         PeelingConfig,
         collect_demonstrations,
-        evaluate_policy,
+        held_out_results,
         stage_one,
         stage_two,
         training_pool,
@@ -58,10 +58,7 @@ def run_seed(job: dict[str, Any]) -> dict[str, Any]:
         results = json.loads((cache / "results.json").read_text())
         timings = results.pop("timings")
         if "goal_success" not in results["bc_mean"]:  # cached before per-goal outcomes were kept: same goals again
-            for mode, det in (("sample", False), ("mean", True)):
-                results[f"bc_{mode}"] = evaluate_policy(
-                    policy, config.task, 30_000 + config.seed, config.eval_episodes, config.max_steps, det
-                )
+            results |= held_out_results(policy, config, "bc")
         demos = []
         if config.demo_weight > 0:  # deterministic in the seed: the same demonstrations BC was trained on
             with tempfile.TemporaryDirectory() as tmp:

@@ -179,6 +179,22 @@ def evaluate_policy(
     }
 
 
+def evaluate_held_out(
+    policy: GaussianPolicy, config: PeelingConfig, deterministic: bool, temperature: float = 1.0
+) -> dict[str, Any]:
+    """:func:`evaluate_policy` on the run's held-out goals (env seed 30 000 + seed, ``eval_episodes`` of them)."""
+    return evaluate_policy(
+        policy, config.task, 30_000 + config.seed, config.eval_episodes, config.max_steps, deterministic, temperature
+    )
+
+
+def held_out_results(policy: GaussianPolicy, config: PeelingConfig, prefix: str) -> dict[str, dict[str, Any]]:
+    """The policy sampled and with its mean action on the held-out goals: ``{prefix}_sample``, ``{prefix}_mean``."""
+    return {
+        f"{prefix}_{mode}": evaluate_held_out(policy, config, det) for mode, det in (("sample", False), ("mean", True))
+    }
+
+
 def training_pool(config: PeelingConfig) -> list[gym.Env]:
     """The fixed-goal environments of stage 2 (their goals differ from the evaluation's)."""
     return [make_env(config.task, seed=20_000 + 100 * config.seed + g) for g in range(config.pool)]
@@ -254,8 +270,7 @@ def stage_one(
     results["demo_success"] = float(np.mean([d.succeeded for d in demos]))
     results["reward_pair_accuracy"] = float(np.mean(agree))
     results["metric_weight"] = float(reward.scorer.metric_weight.detach())
-    for mode, det in (("sample", False), ("mean", True)):
-        results[f"bc_{mode}"] = evaluate_policy(policy, task, 30_000 + seed, config.eval_episodes, steps, det)
+    results |= held_out_results(policy, config, "bc")
     return policy, reward, results, timings, demos
 
 
@@ -289,20 +304,9 @@ def stage_two(
     results: dict[str, Any] = {"finetune_s": time.perf_counter() - start, "finetune_log": asdict(log)}
     state = reference.state_dict()
     results["reference_unchanged"] = all(torch.equal(v, state[k]) for k, v in reference_state.items())
-    for mode, det in (("sample", False), ("mean", True)):
-        results[f"ft_{mode}"] = evaluate_policy(
-            policy, config.task, 30_000 + config.seed, config.eval_episodes, config.max_steps, det
-        )
+    results |= held_out_results(policy, config, "ft")
     if config.explore_temperature != 1.0:  # the baseline that finetuning at a lower σ must beat: BC sampled there
-        results["bc_tempered_sample"] = evaluate_policy(
-            reference,
-            config.task,
-            30_000 + config.seed,
-            config.eval_episodes,
-            config.max_steps,
-            False,
-            config.explore_temperature,
-        )
+        results["bc_tempered_sample"] = evaluate_held_out(reference, config, False, config.explore_temperature)
     return results, policy
 
 
