@@ -109,9 +109,13 @@ class GaussianPolicy(nn.Module):
         if x.shape[-1] != size:
             raise ValueError(f"{name} must end in size {size}, got shape {tuple(x.shape)}")
 
+    def standardise(self, obs: torch.Tensor) -> torch.Tensor:
+        """(obs − obs_mean) / obs_std: the input every network of the policy sees."""
+        return (obs - self.obs_mean) / self.obs_std
+
     def raw(self, obs: torch.Tensor) -> torch.Tensor:
         """The network's output ``[..., 2·act_dim]``: μ(s) and the unbounded log σ(s) before its squash."""
-        return self.head(self.trunk((obs - self.obs_mean) / self.obs_std))
+        return self.head(self.trunk(self.standardise(obs)))
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean μ(s) and log σ(s) of the (pre-squash) Gaussian, each ``[..., act_dim]``, for ``obs`` ``[..., o]``."""
@@ -240,7 +244,7 @@ class ResidualPolicy(GaussianPolicy):
 
     def raw(self, obs: torch.Tensor) -> torch.Tensor:
         """f_base(s) + g_φ(s), both on the base's standardised observation."""
-        x = (obs - self.obs_mean) / self.obs_std
+        x = self.standardise(obs)
         return self.head(self.trunk(x)) + self.residual(x)
 
 
