@@ -275,6 +275,12 @@ class _TargetEnv(gym.Env):
 TARGET = np.array([0.5, -0.5, 0.5, -0.5], np.float32)
 
 
+def _toy_config(**overrides) -> FinetuneConfig:
+    """The known-answer toy's stage 2: 25 rounds of 4 groups × 8 five-step rollouts, β 0.5, lr 3e-3, 4 epochs."""
+    settings = dict(iterations=25, groups=4, group_size=8, max_steps=5, beta=0.5, lr=3e-3, epochs=4)
+    return FinetuneConfig(**(settings | overrides))
+
+
 def _true_returns(group) -> np.ndarray:
     """The toy ranker: each rollout's true return."""
     return np.array([e.rewards.sum() for e in group])
@@ -296,8 +302,7 @@ def test_preference_finetuning_moves_the_policy_toward_what_the_ranker_prefers()
         policy.head.bias.zero_()  # mean 0, log σ halfway between its bounds
     reference = frozen_copy(policy)
     envs = [_TargetEnv(TARGET) for _ in range(4)]
-    config = FinetuneConfig(iterations=25, groups=4, group_size=8, max_steps=5, beta=0.5, lr=3e-3, epochs=4)
-    log = preference_finetune(policy, reference, envs, _true_returns, config)
+    log = preference_finetune(policy, reference, envs, _true_returns, _toy_config())
     assert _mean_action_error(policy) < 0.8  # measured 0.59
     assert np.abs(reference.act(np.zeros((1, 39), np.float32), deterministic=True)).max() == 0.0
     assert log.reward[-1] > log.reward[0] and len(log.pairs) == 25
@@ -310,17 +315,7 @@ def test_listwise_finetuning_moves_the_policy_toward_what_the_ranker_prefers(tem
     torch.set_num_threads(1)
     policy = _toy_policy()
     reference = frozen_copy(policy)
-    config = FinetuneConfig(
-        iterations=25,
-        groups=4,
-        group_size=8,
-        max_steps=5,
-        beta=0.5,
-        lr=3e-3,
-        epochs=4,
-        loss="plackett_luce",
-        explore_temperature=temperature,
-    )
+    config = _toy_config(loss="plackett_luce", explore_temperature=temperature)
     envs = [_TargetEnv(TARGET) for _ in range(4)]
     log = preference_finetune(policy, reference, envs, _true_returns, config)
     assert _mean_action_error(policy) < 0.8
@@ -345,17 +340,7 @@ def test_ranked_demonstrations_alone_move_the_policy_toward_the_better_ones():
 
     policy = _toy_policy()
     reference = frozen_copy(policy)
-    config = FinetuneConfig(
-        iterations=20,
-        groups=2,
-        group_size=2,
-        max_steps=5,
-        beta=0.5,
-        lr=3e-3,
-        epochs=4,
-        nll_weight=1.0,
-        demo_weight=1.0,
-    )
+    config = _toy_config(iterations=20, groups=2, group_size=2, nll_weight=1.0, demo_weight=1.0)
     log = preference_finetune(policy, reference, [_TargetEnv(TARGET)] * 2, reward, config, demonstrations=demos)
     assert _mean_action_error(policy) < 0.8
     assert log.demo_comparisons == 8 and set(log.pairs) == {0}
@@ -392,9 +377,7 @@ def test_select_best_keeps_the_round_the_validation_envs_score_highest():
     rewarding +TARGET too, the kept round is the argmax of the logged validation scores and the final weights score
     exactly that."""
     torch.set_num_threads(1)
-    config = FinetuneConfig(
-        iterations=6, groups=4, group_size=8, max_steps=5, beta=0.5, lr=3e-3, epochs=4, select_best=True
-    )
+    config = _toy_config(iterations=6, select_best=True)
 
     policy = _toy_policy()
     before = {k: v.clone() for k, v in policy.state_dict().items()}
@@ -475,8 +458,7 @@ def test_window_ranking_learns_what_each_phase_wants():
     at 0 errs by 2.0 in each; measured 0.22 and 0.19), and ranking whole rollouts by their total return with the
     same budget must do worse (measured 1.29 and 1.31: one preference per rollout mixes the phases' credit)."""
     torch.set_num_threads(1)
-    settings = dict(iterations=40, groups=4, group_size=8, max_steps=10, beta=0.5, lr=3e-3, epochs=4)
-    config = FinetuneConfig(**settings, windows=2)
+    config = _toy_config(iterations=40, max_steps=10, windows=2)
 
     def halves(group):
         return np.array([[e.rewards[:5].sum(), e.rewards[5:].sum()] for e in group])
@@ -487,7 +469,11 @@ def test_window_ranking_learns_what_each_phase_wants():
     assert first < 0.6 and second < 0.6
     whole = _toy_policy()
     preference_finetune(
-        whole, frozen_copy(whole), [_PhaseEnv(TARGET) for _ in range(4)], _true_returns, FinetuneConfig(**settings)
+        whole,
+        frozen_copy(whole),
+        [_PhaseEnv(TARGET) for _ in range(4)],
+        _true_returns,
+        _toy_config(iterations=40, max_steps=10),
     )
     assert sum(_phase_error(whole)) > first + second + 1.0
     assert log.pairs[0] == 4 * 2 * 4  # 4 groups × 2 windows × 4 pairs
@@ -502,8 +488,9 @@ def test_residual_policy_finetunes_while_its_base_stays_put():
     base = _toy_policy()
     policy = ResidualPolicy.on(base, residual_hidden=16)
     frozen = {k: v.clone() for k, v in policy.state_dict().items() if not k.startswith("residual.")}
-    config = FinetuneConfig(iterations=25, groups=4, group_size=8, max_steps=5, beta=0.5, lr=3e-3, epochs=4)
-    preference_finetune(policy, frozen_copy(base), [_TargetEnv(TARGET) for _ in range(4)], _true_returns, config)
+    preference_finetune(
+        policy, frozen_copy(base), [_TargetEnv(TARGET) for _ in range(4)], _true_returns, _toy_config()
+    )
     assert _mean_action_error(policy) < 0.8
     assert _mean_action_error(base) == pytest.approx(2.0)
     for key, value in frozen.items():
