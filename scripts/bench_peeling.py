@@ -36,6 +36,7 @@ def run_seed(job: dict[str, Any]) -> dict[str, Any]:
         PeelingConfig,
         collect_demonstrations,
         held_out_results,
+        rate_bc_rollouts,
         stage_one,
         stage_two,
         training_pool,
@@ -63,15 +64,19 @@ def run_seed(job: dict[str, Any]) -> dict[str, Any]:
         if config.demo_weight > 0:  # deterministic in the seed: the same demonstrations BC was trained on
             with tempfile.TemporaryDirectory() as tmp:
                 demos = collect_demonstrations(config, Path(tmp) / "demos.hdf5")
+        # the rated set is deterministic too: rolled out again from a fresh pool, as stage 1 did
+        rated = rate_bc_rollouts(config, policy, training_pool(config)) if config.refit_rated > 0 else None
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            policy, reward, results, timings, demos = stage_one(config, pool, Path(tmp) / "demos.hdf5")
+            first = stage_one(config, pool, Path(tmp) / "demos.hdf5")
+        policy, reward, results, timings = first.policy, first.reward, first.results, first.timings
+        demos, rated = first.demonstrations, first.rated
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
             save_policy(policy, cache / "bc.safetensors")
             torch.save(reward.state_dict(), cache / "reward.pt")
             (cache / "results.json").write_text(json.dumps({**results, "timings": timings}))
-    finetuned, policy = stage_two(config, policy, reward, pool, demos)
+    finetuned, policy = stage_two(config, policy, reward, pool, demos, rated)
     results |= finetuned
     timings["finetune_s"] = results.pop("finetune_s")
     if job.get("save_dir"):
@@ -193,6 +198,9 @@ def merge_reports(paths: list[Path], out: Path) -> None:
     defaults = {
         "windows": 1,  # runs before --windows ranked whole rollouts
         "residual_hidden": 0,  # and before --residual-hidden finetuned the whole policy
+        "oracle": False,  # and before --oracle ranked by the fused reward
+        "noise_correlation": 0.0,  # and before --noise-correlation explored with independent noise
+        "refit_rated": 0,  # and before --refit-rated fit the reward once
     }
 
     def settings(run: dict[str, Any]) -> dict[str, Any]:
@@ -243,6 +251,9 @@ def main() -> None:
     parser.add_argument("--validation", type=int, default=0, help="fixed-goal envs scoring each round")
     parser.add_argument("--select-best", action="store_true", help="keep the round the fused reward scores best")
     parser.add_argument("--eval-episodes", type=int, default=30)
+    parser.add_argument("--noise-correlation", type=float, default=0.0, help="AR(1) ρ of the exploration noise")
+    parser.add_argument("--refit-rated", type=int, default=0, help="rate this many rollouts a round and refit")
+    parser.add_argument("--oracle", action="store_true", help="rank by the true return (upper bound), not the reward")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--save-dir", type=Path, default=None)
     parser.add_argument("--cache-dir", type=Path, default=None, help="reuse stage 1 (demos, BC, reward) per seed")

@@ -61,6 +61,7 @@ from torch.utils.data import DataLoader
 from mmpref.control.policies import GaussianPolicy
 from mmpref.control.reward import StepReward
 from mmpref.control.segments import Episode, rollout
+from mmpref.control.teachers import RatingTeacher
 from mmpref.losses import LISTWISE_LOSSES, PAIRWISE_LOSSES, LossName, PairwiseLossName, is_listwise
 from mmpref.reward.datamodule import list_dataset
 from mmpref.reward.system import RewardModelSystem
@@ -262,6 +263,71 @@ def score_trajectories(
     return np.stack([steps[:, a:b].sum(-1) for a, b in zip(edges[:-1], edges[1:], strict=True)], -1)
 
 
+@dataclass
+class RewardRefit:
+    """Rate some rollouts of every finetuning round and refit the fused reward on all ratings so far.
+
+    The fused reward is first fit on rated rollouts of the BC policy; finetuning moves the policy off that
+    distribution, where the reward's ranking can go wrong unseen (on push-v3 its validation score kept rising on
+    seeds whose held-out success fell). Calling the refit with a round's rollouts rates ``per_round`` of them (a
+    random choice) with the same ``teacher``, adds them to the rated set and fits a fresh fused reward on the whole
+    set (:func:`fit_fused_reward`, seeded by ``seed`` + the number of fits), so the next round is ranked by a reward
+    that has seen the current policy's behaviour.
+
+    Args:
+        teacher: rates a trajectory 1..levels on its return (its scale stays fixed: the same rater throughout).
+        episodes: the rated set so far (equal-length trajectories); grows in place.
+        ratings: their ratings; grows in place.
+        per_round: rollouts rated per call.
+        smoothness: jerk weight λ of the metric.
+        windows: the score returned per trajectory (1) or per window (> 1), as :func:`score_trajectories`.
+        epochs: epochs of every fit.
+        seed: seeds the choice of rated rollouts and the fits.
+    """
+
+    teacher: RatingTeacher
+    episodes: list[Episode]
+    ratings: list[int]
+    per_round: int
+    smoothness: float = 0.0
+    windows: int = 1
+    epochs: int = 30
+    seed: int = 0
+    fits: int = 0
+
+    def __post_init__(self) -> None:
+        if self.per_round < 1:
+            raise ValueError(f"per_round must be >= 1 rollouts rated per round, got {self.per_round}")
+        if len(self.episodes) != len(self.ratings):
+            raise ValueError(f"{len(self.episodes)} rated trajectories but {len(self.ratings)} ratings")
+        self.rng = np.random.default_rng(self.seed)
+
+    def __call__(self, rollouts: Sequence[Episode]) -> Callable[[Sequence[Episode]], np.ndarray]:
+        """Rate ``per_round`` of ``rollouts``, refit, and return the new ranking function (episodes → scores)."""
+        chosen = self.rng.choice(len(rollouts), min(self.per_round, len(rollouts)), replace=False)
+        for i in chosen:
+            self.episodes.append(rollouts[i])
+            self.ratings.append(self.teacher.rate(rollouts[i].rewards))
+        self.fits += 1
+        system = fit_fused_reward(
+            self.episodes, self.ratings, self.smoothness, epochs=self.epochs, seed=self.seed + self.fits
+        )
+        return lambda episodes: score_trajectories(system, episodes, self.smoothness, self.windows)
+
+
+def true_return_scores(episodes: Sequence[Episode], windows: int = 1) -> np.ndarray:
+    """The environment's own return of each trajectory, ``[N]``; with ``windows`` > 1 per window, ``[N, windows]``.
+
+    The signal the rating teacher reads: ranking by it instead of a learned reward is the oracle upper bound of
+    stage 2 (what finetuning reaches when the reward model is perfect).
+    """
+    rewards = np.stack([e.rewards for e in episodes]).astype(np.float64)
+    if windows == 1:
+        return rewards.sum(-1)
+    edges = window_edges(rewards.shape[-1], windows)
+    return np.stack([rewards[:, a:b].sum(-1) for a, b in zip(edges[:-1], edges[1:], strict=True)], -1)
+
+
 # --- trajectory DPO ------------------------------------------------------------------------------------------------
 
 
@@ -386,6 +452,10 @@ class FinetuneConfig:
             group's rollouts by their share of the reward model's score (the reward callable then returns
             ``[N, windows]``, :func:`score_trajectories`); each pair or list is then a window of the rollouts, so the
             preference lands on the part of a rollout that earned it instead of all 150 steps. 1: whole rollouts.
+        noise_correlation: ρ of the rollouts' AR(1) exploration noise (:meth:`GaussianPolicy.numpy_policy`): with
+            independent per-step noise a rollout's deviations from the mean average out over a window and the
+            preference says little about which way the mean should move; with correlated noise a winner deviates
+            one way for ~1/(1 − ρ) steps. 0: independent.
         seed: seeds the choice of start states and the rollouts.
     """
 
@@ -403,6 +473,7 @@ class FinetuneConfig:
     explore_temperature: float = 1.0
     demo_weight: float = 0.0
     windows: int = 1
+    noise_correlation: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -411,6 +482,8 @@ class FinetuneConfig:
             raise ValueError(f"explore_temperature must be > 0, got {self.explore_temperature}")
         if self.demo_weight < 0:
             raise ValueError(f"demo_weight must be >= 0, got {self.demo_weight}")
+        if not 0.0 <= self.noise_correlation < 1.0:
+            raise ValueError(f"noise_correlation must lie in [0, 1), got {self.noise_correlation}")
         if not 1 <= self.windows <= self.max_steps:
             raise ValueError(f"windows must lie in [1, max_steps={self.max_steps}], got {self.windows}")
 
@@ -422,7 +495,8 @@ class FinetuneLog:
     Comparisons are the pairs of a pairwise round or a listwise round's ordered pairs of unequal score.
 
     With validation environments also: the mean reward-model score of the mean-action rollouts before any update
-    (``validation[0]``, the BC policy) and after each round, and the round kept (0 = the BC policy).
+    (``validation[0]``, the BC policy) and after each round, and the round kept (0 = the BC policy); with a reward
+    refit, how many refits ran.
     """
 
     reward: list[float] = field(default_factory=list)
@@ -432,6 +506,13 @@ class FinetuneLog:
     validation: list[float] = field(default_factory=list)
     kept_round: int | None = None
     demo_comparisons: int = 0
+    refits: int = 0
+
+
+def validation_rollouts(policy: GaussianPolicy, envs: Sequence[gym.Env], max_steps: int) -> list[Episode]:
+    """One mean-action rollout from each (fixed-goal) validation environment."""
+    act = policy.numpy_policy(deterministic=True)
+    return [rollout(env, act, max_steps=max_steps) for env in envs]
 
 
 def validation_score(
@@ -441,8 +522,7 @@ def validation_score(
     max_steps: int,
 ) -> float:
     """Mean reward-model score of one mean-action rollout from each (fixed-goal) validation environment."""
-    act = policy.numpy_policy(deterministic=True)
-    return float(np.mean(trajectory_totals(reward([rollout(env, act, max_steps=max_steps) for env in envs]))))
+    return float(np.mean(trajectory_totals(reward(validation_rollouts(policy, envs, max_steps)))))
 
 
 def trajectory_totals(scores: np.ndarray) -> np.ndarray:
@@ -572,6 +652,7 @@ def preference_finetune(
     config: FinetuneConfig,
     validation: Sequence[gym.Env] = (),
     demonstrations: Sequence[Episode] = (),
+    refit: Callable[[Sequence[Episode]], Callable[[Sequence[Episode]], np.ndarray]] | None = None,
 ) -> FinetuneLog:
     """Stage 2: online trajectory DPO of ``policy`` against the frozen ``reference``, in place.
 
@@ -583,6 +664,11 @@ def preference_finetune(
     (mean action); with ``config.select_best`` the best-scoring round's weights are restored at the end. With
     ``config.demo_weight`` > 0 the ``demonstrations`` (all of ``max_steps`` steps), ranked once by ``reward``, add
     ``demo_weight`` times their own :func:`round_objective` to every update.
+
+    With ``refit`` (e.g. a :class:`RewardRefit`), after each round's update it is called with that round's rollouts
+    and returns the reward that ranks the next round. The rounds' validation scores then come from different
+    models, so the validation rollouts of every round are kept and scored again, all by the last reward, before the
+    round is chosen (``log.validation`` holds those final scores).
     """
     if config.select_best and not validation:
         raise ValueError("select_best needs validation environments (the round is chosen on them)")
@@ -602,14 +688,30 @@ def preference_finetune(
         demo_scores = ranked_scores(reward, demos, config.windows)
         demo_objective, log.demo_comparisons = round_objective([(demos, demo_scores)], config)
     best_state = None
+    # with a refit, every round's validation rollouts and weights are kept to be scored by the last reward
+    kept_rollouts: list[list[Episode]] = []
+    kept_states: list[dict[str, torch.Tensor]] = []
+
+    def validate(round_index: int) -> None:
+        nonlocal best_state
+        episodes = validation_rollouts(policy, validation, config.max_steps)
+        log.validation.append(float(np.mean(trajectory_totals(reward(episodes)))))
+        if refit is not None:
+            kept_rollouts.append(episodes)
+            kept_states.append(copy.deepcopy(policy.state_dict()))
+        elif round_index == 0 or log.validation[-1] > log.validation[log.kept_round]:
+            best_state, log.kept_round = copy.deepcopy(policy.state_dict()), round_index
+
     if validation:
-        log.validation.append(validation_score(policy, validation, reward, config.max_steps))
-        best_state, log.kept_round = copy.deepcopy(policy.state_dict()), 0
+        validate(0)
     for it in range(config.iterations):
         groups: list[tuple[list[Episode], np.ndarray]] = []
         for g in rng.choice(len(envs), config.groups, replace=False):
             act = policy.numpy_policy(
-                deterministic=False, seed=int(rng.integers(2**31)), temperature=config.explore_temperature
+                deterministic=False,
+                seed=int(rng.integers(2**31)),
+                temperature=config.explore_temperature,
+                correlation=config.noise_correlation,
             )
             group = [rollout(envs[g], act, max_steps=config.max_steps) for _ in range(config.group_size)]
             groups.append((group, ranked_scores(reward, group, config.windows)))
@@ -630,10 +732,11 @@ def preference_finetune(
         log.success.append(float(np.mean(successes)))
         log.pairs.append(comparisons)
         log.loss.append(last)
+        if refit is not None:
+            reward = refit([e for group, _ in groups for e in group])
+            log.refits += 1
         if validation:
-            log.validation.append(validation_score(policy, validation, reward, config.max_steps))
-            if log.validation[-1] > log.validation[log.kept_round]:
-                best_state, log.kept_round = copy.deepcopy(policy.state_dict()), it + 1
+            validate(it + 1)
         logger.info(
             "round %d: reward %.3f, success %.2f, %d comparisons, DPO loss %.4f",
             it,
@@ -642,6 +745,10 @@ def preference_finetune(
             comparisons,
             last,
         )
+    if refit is not None and validation:
+        log.validation = [float(np.mean(trajectory_totals(reward(episodes)))) for episodes in kept_rollouts]
+        log.kept_round = int(np.argmax(log.validation))  # the first of equal scores, as without a refit
+        best_state = kept_states[log.kept_round]
     if config.select_best and best_state is not None:
         policy.load_state_dict(best_state)
     elif validation:

@@ -29,11 +29,13 @@ import torch
 from mmpref.control.envs import ExpertPolicy, make_env
 from mmpref.control.peeling import (
     FinetuneConfig,
+    RewardRefit,
     fit_fused_reward,
     frozen_copy,
     outcome,
     preference_finetune,
     score_trajectories,
+    true_return_scores,
 )
 from mmpref.control.policies import GaussianPolicy, ResidualPolicy, Squash, behaviour_cloning, save_policy
 from mmpref.control.robomimic_io import read_robomimic, write_robomimic
@@ -81,10 +83,17 @@ class PeelingConfig:
             top (:class:`~mmpref.control.policies.ResidualPolicy`), starting exactly at BC.
         windows: rank and pair the rollouts of a group window by window (this many consecutive windows, each scored
             by its share of the fused reward; 1: whole rollouts; 5 measured better on push-v3).
+        noise_correlation: ρ of the finetuning rollouts' AR(1) exploration noise (0: independent per step).
         validation: fixed-goal validation environments (goals differ from the training pool's and the
             evaluation's) on which each round's mean-action policy is scored by the fused reward (0: none).
         select_best: keep the round (BC = round 0) that scores best there instead of the last one.
         eval_episodes: held-out goals per evaluation.
+        refit_rated: 0 fits the fused reward once, on rated BC rollouts; > 0 rates this many rollouts of every
+            finetuning round with the same teacher and refits the reward on all ratings so far before the next
+            round (:class:`~mmpref.control.peeling.RewardRefit`; labels: ``rated + iterations · refit_rated``).
+        oracle: rank stage 2's rollouts (and choose the round) by the environment's true return instead of the
+            fused reward: the upper bound of what a perfect reward model gives, for diagnosing whether the reward or
+            the finetuning limits the gain (it reads the simulator's reward, which a human-rated task does not have).
     """
 
     task: str = "push-v3"
@@ -114,9 +123,12 @@ class PeelingConfig:
     demo_weight: float = 0.0
     windows: int = 5
     residual_hidden: int = 0
+    noise_correlation: float = 0.0
     validation: int = 0
     select_best: bool = False
     eval_episodes: int = 30
+    refit_rated: int = 0
+    oracle: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.noise_low <= self.noise_high:
@@ -124,6 +136,15 @@ class PeelingConfig:
         for name in ("demos", "max_steps", "bc_epochs", "pool", "reward_epochs", "iterations", "eval_episodes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.refit_rated < 0:
+            raise ValueError(f"refit_rated must be >= 0 (0: fit the fused reward once), got {self.refit_rated}")
+        if self.refit_rated > self.groups * self.group_size:
+            raise ValueError(
+                f"refit_rated ({self.refit_rated}) cannot exceed a round's rollouts (groups × group_size = "
+                f"{self.groups * self.group_size})"
+            )
+        if self.oracle and self.refit_rated > 0:
+            raise ValueError("oracle ranks by the true return, so there is no fused reward to refit: set refit_rated=0")
         if self.residual_hidden < 0:
             raise ValueError(f"residual_hidden must be >= 0 (0: finetune BC itself), got {self.residual_hidden}")
         if self.rated < 8:
@@ -150,6 +171,7 @@ class PeelingConfig:
             select_best=self.select_best,
             demo_weight=self.demo_weight,
             windows=self.windows,
+            noise_correlation=self.noise_correlation,
             seed=self.seed,
         )
 
@@ -225,14 +247,44 @@ def collect_demonstrations(config: PeelingConfig, dataset: Path) -> list[Episode
     return read_robomimic(write_robomimic(dataset, demos, config.task, qualities=noises))
 
 
-def stage_one(
-    config: PeelingConfig, pool: Sequence[gym.Env], dataset: Path
-) -> tuple[GaussianPolicy, RewardModelSystem, dict[str, Any], dict[str, float], list[Episode]]:
-    """Demonstrations (through ``dataset``, robomimic HDF5), BC, the rated set and fused reward, BC's evaluation.
+@dataclass
+class RatedSet:
+    """The rated BC rollouts the fused reward is fit on, their ratings and the teacher that gave them."""
 
-    Returns:
-        The BC policy, the fused reward, results, timings and the demonstrations.
+    episodes: list[Episode]
+    ratings: list[int]
+    teacher: RatingTeacher
+
+
+@dataclass
+class StageOne:
+    """What stage 1 hands to stage 2."""
+
+    policy: GaussianPolicy
+    reward: RewardModelSystem
+    results: dict[str, Any]
+    timings: dict[str, float]
+    demonstrations: list[Episode]
+    rated: RatedSet
+
+
+def rate_bc_rollouts(config: PeelingConfig, policy: GaussianPolicy, pool: Sequence[gym.Env]) -> RatedSet:
+    """``rated`` stochastic rollouts of ``policy`` cycling through ``pool``, rated on their true return.
+
+    The teacher's edges sit at the quantiles of these returns (``rating_levels`` levels). Deterministic in the
+    seed, the policy and the pool's state (a fresh :func:`training_pool` gives the same set again).
     """
+    act = policy.numpy_policy(deterministic=False, seed=config.seed)
+    rated = [rollout(pool[i % len(pool)], act, max_steps=config.max_steps) for i in range(config.rated)]
+    returns = [float(e.rewards.sum()) for e in rated]
+    teacher = RatingTeacher.from_returns(
+        returns, levels=config.rating_levels, noise=config.rating_noise, seed=config.seed
+    )
+    return RatedSet(rated, [teacher.rate(e.rewards) for e in rated], teacher)
+
+
+def stage_one(config: PeelingConfig, pool: Sequence[gym.Env], dataset: Path) -> StageOne:
+    """Demonstrations (through ``dataset``, robomimic HDF5), BC, the rated set and fused reward, BC's evaluation."""
     task, seed, steps = config.task, config.seed, config.max_steps
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -253,14 +305,11 @@ def stage_one(
     timings["bc_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    act = policy.numpy_policy(deterministic=False, seed=seed)
-    rated = [rollout(pool[i % len(pool)], act, max_steps=steps) for i in range(config.rated)]
-    returns = [float(e.rewards.sum()) for e in rated]
-    teacher = RatingTeacher.from_returns(returns, levels=config.rating_levels, noise=config.rating_noise, seed=seed)
-    ratings = [teacher.rate(e.rewards) for e in rated]
-    reward = fit_fused_reward(rated, ratings, config.smoothness, epochs=config.reward_epochs, seed=seed)
+    rated = rate_bc_rollouts(config, policy, pool)
+    reward = fit_fused_reward(rated.episodes, rated.ratings, config.smoothness, epochs=config.reward_epochs, seed=seed)
     timings["reward_s"] = time.perf_counter() - start
     # how well the fused reward orders 16 fresh rollouts by their true return (held out from its training)
+    act = policy.numpy_policy(deterministic=False, seed=seed)
     check = [rollout(pool[i % len(pool)], act, max_steps=steps) for i in range(16)]
     fused = score_trajectories(reward, check, config.smoothness)
     true = np.array([e.rewards.sum() for e in check])
@@ -271,7 +320,7 @@ def stage_one(
     results["reward_pair_accuracy"] = float(np.mean(agree))
     results["metric_weight"] = float(reward.scorer.metric_weight.detach())
     results |= held_out_results(policy, config, "bc")
-    return policy, reward, results, timings, demos
+    return StageOne(policy, reward, results, timings, demos, rated)
 
 
 def stage_two(
@@ -280,8 +329,12 @@ def stage_two(
     reward: RewardModelSystem,
     pool: Sequence[gym.Env],
     demonstrations: Sequence[Episode] = (),
+    rated: RatedSet | None = None,
 ) -> tuple[dict[str, Any], GaussianPolicy]:
     """Finetune against a frozen copy of the BC ``policy``; evaluate; check the reference stayed put.
+
+    ``rated`` (stage 1's rated set, copied, not changed) is needed with ``config.refit_rated`` > 0: the refits
+    start from it and rate with its teacher.
 
     Returns:
         The results and the finetuned policy: ``policy`` itself, changed in place, or with ``residual_hidden`` > 0
@@ -292,14 +345,33 @@ def stage_two(
         policy = ResidualPolicy.on(policy, config.residual_hidden)
     reference_state = {k: v.clone() for k, v in reference.state_dict().items()}
     start = time.perf_counter()
+    if config.oracle:
+        rank = lambda group: true_return_scores(group, config.windows)  # noqa: E731
+    else:
+        rank = lambda group: score_trajectories(reward, group, config.smoothness, config.windows)  # noqa: E731
+    refit = None
+    if config.refit_rated > 0:
+        if rated is None:
+            raise ValueError("refit_rated > 0 needs stage 1's rated set (rated=...) to refit the fused reward on")
+        refit = RewardRefit(
+            rated.teacher,
+            list(rated.episodes),
+            list(rated.ratings),
+            config.refit_rated,
+            config.smoothness,
+            config.windows,
+            config.reward_epochs,
+            config.seed,
+        )
     log = preference_finetune(
         policy,
         reference,
         pool,
-        lambda group: score_trajectories(reward, group, config.smoothness, config.windows),
+        rank,
         config.finetune(),
         validation=validation_pool(config),
         demonstrations=demonstrations,
+        refit=refit,
     )
     results: dict[str, Any] = {"finetune_s": time.perf_counter() - start, "finetune_log": asdict(log)}
     state = reference.state_dict()
@@ -327,9 +399,10 @@ def run_peeling(argv: Sequence[str]) -> int:
     torch.set_num_threads(1)  # many small ops: one thread is faster than several on a shared CPU
     out = Path(args.out or f"runs/peeling/{config.task}-seed{config.seed}")
     pool = training_pool(config)
-    policy, reward, results, timings, demos = stage_one(config, pool, out / "demos.hdf5")
-    save_policy(policy, out / "bc_policy.safetensors")
-    finetuned, policy = stage_two(config, policy, reward, pool, demos)
+    first = stage_one(config, pool, out / "demos.hdf5")
+    results, timings = first.results, first.timings
+    save_policy(first.policy, out / "bc_policy.safetensors")
+    finetuned, policy = stage_two(config, first.policy, first.reward, pool, first.demonstrations, first.rated)
     results |= finetuned
     save_policy(policy, out / "finetuned_policy.safetensors")
     summary = {"config": asdict(config), "results": results, "timings": timings}

@@ -166,11 +166,13 @@ class GaussianPolicy(nn.Module):
         deterministic: bool = False,
         generator: torch.Generator | None = None,
         temperature: float = 1.0,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor | np.ndarray:
         """Actions in [-1, 1] for ``obs`` ``[..., o]``: the squashed mean if ``deterministic``, else a sample.
 
         ``temperature`` scales σ of the sample (u = μ + temperature·σ·ε; 1 samples the policy itself, smaller values
-        explore closer to the mean action). NumPy in gives NumPy out (float32); no gradient flows.
+        explore closer to the mean action). ``noise``: the standard-normal ε to use (shape of the mean) instead of a
+        fresh draw from ``generator``. NumPy in gives NumPy out (float32); no gradient flows.
         """
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -180,19 +182,36 @@ class GaussianPolicy(nn.Module):
             mean, log_std = self(x)
             u = mean
             if not deterministic:
-                noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+                if noise is None:
+                    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
                 u = mean + temperature * log_std.exp() * noise
             action = torch.tanh(u) if self.squash == "tanh" else u.clamp(-1.0, 1.0)
         return action.numpy() if is_numpy else action
 
     def numpy_policy(
-        self, deterministic: bool = False, seed: int = 0, temperature: float = 1.0
+        self, deterministic: bool = False, seed: int = 0, temperature: float = 1.0, correlation: float = 0.0
     ) -> Callable[[np.ndarray], np.ndarray]:
-        """A ``obs → action`` callable for :func:`mmpref.control.segments.rollout` (own seeded generator)."""
+        r"""A ``obs → action`` callable for :func:`mmpref.control.segments.rollout` (own seeded generator).
+
+        ``correlation`` ρ ∈ [0, 1) makes the sampling noise an AR(1) process over successive calls,
+        ε_t = ρ ε_{t−1} + √(1 − ρ²) ξ_t with ξ_t ~ N(0, I) (ε_0 = ξ_0): each ε_t is still standard normal, so every
+        action is still a sample of π(·|s_t), but successive deviations from the mean point the same way for about
+        1/(1 − ρ) steps (colored exploration noise; 0: independent per step). The process runs on across the
+        episodes one callable acts in.
+        """
+        if not 0.0 <= correlation < 1.0:
+            raise ValueError(f"correlation must lie in [0, 1), got {correlation}")
         generator = torch.Generator().manual_seed(seed)
+        state: list[torch.Tensor] = []  # the previous ε
 
         def policy(obs: np.ndarray) -> np.ndarray:
-            return self.act(np.asarray(obs, np.float32), deterministic, generator, temperature).astype(np.float64)
+            x = np.asarray(obs, np.float32)
+            noise = None
+            if not deterministic and correlation > 0:
+                fresh = torch.randn((*x.shape[:-1], self.act_dim), generator=generator)
+                noise = fresh if not state else correlation * state[0] + math.sqrt(1 - correlation**2) * fresh
+                state[:] = [noise]
+            return self.act(x, deterministic, generator, temperature, noise).astype(np.float64)
 
         return policy
 

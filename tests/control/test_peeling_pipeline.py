@@ -25,6 +25,14 @@ def test_config_errors_name_the_field():
         PeelingConfig(demos=0)
     with pytest.raises(ValueError, match="pool"):
         PeelingConfig(groups=5, pool=4)
+    with pytest.raises(ValueError, match="refit_rated"):
+        PeelingConfig(refit_rated=-1)
+    with pytest.raises(ValueError, match="refit_rated"):
+        PeelingConfig(refit_rated=33, groups=4, group_size=8)  # more than a round's 32 rollouts
+    with pytest.raises(ValueError, match="noise_correlation"):
+        PeelingConfig(noise_correlation=-0.1)
+    with pytest.raises(ValueError, match="refit_rated=0"):
+        PeelingConfig(oracle=True, refit_rated=4)
 
 
 def test_job_rejects_unknown_recipe_fields(tmp_path, capsys):
@@ -36,8 +44,11 @@ def test_job_rejects_unknown_recipe_fields(tmp_path, capsys):
 @pytest.mark.slow
 def test_job_runs_end_to_end_on_a_tiny_setting(tmp_path):
     settings = "demos=3 max_steps=20 bc_epochs=1 pool=2 rated=8 iterations=1 groups=1 group_size=2 eval_episodes=1"
+    settings += " refit_rated=2 noise_correlation=0.5 validation=1 select_best=true"
     assert main(["peeling", "--set", *settings.split(), "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
+    log = summary["results"]["finetune_log"]
+    assert log["refits"] == 1 and len(log["validation"]) == 2 and log["kept_round"] in (0, 1)
     assert summary["results"]["reference_unchanged"] is True
     # the default explores at half σ, so BC sampled there is evaluated as the baseline finetuning must beat
     assert summary["config"]["explore_temperature"] == 0.5

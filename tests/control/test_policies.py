@@ -208,3 +208,34 @@ def test_residual_policy_saves_loads_and_refuses_nesting(tmp_path):
         policy.set_normalizer(np.zeros((4, 7)))
     with pytest.raises(ValueError, match="residual_hidden"):
         ResidualPolicy(residual_hidden=0)
+
+
+def test_correlated_exploration_noise_is_ar1_with_standard_normal_steps():
+    """ρ = 0 draws exactly the independent samples of before; ρ = 0.9 gives noise whose steps are standard normal
+    (std ≈ 1 of (a − μ)/(τσ)) with lag-1 autocorrelation ≈ ρ and lag-5 ≈ ρ⁵ (independent: ≈ 0)."""
+    torch.manual_seed(0)
+    policy = GaussianPolicy(obs_dim=3, act_dim=2, hidden=8, squash="clip")
+    with torch.no_grad():
+        policy.head.weight.zero_()
+        policy.head.bias.zero_()  # mean 0 everywhere, σ ≈ 0.37: at temperature 0.5 nothing is clipped
+    obs = np.zeros(3, np.float32)
+    sigma = float(policy(torch.zeros(3))[1].exp()[0])
+
+    def noise(correlation: float, seed: int = 1) -> np.ndarray:
+        act = policy.numpy_policy(seed=seed, temperature=0.5, correlation=correlation)
+        return np.stack([act(obs) for _ in range(4000)]) / (0.5 * sigma)
+
+    independent = policy.numpy_policy(seed=1, temperature=0.5)
+    generator = torch.Generator().manual_seed(1)
+    np.testing.assert_array_equal(
+        np.stack([independent(obs) for _ in range(5)]),
+        np.stack([policy.act(obs, generator=generator, temperature=0.5) for _ in range(5)]).astype(np.float64),
+    )
+    for rho in (0.0, 0.9):
+        eps = noise(rho)
+        assert eps.std() == pytest.approx(1.0, abs=0.1)
+        for lag in (1, 5):
+            auto = np.mean([np.corrcoef(eps[:-lag, k], eps[lag:, k])[0, 1] for k in range(2)])
+            assert auto == pytest.approx(rho**lag, abs=0.07)
+    with pytest.raises(ValueError, match="correlation"):
+        policy.numpy_policy(correlation=1.0)
