@@ -144,7 +144,7 @@ class PeelingConfig:
                 f"{self.groups * self.group_size})"
             )
         if self.oracle and self.refit_rated > 0:
-            raise ValueError("oracle ranks by the true return, so there is no fused reward to refit: set refit_rated=0")
+            raise ValueError("oracle ranks by the true return: there is no fused reward to refit; set refit_rated=0")
         if self.residual_hidden < 0:
             raise ValueError(f"residual_hidden must be >= 0 (0: finetune BC itself), got {self.residual_hidden}")
         if self.rated < 8:
