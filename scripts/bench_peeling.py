@@ -200,6 +200,7 @@ def merge_reports(paths: list[Path], out: Path) -> None:
         "residual_hidden": 0,  # and before --residual-hidden finetuned the whole policy
         "oracle": False,  # and before --oracle ranked by the fused reward
         "noise_correlation": 0.0,  # and before --noise-correlation explored with independent noise
+        "censored": False,  # and before --censored scored clipped actions by the density
         "refit_rated": 0,  # and before --refit-rated fit the reward once
     }
 
@@ -252,6 +253,7 @@ def main() -> None:
     parser.add_argument("--select-best", action="store_true", help="keep the round the fused reward scores best")
     parser.add_argument("--eval-episodes", type=int, default=30)
     parser.add_argument("--noise-correlation", type=float, default=0.0, help="AR(1) ρ of the exploration noise")
+    parser.add_argument("--censored", action="store_true", help="censored clip likelihood in stage 2")
     parser.add_argument("--refit-rated", type=int, default=0, help="rate this many rollouts a round and refit")
     parser.add_argument("--oracle", action="store_true", help="rank by the true return (upper bound), not the reward")
     parser.add_argument("--workers", type=int, default=1)

@@ -37,7 +37,14 @@ from mmpref.control.peeling import (
     score_trajectories,
     true_return_scores,
 )
-from mmpref.control.policies import GaussianPolicy, ResidualPolicy, Squash, behaviour_cloning, save_policy
+from mmpref.control.policies import (
+    GaussianPolicy,
+    ResidualPolicy,
+    Squash,
+    behaviour_cloning,
+    censored_copy,
+    save_policy,
+)
 from mmpref.control.robomimic_io import read_robomimic, write_robomimic
 from mmpref.control.segments import Episode, rollout
 from mmpref.control.teachers import RatingTeacher
@@ -84,6 +91,9 @@ class PeelingConfig:
         windows: rank and pair the rollouts of a group window by window (this many consecutive windows, each scored
             by its share of the fused reward; 1: whole rollouts; 5 measured better on push-v3).
         noise_correlation: ρ of the finetuning rollouts' AR(1) exploration noise (0: independent per step).
+        censored: finetune with the censored clip likelihood (:func:`~mmpref.control.policies.censored_copy`:
+            actions on the ±1 bounds scored by the Gaussian mass beyond them) for the policy and its reference;
+            BC itself is trained as before. Needs ``squash`` = ``"clip"``.
         validation: fixed-goal validation environments (goals differ from the training pool's and the
             evaluation's) on which each round's mean-action policy is scored by the fused reward (0: none).
         select_best: keep the round (BC = round 0) that scores best there instead of the last one.
@@ -124,6 +134,7 @@ class PeelingConfig:
     windows: int = 5
     residual_hidden: int = 0
     noise_correlation: float = 0.0
+    censored: bool = False
     validation: int = 0
     select_best: bool = False
     eval_episodes: int = 30
@@ -143,6 +154,8 @@ class PeelingConfig:
                 f"refit_rated ({self.refit_rated}) cannot exceed a round's rollouts (groups × group_size = "
                 f"{self.groups * self.group_size})"
             )
+        if self.censored and self.squash != "clip":
+            raise ValueError(f"censored needs squash='clip' (a tanh policy never reaches ±1), got {self.squash!r}")
         if self.oracle and self.refit_rated > 0:
             raise ValueError("oracle ranks by the true return: there is no fused reward to refit; set refit_rated=0")
         if self.residual_hidden < 0:
@@ -337,9 +350,12 @@ def stage_two(
     start from it and rate with its teacher.
 
     Returns:
-        The results and the finetuned policy: ``policy`` itself, changed in place, or with ``residual_hidden`` > 0
-        a new :class:`~mmpref.control.policies.ResidualPolicy` on a frozen copy of it (``policy`` unchanged).
+        The results and the finetuned policy: ``policy`` itself, changed in place, or a new one (``policy``
+        unchanged) with ``censored`` (a censored copy) or ``residual_hidden`` > 0 (a
+        :class:`~mmpref.control.policies.ResidualPolicy` on a frozen copy).
     """
+    if config.censored:
+        policy = censored_copy(policy)
     reference = frozen_copy(policy)
     if config.residual_hidden > 0:
         policy = ResidualPolicy.on(policy, config.residual_hidden)

@@ -60,6 +60,12 @@ class GaussianPolicy(nn.Module):
         log_std_min: lower bound of log σ (keeps log-likelihoods finite).
         log_std_max: upper bound of log σ.
         action_eps: with ``"tanh"``, actions are clamped to ±(1 − action_eps) before atanh.
+        censored: with ``"clip"``, score an action on a bound by the probability mass the Gaussian puts beyond it
+            (a censored Gaussian: log P(u ≥ 1) = log Φ((μ − 1)/σ), log P(u ≤ −1) = log Φ((−1 − μ)/σ)) instead of the
+            density at the bound. An action clipped to ±1 came from anywhere beyond the bound; the density there
+            can be vanishingly small when μ lies far outside [−1, 1] (log-likelihoods of −60 and below on push-v3
+            rollouts), and such steps then dominate a sequence score or a likelihood term. False: the density
+            (how every policy was trained before this option). Sampling and acting do not change.
     """
 
     def __init__(
@@ -72,10 +78,13 @@ class GaussianPolicy(nn.Module):
         log_std_min: float = -5.0,
         log_std_max: float = 1.0,
         action_eps: float = 1e-3,
+        censored: bool = False,
     ):
         super().__init__()
         if squash not in ("tanh", "clip"):
             raise ValueError(f"squash must be 'tanh' or 'clip', got {squash!r}")
+        if censored and squash != "clip":
+            raise ValueError("censored applies to squash='clip' only (tanh never reaches ±1)")
         if not log_std_min < log_std_max:
             raise ValueError(f"need log_std_min < log_std_max, got {log_std_min} and {log_std_max}")
         if not 0 < action_eps < 1:
@@ -91,8 +100,9 @@ class GaussianPolicy(nn.Module):
             "log_std_min": log_std_min,
             "log_std_max": log_std_max,
             "action_eps": action_eps,
+            "censored": censored,
         }
-        self.obs_dim, self.act_dim, self.squash = obs_dim, act_dim, squash
+        self.obs_dim, self.act_dim, self.squash, self.censored = obs_dim, act_dim, squash, censored
         self.log_std_min, self.log_std_max, self.action_eps = log_std_min, log_std_max, action_eps
         self.trunk = nn.Sequential(*mlp_blocks(obs_dim, [hidden] * layers, nn.ReLU))
         self.head = nn.Linear(hidden if layers else obs_dim, 2 * act_dim)
@@ -140,7 +150,12 @@ class GaussianPolicy(nn.Module):
         else:
             u = actions
             jacobian = torch.zeros_like(actions)
-        gaussian = -0.5 * ((u - mean) / log_std.exp()).pow(2) - log_std - _LOG_SQRT_2PI
+        std = log_std.exp()
+        gaussian = -0.5 * ((u - mean) / std).pow(2) - log_std - _LOG_SQRT_2PI
+        if self.censored:  # clip(u) = ±1 exactly on the bounds (how act() and the env record them)
+            upper = torch.special.log_ndtr((mean - 1.0) / std)
+            lower = torch.special.log_ndtr((-1.0 - mean) / std)
+            gaussian = torch.where(actions >= 1.0, upper, torch.where(actions <= -1.0, lower, gaussian))
         return (gaussian - jacobian).sum(-1)
 
     def segment_log_prob(
@@ -289,6 +304,18 @@ def save_policy(policy: GaussianPolicy, path: str | Path) -> Path:
     with atomic_write(path, "wb") as handle:
         handle.write(data)
     return Path(path)
+
+
+def censored_copy(policy: GaussianPolicy) -> GaussianPolicy:
+    """A copy of ``policy`` (same class, weights and normaliser) whose clip likelihood is censored.
+
+    Acting is unchanged; only :meth:`GaussianPolicy.log_prob` of actions on the bounds differs. ``policy`` must clip.
+    """
+    copy = type(policy)(**(policy.config | {"censored": True}))
+    copy.load_state_dict(policy.state_dict())
+    for mine, theirs in zip(copy.parameters(), policy.parameters(), strict=True):
+        mine.requires_grad_(theirs.requires_grad)
+    return copy
 
 
 def load_policy(path: str | Path) -> GaussianPolicy:

@@ -8,6 +8,7 @@ import yaml
 
 from mmpref.cli import main
 from mmpref.control.peeling_pipeline import PeelingConfig
+from mmpref.control.policies import load_policy
 
 RECIPES = sorted(Path(__file__).resolve().parents[2].joinpath("recipes", "control", "peeling").glob("*.yaml"))
 
@@ -31,6 +32,8 @@ def test_config_errors_name_the_field():
         PeelingConfig(refit_rated=33, groups=4, group_size=8)  # more than a round's 32 rollouts
     with pytest.raises(ValueError, match="noise_correlation"):
         PeelingConfig(noise_correlation=-0.1)
+    with pytest.raises(ValueError, match="censored"):
+        PeelingConfig(censored=True, squash="tanh")
     with pytest.raises(ValueError, match="refit_rated=0"):
         PeelingConfig(oracle=True, refit_rated=4)
 
@@ -44,7 +47,7 @@ def test_job_rejects_unknown_recipe_fields(tmp_path, capsys):
 @pytest.mark.slow
 def test_job_runs_end_to_end_on_a_tiny_setting(tmp_path):
     settings = "demos=3 max_steps=20 bc_epochs=1 pool=2 rated=8 iterations=1 groups=1 group_size=2 eval_episodes=1"
-    settings += " refit_rated=2 noise_correlation=0.5 validation=1 select_best=true"
+    settings += " refit_rated=2 noise_correlation=0.5 censored=true validation=1 select_best=true"
     assert main(["peeling", "--set", *settings.split(), "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     log = summary["results"]["finetune_log"]
@@ -57,3 +60,5 @@ def test_job_runs_end_to_end_on_a_tiny_setting(tmp_path):
     assert summary["config"]["windows"] == 5
     for name in ("demos.hdf5", "bc_policy.safetensors", "finetuned_policy.safetensors"):
         assert (tmp_path / name).is_file()
+    assert load_policy(tmp_path / "finetuned_policy.safetensors").censored
+    assert not load_policy(tmp_path / "bc_policy.safetensors").censored

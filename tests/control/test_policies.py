@@ -1,12 +1,21 @@
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
-from mmpref.control.policies import GaussianPolicy, ResidualPolicy, behaviour_cloning, load_policy, save_policy
+from mmpref.control.policies import (
+    GaussianPolicy,
+    ResidualPolicy,
+    behaviour_cloning,
+    censored_copy,
+    load_policy,
+    save_policy,
+)
 from mmpref.data import DataError
 
 
@@ -239,3 +248,56 @@ def test_correlated_exploration_noise_is_ar1_with_standard_normal_steps():
             assert auto == pytest.approx(rho**lag, abs=0.07)
     with pytest.raises(ValueError, match="correlation"):
         policy.numpy_policy(correlation=1.0)
+
+
+def test_censored_clip_likelihood_scores_bound_actions_by_the_mass_beyond():
+    """Oracle with torch.distributions: an action on +1 scores log P(u ≥ 1) = log(1 − F(1)), on −1 log F(−1), inside
+    the density; the uncensored policy keeps the density everywhere. The mass matches the share of clipped samples."""
+    torch.manual_seed(0)
+    policy = GaussianPolicy(obs_dim=3, act_dim=3, hidden=8, squash="clip")
+    with torch.no_grad():  # means near the bounds and σ ≈ 0.5, so the masses beyond ±1 are not vanishingly small
+        policy.head.weight.mul_(0.1)
+        policy.head.bias.copy_(torch.tensor([0.8, -0.7, 0.0, 0.5, 0.5, 0.5]))
+    censored = censored_copy(policy)
+    obs = torch.randn(5, 3)
+    actions = torch.tensor([[1.0, -1.0, 0.3]]).repeat(5, 1)
+    mean, log_std = policy(obs)
+    normal = torch.distributions.Normal(mean.double(), log_std.exp().double())
+    a = actions.double()
+    expected = (
+        torch.log1p(-normal.cdf(torch.ones_like(a)))[:, 0]
+        + torch.log(normal.cdf(-torch.ones_like(a)))[:, 1]
+        + normal.log_prob(a)[:, 2]
+    )
+    torch.testing.assert_close(censored.log_prob(obs, actions).double(), expected, rtol=1e-5, atol=1e-5)
+    density = normal.log_prob(a).sum(-1)
+    torch.testing.assert_close(policy.log_prob(obs, actions).double(), density, rtol=1e-5, atol=1e-5)
+    # acting is unchanged, and the share of samples clipped to +1 in dimension 0 is the mass the likelihood uses
+    generator = torch.Generator().manual_seed(2)
+    x = obs[:1].expand(20000, 3)
+    samples = censored.act(x, generator=generator)
+    np.testing.assert_array_equal(censored.act(obs, deterministic=True), policy.act(obs, deterministic=True))
+    share = (samples[:, 0] == 1.0).double().mean()
+    assert share.item() == pytest.approx(float(1 - normal.cdf(torch.ones_like(a))[0, 0]), abs=0.01)
+    with pytest.raises(ValueError, match="censored"):
+        GaussianPolicy(squash="tanh", censored=True)
+
+
+def test_censored_copy_keeps_weights_and_class_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    base = GaussianPolicy(obs_dim=3, act_dim=2, hidden=8, squash="clip")
+    residual = censored_copy(ResidualPolicy.on(base, residual_hidden=4))
+    assert isinstance(residual, ResidualPolicy) and residual.censored
+    assert [p.requires_grad for p in residual.parameters()] == [
+        p.requires_grad for p in ResidualPolicy.on(base, 4).parameters()
+    ]
+    save_policy(residual, tmp_path / "p.safetensors")
+    loaded = load_policy(tmp_path / "p.safetensors")
+    assert isinstance(loaded, ResidualPolicy) and loaded.censored
+    obs, actions = torch.randn(4, 3), torch.tensor([[1.0, 0.2]] * 4)
+    torch.testing.assert_close(loaded.log_prob(obs, actions), residual.log_prob(obs, actions))
+    # a policy saved before the option existed (no "censored" in its config) loads with the density
+    config = {k: v for k, v in base.config.items() if k != "censored"}
+    metadata = {"format": "mmpref.GaussianPolicy", "config": json.dumps(config)}
+    save_file(base.state_dict(), str(tmp_path / "old.safetensors"), metadata=metadata)
+    assert not load_policy(tmp_path / "old.safetensors").censored
