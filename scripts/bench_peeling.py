@@ -200,6 +200,7 @@ def merge_reports(paths: list[Path], out: Path) -> None:
         "residual_hidden": 0,  # and before --residual-hidden finetuned the whole policy
         "oracle": False,  # and before --oracle ranked by the fused reward
         "noise_correlation": 0.0,  # and before --noise-correlation explored with independent noise
+        "window_credit": "own",  # and before --window-credit ranked each window by its own share
         "censored": False,  # and before --censored scored clipped actions by the density
         "refit_rated": 0,  # and before --refit-rated fit the reward once
     }
@@ -253,6 +254,7 @@ def main() -> None:
     parser.add_argument("--select-best", action="store_true", help="keep the round the fused reward scores best")
     parser.add_argument("--eval-episodes", type=int, default=30)
     parser.add_argument("--noise-correlation", type=float, default=0.0, help="AR(1) ρ of the exploration noise")
+    parser.add_argument("--window-credit", default="own", choices=["own", "to_go"], help="rank a window by own/to-go")
     parser.add_argument("--censored", action="store_true", help="censored clip likelihood in stage 2")
     parser.add_argument("--refit-rated", type=int, default=0, help="rate this many rollouts a round and refit")
     parser.add_argument("--oracle", action="store_true", help="rank by the true return (upper bound), not the reward")

@@ -28,6 +28,18 @@ partial-return preference model on segments. On push-v3, W = 5 raised the mean-a
 +20.0 points on seeds 0-2 but not on fresh seeds: over nine seeds +9.3, level with whole-trajectory ranking (+8.2)
 (``docs/benchmarks/bench_peeling_variants_cpu.md``).
 
+**Correlated exploration** (``noise_correlation`` = ρ > 0): the rollouts' deviations from the mean action follow an
+AR(1) process (:meth:`~mmpref.control.policies.GaussianPolicy.numpy_policy`), each step still a sample of π(·|s_t).
+A window's preference credits the sum of its steps' deviations; with independent per-step noise those average out,
+and even a perfect ranker (the true return, ``oracle`` in the pipeline) gave no mean-action gain on push-v3 seeds 3-5;
+with ρ = 0.97 a winner deviates the same way for ~30 steps, so the update has a direction. Rollouts that wander
+further also clip more actions, whose density under the policy can be tiny (log π of −60 when μ lies far outside
+[−1, 1]); the censored clip likelihood (:func:`~mmpref.control.policies.censored_copy`) scores those steps by the
+mass beyond the bound instead.
+
+**Reward refit** (:class:`RewardRefit`): rate some rollouts of every round and refit the fused reward on all ratings
+so far, so the ranking follows the policy off BC's distribution.
+
 **Residual policy** (:class:`~mmpref.control.policies.ResidualPolicy`): the BC network frozen and a small MLP added to
 its output, trained by the same objective; the paper's choice. On push-v3 it did worse than finetuning the whole
 policy at the learning rate tried.
@@ -51,6 +63,7 @@ import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
@@ -68,6 +81,7 @@ from mmpref.reward.system import RewardModelSystem
 from mmpref.reward.trainers import quick_trainer, quiet_lightning
 
 logger = logging.getLogger(__name__)
+WindowCredit = Literal["own", "to_go"]
 OBJECT_SLICE, GOAL_SLICE = slice(4, 7), slice(36, 39)
 
 
@@ -452,6 +466,10 @@ class FinetuneConfig:
             group's rollouts by their share of the reward model's score (the reward callable then returns
             ``[N, windows]``, :func:`score_trajectories`); each pair or list is then a window of the rollouts, so the
             preference lands on the part of a rollout that earned it instead of all 150 steps. 1: whole rollouts.
+        window_credit: with ``windows`` > 1, what a window is ranked by: ``"own"``, its own share of the score, or
+            ``"to_go"``, the sum of its share and every later window's (:func:`credit_to_go`): a window's actions
+            also shape what follows (a reach in the first 30 steps is what lets the push in the next 60 succeed),
+            and its own share does not see that.
         noise_correlation: ρ of the rollouts' AR(1) exploration noise (:meth:`GaussianPolicy.numpy_policy`): with
             independent per-step noise a rollout's deviations from the mean average out over a window and the
             preference says little about which way the mean should move; with correlated noise a winner deviates
@@ -473,6 +491,7 @@ class FinetuneConfig:
     explore_temperature: float = 1.0
     demo_weight: float = 0.0
     windows: int = 1
+    window_credit: WindowCredit = "own"
     noise_correlation: float = 0.0
     seed: int = 0
 
@@ -482,6 +501,8 @@ class FinetuneConfig:
             raise ValueError(f"explore_temperature must be > 0, got {self.explore_temperature}")
         if self.demo_weight < 0:
             raise ValueError(f"demo_weight must be >= 0, got {self.demo_weight}")
+        if self.window_credit not in ("own", "to_go"):
+            raise ValueError(f"window_credit must be 'own' or 'to_go', got {self.window_credit!r}")
         if not 0.0 <= self.noise_correlation < 1.0:
             raise ValueError(f"noise_correlation must lie in [0, 1), got {self.noise_correlation}")
         if not 1 <= self.windows <= self.max_steps:
@@ -543,6 +564,15 @@ def ranked_scores(
             f"{windows}; expected {expected} (score_trajectories(..., windows={windows}) gives that)"
         )
     return scores
+
+
+def credit_to_go(scores: np.ndarray) -> np.ndarray:
+    """Per-window scores ``[N, W]`` → the score to go from each window, ``out[:, w] = Σ_{v ≥ w} scores[:, v]``.
+
+    Whole-trajectory scores ``[N]`` pass through unchanged.
+    """
+    scores = np.asarray(scores, np.float64)
+    return np.flip(np.cumsum(np.flip(scores, -1), -1), -1).copy() if scores.ndim == 2 else scores
 
 
 def by_window(groups: Sequence[tuple[Sequence[Episode], np.ndarray]]) -> list[tuple[list[Episode], np.ndarray]]:
@@ -677,6 +707,7 @@ def preference_finetune(
     if config.group_size < 2:
         raise ValueError(f"group_size must be >= 2 to form pairs, got {config.group_size}")
     rng = np.random.default_rng(config.seed)
+    credited = credit_to_go if config.window_credit == "to_go" else np.asarray
     # a residual policy's frozen base has no gradient: only what trains is handed to Adam
     optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=config.lr)
     log = FinetuneLog()
@@ -685,7 +716,7 @@ def preference_finetune(
         if len(demonstrations) < 2:
             raise ValueError(f"demo_weight > 0 needs >= 2 demonstrations, got {len(demonstrations)}")
         demos = list(demonstrations)
-        demo_scores = ranked_scores(reward, demos, config.windows)
+        demo_scores = credited(ranked_scores(reward, demos, config.windows))
         demo_objective, log.demo_comparisons = round_objective([(demos, demo_scores)], config)
     best_state = None
     # with a refit, every round's validation rollouts and weights are kept to be scored by the last reward
@@ -714,7 +745,7 @@ def preference_finetune(
                 correlation=config.noise_correlation,
             )
             group = [rollout(envs[g], act, max_steps=config.max_steps) for _ in range(config.group_size)]
-            groups.append((group, ranked_scores(reward, group, config.windows)))
+            groups.append((group, credited(ranked_scores(reward, group, config.windows))))
         rewards = [trajectory_totals(scores).mean() for _, scores in groups]
         successes = [e.succeeded for group, _ in groups for e in group]
         objective, comparisons = round_objective(groups, config)
