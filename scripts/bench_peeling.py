@@ -4,7 +4,8 @@ Per seed: (1) scripted-expert demonstrations with Gaussian action noise drawn pe
 noise_high], written to and read back from a robomimic HDF5 file; (2) behaviour cloning; (3) stochastic BC rollouts
 from fixed-goal training environments, rated 1-5 by a RatingTeacher on their true return (trajectory level), and a
 fused reward (object-to-goal progress per step + a learned step reward) trained on those ratings; (4) online
-trajectory DPO against the frozen BC policy; (5) BC and the finetuned policy evaluated on the same held-out goals,
+trajectory DPO against the frozen BC policy (16 rounds; rollouts at half σ with AR(1) noise, ρ 0.97, ranked window by
+window on the fused reward to go; censored clip likelihood); (5) BC and the finetuned policy evaluated on the same held-out goals,
 sampling (the policy as trained) and with the mean action: success rate, final progress 1 − d_T/d_0, jerk.
 Results are written after every seed (JSON + markdown), so a cut-short run still reports what it finished.
 
@@ -223,7 +224,23 @@ def merge_reports(paths: list[Path], out: Path) -> None:
     print((out / "bench_peeling_cpu.md").read_text())
 
 
-def main() -> None:
+def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The command that reruns ``args``: every set flag, a False switch only where its default is True (``--no-x``)."""
+    words = []
+    for key, value in vars(args).items():
+        if value is None or key in ("out_dir", "save_dir", "cache_dir", "merge"):
+            continue
+        if isinstance(value, bool):
+            if value or parser.get_default(key):
+                words.append(("--" if value else "--no-") + key.replace("_", "-"))
+            continue
+        shown = " ".join(map(str, value)) if isinstance(value, list) else value
+        words.append(f"--{key.replace('_', '-')} {shown}")
+    return "OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_peeling.py " + " ".join(words)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's flags (defaults: the recipe's setting, ``recipes/control/peeling/push.yaml``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--task", default="push-v3")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -238,7 +255,7 @@ def main() -> None:
     parser.add_argument("--rating-noise", type=float, default=0.0)
     parser.add_argument("--smoothness", type=float, default=0.0)
     parser.add_argument("--reward-epochs", type=int, default=30)
-    parser.add_argument("--iterations", type=int, default=8)
+    parser.add_argument("--iterations", type=int, default=16)
     parser.add_argument("--groups", type=int, default=4)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--beta", type=float, default=0.1)
@@ -253,9 +270,11 @@ def main() -> None:
     parser.add_argument("--validation", type=int, default=0, help="fixed-goal envs scoring each round")
     parser.add_argument("--select-best", action="store_true", help="keep the round the fused reward scores best")
     parser.add_argument("--eval-episodes", type=int, default=30)
-    parser.add_argument("--noise-correlation", type=float, default=0.0, help="AR(1) ρ of the exploration noise")
-    parser.add_argument("--window-credit", default="own", choices=["own", "to_go"], help="rank a window by own/to-go")
-    parser.add_argument("--censored", action="store_true", help="censored clip likelihood in stage 2")
+    parser.add_argument("--noise-correlation", type=float, default=0.97, help="AR(1) ρ of the exploration noise")
+    parser.add_argument("--window-credit", default="to_go", choices=["own", "to_go"], help="own share or to go")
+    parser.add_argument(
+        "--censored", action=argparse.BooleanOptionalAction, default=True, help="censored clip likelihood in stage 2"
+    )
     parser.add_argument("--refit-rated", type=int, default=0, help="rate this many rollouts a round and refit")
     parser.add_argument("--oracle", action="store_true", help="rank by the true return (upper bound), not the reward")
     parser.add_argument("--workers", type=int, default=1)
@@ -269,6 +288,11 @@ def main() -> None:
         default=None,
         help="instead of running: one report from these bench_peeling_cpu.json files (same settings, other seeds)",
     )
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     if args.merge:
         merge_reports(args.merge, args.out_dir)
@@ -278,13 +302,7 @@ def main() -> None:
 
     meta = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_peeling.py "
-        + " ".join(
-            f"--{k.replace('_', '-')}"
-            + ("" if isinstance(v, bool) else f" {' '.join(map(str, v)) if isinstance(v, list) else v}")
-            for k, v in vars(args).items()
-            if v is not None and v is not False and k not in ("out_dir", "save_dir", "cache_dir")
-        ),
+        "command": command_line(parser, args),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": f"2 vCPU AMD EPYC ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
         "CPU only, shared with other jobs",

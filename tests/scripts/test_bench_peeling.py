@@ -67,3 +67,15 @@ def test_merge_pools_the_seeds_of_one_setting_and_refuses_others(tmp_path):
         SCRIPT["merge_reports"]([a, other], tmp_path / "out")
     with pytest.raises(SystemExit, match="repeat"):
         SCRIPT["merge_reports"]([a, a], tmp_path / "out")
+
+
+def test_command_line_reruns_the_same_settings():
+    """The recorded command parses back to the same arguments, a switched-off default switch included."""
+    parser = SCRIPT["build_parser"]()
+    args = parser.parse_args(["--seeds", "3", "4", "--no-censored", "--select-best", "--window-credit", "own"])
+    command = SCRIPT["command_line"](parser, args)
+    assert "--no-censored" in command and "--select-best" in command and "--oracle" not in command
+    again = parser.parse_args(command.split("bench_peeling.py ", 1)[1].split())
+    assert vars(again) == vars(args)
+    defaults = parser.parse_args([])
+    assert defaults.censored and defaults.window_credit == "to_go" and defaults.noise_correlation == 0.97
