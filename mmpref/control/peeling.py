@@ -739,6 +739,7 @@ def preference_finetune(
         validate(0)
     for it in range(config.iterations):
         groups: list[tuple[list[Episode], np.ndarray]] = []
+        rewards: list[float] = []  # the groups' mean scores, before any credit to go
         for g in rng.choice(len(envs), config.groups, replace=False):
             act = policy.numpy_policy(
                 deterministic=False,
@@ -747,8 +748,9 @@ def preference_finetune(
                 correlation=config.noise_correlation,
             )
             group = [rollout(envs[g], act, max_steps=config.max_steps) for _ in range(config.group_size)]
-            groups.append((group, credited(ranked_scores(reward, group, config.windows))))
-        rewards = [trajectory_totals(scores).mean() for _, scores in groups]
+            scores = ranked_scores(reward, group, config.windows)
+            groups.append((group, credited(scores)))
+            rewards.append(float(trajectory_totals(scores).mean()))
         successes = [e.succeeded for group, _ in groups for e in group]
         objective, comparisons = round_objective(groups, config)
         last = float("nan")

@@ -610,10 +610,14 @@ def test_credit_to_go_teaches_the_phase_whose_payoff_comes_later():
     def halves(group):
         return np.array([[e.rewards[:5].sum(), e.rewards[5:].sum()] for e in group])
 
-    errors = {}
+    errors, logs = {}, {}
     for credit in ("own", "to_go"):
         policy = _toy_policy()
         config = _toy_config(iterations=30, max_steps=10, windows=2, window_credit=credit)
-        preference_finetune(policy, frozen_copy(policy), [_DelayedEnv(TARGET) for _ in range(4)], halves, config)
+        envs = [_DelayedEnv(TARGET) for _ in range(4)]
+        logs[credit] = preference_finetune(policy, frozen_copy(policy), envs, halves, config)
         errors[credit] = _phase_error(policy)[0]
     assert errors["own"] > 1.8 and errors["to_go"] < 1.5
+    # the logged reward is the rollouts' total (≤ 0 here), not the sum of the credited windows (which counts the
+    # second window twice)
+    assert logs["to_go"].reward[0] == pytest.approx(logs["own"].reward[0])
