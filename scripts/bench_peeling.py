@@ -5,8 +5,9 @@ noise_high], written to and read back from a robomimic HDF5 file; (2) behaviour 
 from fixed-goal training environments, rated 1-5 by a RatingTeacher on their true return (trajectory level), and a
 fused reward (object-to-goal progress per step + a learned step reward) trained on those ratings; (4) online
 trajectory DPO against the frozen BC policy (16 rounds; rollouts at half σ with AR(1) noise, ρ 0.97, ranked window by
-window on the fused reward to go; censored clip likelihood); (5) BC and the finetuned policy evaluated on the same held-out goals,
-sampling (the policy as trained) and with the mean action: success rate, final progress 1 − d_T/d_0, jerk.
+window on the fused reward to go; censored clip likelihood); (5) BC and the finetuned policy evaluated on the same
+held-out goals, sampling (the policy as trained) and with the mean action: success rate, final progress 1 − d_T/d_0,
+jerk.
 Results are written after every seed (JSON + markdown), so a cut-short run still reports what it finished.
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_peeling.py --seeds 0 1 2
@@ -66,7 +67,10 @@ def run_seed(job: dict[str, Any]) -> dict[str, Any]:
             with tempfile.TemporaryDirectory() as tmp:
                 demos = collect_demonstrations(config, Path(tmp) / "demos.hdf5")
         # the rated set is deterministic too: rolled out again from a fresh pool, as stage 1 did
-        rated = rate_bc_rollouts(config, policy, training_pool(config)) if config.refit_rated > 0 else None
+        rated = None
+        if config.refit_rated > 0:
+            act = policy.numpy_policy(deterministic=False, seed=config.seed)
+            rated = rate_bc_rollouts(config, act, training_pool(config))
     else:
         with tempfile.TemporaryDirectory() as tmp:
             first = stage_one(config, pool, Path(tmp) / "demos.hdf5")

@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ from mmpref.control.segments import Episode, rollout
 from mmpref.control.teachers import RatingTeacher
 from mmpref.data import atomic_write
 from mmpref.losses import LossName
-from mmpref.recipe import RecipeError, add_recipe_arguments, load_recipe
+from mmpref.recipe import RecipeError, add_recipe_arguments, load_recipe, require_at_least
 from mmpref.reward.system import RewardModelSystem
 
 
@@ -149,9 +149,9 @@ class PeelingConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.noise_low <= self.noise_high:
             raise ValueError(f"need 0 <= noise_low <= noise_high, got {self.noise_low} and {self.noise_high}")
-        for name in ("demos", "max_steps", "bc_epochs", "pool", "reward_epochs", "iterations", "eval_episodes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(
+            self, ("demos", "max_steps", "bc_epochs", "pool", "reward_epochs", "iterations", "eval_episodes")
+        )
         if self.refit_rated < 0:
             raise ValueError(f"refit_rated must be >= 0 (0: fit the fused reward once), got {self.refit_rated}")
         if self.refit_rated > self.groups * self.group_size:
@@ -285,13 +285,15 @@ class StageOne:
     rated: RatedSet
 
 
-def rate_bc_rollouts(config: PeelingConfig, policy: GaussianPolicy, pool: Sequence[gym.Env]) -> RatedSet:
-    """``rated`` stochastic rollouts of ``policy`` cycling through ``pool``, rated on their true return.
+def rate_bc_rollouts(
+    config: PeelingConfig, act: Callable[[np.ndarray], np.ndarray], pool: Sequence[gym.Env]
+) -> RatedSet:
+    """``rated`` rollouts of ``act`` cycling through ``pool``, rated on their true return.
 
-    The teacher's edges sit at the quantiles of these returns (``rating_levels`` levels). Deterministic in the
-    seed, the policy and the pool's state (a fresh :func:`training_pool` gives the same set again).
+    ``act``: the BC policy sampled, ``numpy_policy(seed=config.seed)``. The teacher's edges sit at the quantiles of
+    these returns (``rating_levels`` levels). Deterministic in the seed, the policy and the pool's state (a fresh
+    :func:`training_pool` and callable give the same set again); ``act`` keeps drawing where the set left off.
     """
-    act = policy.numpy_policy(deterministic=False, seed=config.seed)
     rated = [rollout(pool[i % len(pool)], act, max_steps=config.max_steps) for i in range(config.rated)]
     returns = [float(e.rewards.sum()) for e in rated]
     teacher = RatingTeacher.from_returns(
@@ -322,11 +324,11 @@ def stage_one(config: PeelingConfig, pool: Sequence[gym.Env], dataset: Path) -> 
     timings["bc_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    rated = rate_bc_rollouts(config, policy, pool)
+    act = policy.numpy_policy(deterministic=False, seed=seed)
+    rated = rate_bc_rollouts(config, act, pool)
     reward = fit_fused_reward(rated.episodes, rated.ratings, config.smoothness, epochs=config.reward_epochs, seed=seed)
     timings["reward_s"] = time.perf_counter() - start
-    # how well the fused reward orders 16 fresh rollouts by their true return (held out from its training)
-    act = policy.numpy_policy(deterministic=False, seed=seed)
+    # how well the fused reward orders 16 fresh rollouts (the same sampler, drawing on) by their true return
     check = [rollout(pool[i % len(pool)], act, max_steps=steps) for i in range(16)]
     fused = score_trajectories(reward, check, config.smoothness)
     true = np.array([e.rewards.sum() for e in check])
