@@ -73,7 +73,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mmpref.control.policies import GaussianPolicy
+from mmpref.control.policies import GaussianPolicy, copy_policy
 from mmpref.control.reward import StepReward
 from mmpref.control.segments import Episode, rollout
 from mmpref.control.teachers import RatingTeacher
@@ -429,8 +429,7 @@ def group_dpo_loss(
 
 def frozen_copy(policy: GaussianPolicy) -> GaussianPolicy:
     """A detached copy of ``policy`` (same class) with gradients off, for the DPO reference."""
-    reference = type(policy)(**policy.config)
-    reference.load_state_dict(policy.state_dict())
+    reference = copy_policy(policy)
     reference.requires_grad_(False)
     return reference.eval()
 
@@ -545,7 +544,12 @@ def validation_score(
     max_steps: int,
 ) -> float:
     """Mean reward-model score of one mean-action rollout from each (fixed-goal) validation environment."""
-    return float(np.mean(trajectory_totals(reward(validation_rollouts(policy, envs, max_steps)))))
+    return mean_total(reward, validation_rollouts(policy, envs, max_steps))
+
+
+def mean_total(reward: Callable[[Sequence[Episode]], np.ndarray], episodes: Sequence[Episode]) -> float:
+    """The mean over ``episodes`` of their whole-trajectory scores under ``reward`` (window scores summed)."""
+    return float(np.mean(trajectory_totals(reward(episodes))))
 
 
 def trajectory_totals(scores: np.ndarray) -> np.ndarray:
@@ -728,7 +732,7 @@ def preference_finetune(
     def validate(round_index: int) -> None:
         nonlocal best_state
         episodes = validation_rollouts(policy, validation, config.max_steps)
-        log.validation.append(float(np.mean(trajectory_totals(reward(episodes)))))
+        log.validation.append(mean_total(reward, episodes))
         if refit is not None:
             kept_rollouts.append(episodes)
             kept_states.append(copy.deepcopy(policy.state_dict()))
@@ -781,7 +785,7 @@ def preference_finetune(
             last,
         )
     if refit is not None and validation:
-        log.validation = [float(np.mean(trajectory_totals(reward(episodes)))) for episodes in kept_rollouts]
+        log.validation = [mean_total(reward, episodes) for episodes in kept_rollouts]
         log.kept_round = int(np.argmax(log.validation))  # the first of equal scores, as without a refit
         best_state = kept_states[log.kept_round]
     if config.select_best and best_state is not None:

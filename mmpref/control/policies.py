@@ -306,16 +306,21 @@ def save_policy(policy: GaussianPolicy, path: str | Path) -> Path:
     return Path(path)
 
 
+def copy_policy(policy: GaussianPolicy, **changes: Any) -> GaussianPolicy:
+    """A copy of ``policy``: same class, weights, normaliser and trainable parts, constructor ``changes`` applied."""
+    copy = type(policy)(**(policy.config | changes))
+    copy.load_state_dict(policy.state_dict())
+    for mine, theirs in zip(copy.parameters(), policy.parameters(), strict=True):
+        mine.requires_grad_(theirs.requires_grad)
+    return copy
+
+
 def censored_copy(policy: GaussianPolicy) -> GaussianPolicy:
     """A copy of ``policy`` (same class, weights and normaliser) whose clip likelihood is censored.
 
     Acting is unchanged; only :meth:`GaussianPolicy.log_prob` of actions on the bounds differs. ``policy`` must clip.
     """
-    copy = type(policy)(**(policy.config | {"censored": True}))
-    copy.load_state_dict(policy.state_dict())
-    for mine, theirs in zip(copy.parameters(), policy.parameters(), strict=True):
-        mine.requires_grad_(theirs.requires_grad)
-    return copy
+    return copy_policy(policy, censored=True)
 
 
 def load_policy(path: str | Path) -> GaussianPolicy:
