@@ -187,6 +187,21 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path)
                 log = r["finetune_log"]
                 scores = " ".join(f"{s:.3f}" for s in log["validation"])
                 lines.append(f"- seed {r['seed']}: {scores}; kept round {log['kept_round']}")
+        if any("rounds" in r for r in results):
+            lines += [
+                "",
+                "Held-out success of the mean-action policy after every round (round 0 = BC; `--track-rounds`, "
+                "diagnosis only: no round is chosen on it; [x] = the round kept):",
+                "",
+            ]
+            for r in results:
+                if "rounds" in r:
+                    kept = r["finetune_log"].get("kept_round")
+                    cells = [
+                        f"[{h['success']:.2f}]" if i == kept else f"{h['success']:.2f}"
+                        for i, h in enumerate(r["rounds"]["held_out"])
+                    ]
+                    lines.append(f"- seed {r['seed']}: " + " ".join(cells))
         lines += ["", "Timings (s): " + "; ".join(f"seed {r['seed']}: {r['timings']}" for r in results)]
     with atomic_write(out / "bench_peeling_cpu.md", "w") as handle:
         handle.write("\n".join(lines) + "\n")
@@ -199,7 +214,8 @@ def merge_reports(paths: list[Path], out: Path) -> None:
     so it counts as that default.
     """
     runs = [json.loads(Path(p).read_text()) for p in paths]
-    ignored = ("seeds", "out_dir", "cache_dir", "save_dir", "workers", "merge")
+    # track_rounds only adds a record (training and the choice of round are the same either way)
+    ignored = ("seeds", "out_dir", "cache_dir", "save_dir", "workers", "merge", "track_rounds")
     defaults = {
         "windows": 1,  # runs before --windows ranked whole rollouts
         "residual_hidden": 0,  # and before --residual-hidden finetuned the whole policy
@@ -281,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--refit-rated", type=int, default=0, help="rate this many rollouts a round and refit")
     parser.add_argument("--oracle", action="store_true", help="rank by the true return (upper bound), not the reward")
+    parser.add_argument(
+        "--track-rounds", action="store_true", help="also evaluate every round on the held-out goals (diagnosis)"
+    )
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--save-dir", type=Path, default=None)
     parser.add_argument("--cache-dir", type=Path, default=None, help="reuse stage 1 (demos, BC, reward) per seed")

@@ -689,6 +689,7 @@ def preference_finetune(
     validation: Sequence[gym.Env] = (),
     demonstrations: Sequence[Episode] = (),
     refit: Callable[[Sequence[Episode]], Callable[[Sequence[Episode]], np.ndarray]] | None = None,
+    on_round: Callable[[int, GaussianPolicy], None] | None = None,
 ) -> FinetuneLog:
     """Stage 2: online trajectory DPO of ``policy`` against the frozen ``reference``, in place.
 
@@ -705,6 +706,10 @@ def preference_finetune(
     and returns the reward that ranks the next round. The rounds' validation scores then come from different
     models, so the validation rollouts of every round are kept and scored again, all by the last reward, before the
     round is chosen (``log.validation`` holds those final scores).
+
+    ``on_round(round_index, policy)``, when given, is called with the policy before the first update (round 0) and
+    after every round's update (and validation): a hook for logging or diagnosis that sees the weights of every
+    round; it must not change them.
     """
     if config.select_best and not validation:
         raise ValueError("select_best needs validation environments (the round is chosen on them)")
@@ -741,6 +746,8 @@ def preference_finetune(
 
     if validation:
         validate(0)
+    if on_round is not None:
+        on_round(0, policy)
     for it in range(config.iterations):
         groups: list[tuple[list[Episode], np.ndarray]] = []
         rewards: list[float] = []  # the groups' mean scores, before any credit to go
@@ -776,6 +783,8 @@ def preference_finetune(
             log.refits += 1
         if validation:
             validate(it + 1)
+        if on_round is not None:
+            on_round(it + 1, policy)
         logger.info(
             "round %d: reward %.3f, success %.2f, %d comparisons, DPO loss %.4f",
             it,

@@ -36,7 +36,9 @@ from mmpref.control.peeling import (
     outcome,
     preference_finetune,
     score_trajectories,
+    trajectory_totals,
     true_return_scores,
+    validation_rollouts,
 )
 from mmpref.control.policies import (
     GaussianPolicy,
@@ -108,6 +110,12 @@ class PeelingConfig:
         oracle: rank stage 2's rollouts (and choose the round) by the environment's true return instead of the
             fused reward: the upper bound of what a perfect reward model gives, for diagnosing whether the reward or
             the finetuning limits the gain (it reads the simulator's reward, which a human-rated task does not have).
+        track_rounds: after every round (and before the first, BC) also roll out the mean-action policy on the
+            held-out goals and on ``max(validation, 16)`` validation goals (the first ``validation`` of them are the
+            ones the round is chosen on) and keep per goal its success, final progress and (validation) fused score,
+            in ``results["rounds"]``. For diagnosis only (how good was each round; how would another rule for
+            choosing the round have fared): nothing is chosen on it. Costs about one more rollout per held-out and
+            validation goal per round.
     """
 
     task: str = "push-v3"
@@ -145,6 +153,7 @@ class PeelingConfig:
     eval_episodes: int = 30
     refit_rated: int = 0
     oracle: bool = False
+    track_rounds: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.noise_low <= self.noise_high:
@@ -239,9 +248,46 @@ def training_pool(config: PeelingConfig) -> list[gym.Env]:
     return [make_env(config.task, seed=20_000 + 100 * config.seed + g) for g in range(config.pool)]
 
 
-def validation_pool(config: PeelingConfig) -> list[gym.Env]:
-    """Fixed-goal environments for choosing the finetuning round (goals differ from the pool's and evaluation's)."""
-    return [make_env(config.task, seed=50_000 + 100 * config.seed + g) for g in range(config.validation)]
+def validation_pool(config: PeelingConfig, size: int | None = None) -> list[gym.Env]:
+    """Fixed-goal environments for choosing the finetuning round (goals differ from the pool's and evaluation's).
+
+    ``size`` (default ``config.validation``) goals; a larger pool starts with the same ones.
+    """
+    count = config.validation if size is None else size
+    return [make_env(config.task, seed=50_000 + 100 * config.seed + g) for g in range(count)]
+
+
+class RoundTracker:
+    """``config.track_rounds``' record of every round's mean-action policy (an ``on_round`` hook).
+
+    Per round, ``held_out``: success, mean final progress and per-goal success on the held-out goals (the same as
+    the final evaluation's); ``validation``: per goal, the fused score (``rank``'s whole-trajectory total), final
+    progress and success on ``max(config.validation, 16)`` validation goals.
+    """
+
+    def __init__(self, config: PeelingConfig, rank: Callable[[Sequence[Episode]], np.ndarray]) -> None:
+        self.config, self.rank = config, rank
+        self.validation = validation_pool(config, max(config.validation, 16))
+        self.held_out: list[dict[str, Any]] = []
+        self.scores: list[dict[str, list[float]]] = []
+
+    def __call__(self, round_index: int, policy: GaussianPolicy) -> None:
+        """Record round ``round_index`` (``policy`` is not changed)."""
+        held_out = evaluate_held_out(policy, self.config, deterministic=True)
+        self.held_out.append({k: held_out[k] for k in ("success", "progress", "goal_success")})
+        episodes = validation_rollouts(policy, self.validation, self.config.max_steps)
+        results = [outcome(e) for e in episodes]
+        self.scores.append(
+            {
+                "fused": [float(x) for x in trajectory_totals(self.rank(episodes))],
+                "progress": [float(r.progress) for r in results],
+                "success": [float(r.success) for r in results],
+            }
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The per-round lists, for a results dict."""
+        return {"held_out": self.held_out, "validation": self.scores}
 
 
 def collect_demonstrations(config: PeelingConfig, dataset: Path) -> list[Episode]:
@@ -385,6 +431,7 @@ def stage_two(
             config.reward_epochs,
             config.seed,
         )
+    tracker = RoundTracker(config, rank) if config.track_rounds else None
     log = preference_finetune(
         policy,
         reference,
@@ -394,8 +441,11 @@ def stage_two(
         validation=validation_pool(config),
         demonstrations=demonstrations,
         refit=refit,
+        on_round=tracker,
     )
     results: dict[str, Any] = {"finetune_s": time.perf_counter() - start, "finetune_log": asdict(log)}
+    if tracker is not None:
+        results["rounds"] = tracker.record()
     state = reference.state_dict()
     results["reference_unchanged"] = all(torch.equal(v, state[k]) for k, v in reference_state.items())
     results |= held_out_results(policy, config, "ft")

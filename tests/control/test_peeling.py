@@ -405,6 +405,32 @@ def test_select_best_keeps_the_round_the_validation_envs_score_highest():
         preference_finetune(policy, frozen_copy(policy), envs, _true_returns, config)
 
 
+def test_on_round_sees_every_round_and_changes_nothing():
+    """The hook is called with rounds 0..iterations, each time with that round's weights (its own validation score
+    equals the logged one), and a run with the hook ends in exactly the weights of a run without it."""
+    torch.set_num_threads(1)
+    from mmpref.control.peeling import validation_score
+
+    config = _toy_config(iterations=3)
+    envs = [_TargetEnv(TARGET) for _ in range(4)]
+    validation = [_TargetEnv(TARGET)]
+    seen: list[tuple[int, float]] = []
+
+    def hook(round_index: int, policy: GaussianPolicy) -> None:
+        seen.append((round_index, validation_score(policy, [_TargetEnv(TARGET)], _true_returns, 5)))
+
+    hooked = _toy_policy()
+    log = preference_finetune(
+        hooked, frozen_copy(hooked), envs, _true_returns, config, validation=validation, on_round=hook
+    )
+    assert [r for r, _ in seen] == [0, 1, 2, 3]
+    assert [v for _, v in seen] == pytest.approx(log.validation, abs=1e-6)
+    plain = _toy_policy()
+    preference_finetune(plain, frozen_copy(plain), envs, _true_returns, config, validation=validation)
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(hooked.state_dict()[key], value, rtol=0, atol=0)
+
+
 def test_windows_cut_score_and_pair_by_hand():
     np.testing.assert_array_equal(window_edges(10, 3), [0, 3, 7, 10])
     np.testing.assert_array_equal(window_edges(150, 5), [0, 30, 60, 90, 120, 150])

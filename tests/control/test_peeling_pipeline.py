@@ -46,7 +46,7 @@ def test_job_rejects_unknown_recipe_fields(tmp_path, capsys):
 @pytest.mark.slow
 def test_job_runs_end_to_end_on_a_tiny_setting(tmp_path):
     settings = "demos=3 max_steps=20 bc_epochs=1 pool=2 rated=8 iterations=1 groups=1 group_size=2 eval_episodes=1"
-    settings += " refit_rated=2 noise_correlation=0.5 censored=true validation=1 select_best=true"
+    settings += " refit_rated=2 noise_correlation=0.5 censored=true validation=1 select_best=true track_rounds=true"
     assert main(["peeling", "--set", *settings.split(), "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     log = summary["results"]["finetune_log"]
@@ -57,6 +57,12 @@ def test_job_runs_end_to_end_on_a_tiny_setting(tmp_path):
     assert set(summary["results"]["bc_tempered_sample"]) == {"success", "progress", "jerk", "goal_success"}
     assert len(summary["results"]["ft_mean"]["goal_success"]) == 1  # one 0/1 per evaluation goal
     assert summary["config"]["windows"] == 5
+    # the tracked record: BC and each round on the held-out goals, 16 validation goals a round; the kept round's
+    # held-out success is the finetuned policy's
+    rounds = summary["results"]["rounds"]
+    assert len(rounds["held_out"]) == len(rounds["validation"]) == 2
+    assert all(len(v["fused"]) == len(v["progress"]) == 16 for v in rounds["validation"])
+    assert rounds["held_out"][log["kept_round"]]["goal_success"] == summary["results"]["ft_mean"]["goal_success"]
     for name in ("demos.hdf5", "bc_policy.safetensors", "finetuned_policy.safetensors"):
         assert (tmp_path / name).is_file()
     assert load_policy(tmp_path / "finetuned_policy.safetensors").censored

@@ -62,6 +62,14 @@ def test_merge_pools_the_seeds_of_one_setting_and_refuses_others(tmp_path):
     report = (tmp_path / "out" / "bench_peeling_cpu.md").read_text()
     # mean success BC (0.5 + 0.5 + 0.75) / 3 → finetuned (0.75 + 0.75 + 1) / 3, paired over 12 goals
     assert "mean, success: BC 0.583 → BC + DPO 0.833 (+25.0 ±" in report and "12 goals, paired" in report
+    assert "Held-out success" not in report  # no run tracked its rounds
+    tracked = json.loads(b.read_text())
+    tracked["results"][0]["rounds"] = {"held_out": [{"success": 0.5}, {"success": 0.75}], "validation": []}
+    tracked["meta"]["args"]["track_rounds"] = True  # tracking does not change results: it merges with the others
+    b.write_text(json.dumps(tracked))
+    SCRIPT["merge_reports"]([a, b], tmp_path / "out")
+    report = (tmp_path / "out" / "bench_peeling_cpu.md").read_text()
+    assert "- seed 2: 0.50 [0.75]" in report  # kept round 1 in brackets
     other = _run(tmp_path / "c.json", [3], [0, 1, 0, 1], [1, 1, 0, 1], windows=1)
     with pytest.raises(SystemExit, match="windows"):
         SCRIPT["merge_reports"]([a, other], tmp_path / "out")
