@@ -64,12 +64,15 @@ def test_merge_pools_the_seeds_of_one_setting_and_refuses_others(tmp_path):
     assert "mean, success: BC 0.583 → BC + DPO 0.833 (+25.0 ±" in report and "12 goals, paired" in report
     assert "Held-out success" not in report  # no run tracked its rounds
     tracked = json.loads(b.read_text())
-    tracked["results"][0]["rounds"] = {"held_out": [{"success": 0.5}, {"success": 0.75}], "validation": []}
+    validation = [{"fused": [1.0, 0.0], "progress": [0.5, 0.5]}, {"fused": [2.0, 0.0], "progress": [0.4, 0.4]}]
+    held_out = [{"success": 0.5}, {"success": 0.75}]
+    tracked["results"][0]["rounds"] = {"held_out": held_out, "validation": validation}
     tracked["meta"]["args"]["track_rounds"] = True  # tracking does not change results: it merges with the others
     b.write_text(json.dumps(tracked))
     SCRIPT["merge_reports"]([a, b], tmp_path / "out")
     report = (tmp_path / "out" / "bench_peeling_cpu.md").read_text()
     assert "- seed 2: 0.50 [0.75]" in report  # kept round 1 in brackets
+    assert "| final progress (task metric), 2 validation goals | 0.500 (+0.0) |" in report  # keeps BC
     other = _run(tmp_path / "c.json", [3], [0, 1, 0, 1], [1, 1, 0, 1], windows=1)
     with pytest.raises(SystemExit, match="windows"):
         SCRIPT["merge_reports"]([a, other], tmp_path / "out")
@@ -87,3 +90,23 @@ def test_command_line_reruns_the_same_settings():
     assert vars(again) == vars(args)
     defaults = parser.parse_args([])
     assert defaults.censored and defaults.window_credit == "to_go" and defaults.noise_correlation == 0.97
+
+
+def test_round_choices_by_hand():
+    """Three rounds, four validation goals, the run chose on the first two: each rule's argmax worked out by hand."""
+    record = {
+        "validation": [
+            {"fused": [1, 1, 0, 0], "progress": [0.5, 0.5, 0.5, 0.5]},  # means: first two 1.0, all 0.5, progress 0.5
+            {"fused": [0, 0, 3, 3], "progress": [0.9, 0.9, 0.9, 0.9]},  # 0.0, 1.5, 0.9
+            {"fused": [2, 2, 0, 0], "progress": [0.1, 0.1, 0.1, 0.1]},  # 2.0, 1.0, 0.1
+        ],
+        "held_out": [{"success": 0.2}, {"success": 0.7}, {"success": 0.4}],
+    }
+    choices = SCRIPT["round_choices"](record, 2, used=2)
+    assert list(choices.values()) == [2, 1, 1, 2, 1]
+    assert "(the run's rule)" in next(iter(choices))
+    # cut at round 1: the last round is 1, the run's rule keeps round 0 (1.0 > 0.0)
+    assert list(SCRIPT["round_choices"](record, 1, used=2).values()) == [0, 1, 1, 1, 1]
+    lines = SCRIPT["round_choice_lines"]([{"rounds": record}], used=2)
+    # with 2 rounds, one column cut at round 2: the run's rule keeps round 2 (0.4), BC 0.2 → +20.0 points
+    assert "| fused reward, 2 validation goals (the run's rule) | 0.400 (+20.0) |" in lines
