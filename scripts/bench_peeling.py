@@ -276,6 +276,7 @@ def merge_reports(paths: list[Path], out: Path) -> None:
         "window_credit": "own",  # and before --window-credit ranked each window by its own share
         "censored": False,  # and before --censored scored clipped actions by the density
         "refit_rated": 0,  # and before --refit-rated fit the reward once
+        "select_on": "fused",  # and before --select-on chose the round on the fused reward
     }
 
     def settings(run: dict[str, Any]) -> dict[str, Any]:
@@ -340,7 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--residual-hidden", type=int, default=0, help="> 0: train a residual MLP on frozen BC")
     parser.add_argument("--windows", type=int, default=5, help="rank rollouts window by window (1: whole)")
     parser.add_argument("--validation", type=int, default=0, help="fixed-goal envs scoring each round")
-    parser.add_argument("--select-best", action="store_true", help="keep the round the fused reward scores best")
+    parser.add_argument("--select-best", action="store_true", help="keep the round the validation goals score best")
+    parser.add_argument(
+        "--select-on", default="fused", choices=["fused", "metric"], help="validation by the fused reward or metric"
+    )
     parser.add_argument("--eval-episodes", type=int, default=30)
     parser.add_argument("--noise-correlation", type=float, default=0.97, help="AR(1) ρ of the exploration noise")
     parser.add_argument("--window-credit", default="to_go", choices=["own", "to_go"], help="own share or to go")

@@ -344,6 +344,17 @@ def true_return_scores(episodes: Sequence[Episode], windows: int = 1) -> np.ndar
     return np.stack([rewards[:, a:b].sum(-1) for a, b in zip(edges[:-1], edges[1:], strict=True)], -1)
 
 
+def metric_scores(episodes: Sequence[Episode], smoothness: float = 0.0) -> np.ndarray:
+    """The task metric alone for each trajectory, ``[N]``: Σ_t m_t of :func:`progress_steps`.
+
+    That is the final progress 1 − d_T/d_0 minus λ·jerk: the fused reward without its learned (rating) part, e.g. to
+    choose a round on.
+    """
+    return np.array(
+        [float(progress_steps(e.observations, e.next_observations, e.actions, smoothness).sum()) for e in episodes]
+    )
+
+
 # --- trajectory DPO ------------------------------------------------------------------------------------------------
 
 
@@ -690,6 +701,7 @@ def preference_finetune(
     demonstrations: Sequence[Episode] = (),
     refit: Callable[[Sequence[Episode]], Callable[[Sequence[Episode]], np.ndarray]] | None = None,
     on_round: Callable[[int, GaussianPolicy], None] | None = None,
+    validation_reward: Callable[[Sequence[Episode]], np.ndarray] | None = None,
 ) -> FinetuneLog:
     """Stage 2: online trajectory DPO of ``policy`` against the frozen ``reference``, in place.
 
@@ -706,6 +718,9 @@ def preference_finetune(
     and returns the reward that ranks the next round. The rounds' validation scores then come from different
     models, so the validation rollouts of every round are kept and scored again, all by the last reward, before the
     round is chosen (``log.validation`` holds those final scores).
+
+    ``validation_reward``, when given, scores the validation rollouts instead of ``reward`` (e.g. the task metric
+    alone, :func:`metric_scores`); it is fixed, so with a refit nothing needs rescoring.
 
     ``on_round(round_index, policy)``, when given, is called with the policy before the first update (round 0) and
     after every round's update (and validation): a hook for logging or diagnosis that sees the weights of every
@@ -737,7 +752,7 @@ def preference_finetune(
     def validate(round_index: int) -> None:
         nonlocal best_state
         episodes = validation_rollouts(policy, validation, config.max_steps)
-        log.validation.append(mean_total(reward, episodes))
+        log.validation.append(mean_total(validation_reward or reward, episodes))
         if refit is not None:
             kept_rollouts.append(episodes)
             kept_states.append(copy.deepcopy(policy.state_dict()))
@@ -794,7 +809,7 @@ def preference_finetune(
             last,
         )
     if refit is not None and validation:
-        log.validation = [mean_total(reward, episodes) for episodes in kept_rollouts]
+        log.validation = [mean_total(validation_reward or reward, episodes) for episodes in kept_rollouts]
         log.kept_round = int(np.argmax(log.validation))  # the first of equal scores, as without a refit
         best_state = kept_states[log.kept_round]
     if config.select_best and best_state is not None:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -33,6 +33,7 @@ from mmpref.control.peeling import (
     WindowCredit,
     fit_fused_reward,
     frozen_copy,
+    metric_scores,
     outcome,
     preference_finetune,
     score_trajectories,
@@ -55,6 +56,8 @@ from mmpref.data import atomic_write
 from mmpref.losses import LossName
 from mmpref.recipe import RecipeError, add_recipe_arguments, load_recipe, require_at_least
 from mmpref.reward.system import RewardModelSystem
+
+SelectOn = Literal["fused", "metric"]
 
 
 @dataclass
@@ -103,6 +106,9 @@ class PeelingConfig:
         validation: fixed-goal validation environments (goals differ from the training pool's and the
             evaluation's) on which each round's mean-action policy is scored by the fused reward (0: none).
         select_best: keep the round (BC = round 0) that scores best there instead of the last one.
+        select_on: what scores the validation rollouts: ``"fused"``, the fused reward (task metric + the learned
+            rating part), or ``"metric"``, the task metric alone (final progress, :func:`~mmpref.control.peeling
+            .metric_scores`; the rating part is learned from BC rollouts and may not rank a finetuned policy's).
         eval_episodes: held-out goals per evaluation.
         refit_rated: 0 fits the fused reward once, on rated BC rollouts; > 0 rates this many rollouts of every
             finetuning round with the same teacher and refits the reward on all ratings so far before the next
@@ -150,6 +156,7 @@ class PeelingConfig:
     censored: bool = True
     validation: int = 0
     select_best: bool = False
+    select_on: SelectOn = "fused"
     eval_episodes: int = 30
     refit_rated: int = 0
     oracle: bool = False
@@ -174,6 +181,8 @@ class PeelingConfig:
             raise ValueError(f"residual_hidden must be >= 0 (0: finetune BC itself), got {self.residual_hidden}")
         if self.rated < 8:
             raise ValueError(f"rated must be >= 8 (the fused reward trains on lists of 8), got {self.rated}")
+        if self.select_on not in ("fused", "metric"):
+            raise ValueError(f"select_on must be 'fused' or 'metric', got {self.select_on!r}")
         if self.select_best and self.validation < 1:
             raise ValueError("select_best needs validation >= 1 environments to choose the round on")
         self.finetune()  # checks the stage-2 fields (loss name, temperature)
@@ -442,6 +451,7 @@ def stage_two(
         demonstrations=demonstrations,
         refit=refit,
         on_round=tracker,
+        validation_reward=(lambda e: metric_scores(e, config.smoothness)) if config.select_on == "metric" else None,
     )
     results: dict[str, Any] = {"finetune_s": time.perf_counter() - start, "finetune_log": asdict(log)}
     if tracker is not None:

@@ -19,6 +19,7 @@ from mmpref.control.peeling import (
     frozen_copy,
     group_dpo_loss,
     group_finetune_loss,
+    metric_scores,
     outcome,
     preference_finetune,
     progress_steps,
@@ -63,6 +64,9 @@ def test_progress_metric_by_hand():
     np.testing.assert_allclose(segment_metric(ep, 2), [0.25], atol=1e-6)  # the last partial segment is dropped
     result = outcome(ep)
     assert result.progress == pytest.approx(0.75) and not result.success
+    # the metric alone per trajectory: the steps summed (final progress 0.75; minus 0.1 · 2 of jerk)
+    np.testing.assert_allclose(metric_scores([ep, ep]), [0.75, 0.75], atol=1e-6)
+    np.testing.assert_allclose(metric_scores([ep], smoothness=0.1), [0.55], atol=1e-6)
     assert result.jerk == pytest.approx((1 + 1) / 2)
 
 
@@ -403,6 +407,21 @@ def test_select_best_keeps_the_round_the_validation_envs_score_highest():
     assert validation_score(policy, validation, _true_returns, 5) == pytest.approx(max(log.validation), abs=1e-6)
     with pytest.raises(ValueError, match="validation"):
         preference_finetune(policy, frozen_copy(policy), envs, _true_returns, config)
+
+    # a validation_reward of its own chooses the round instead of the ranker: one that prefers −TARGET keeps BC
+    policy = _toy_policy()
+    log = preference_finetune(
+        policy,
+        frozen_copy(policy),
+        envs,
+        _true_returns,
+        config,
+        validation=[_TargetEnv(TARGET)],
+        validation_reward=lambda group: -_true_returns(group),
+    )
+    assert log.kept_round == 0 and max(log.validation[1:]) < log.validation[0]
+    for key, value in policy.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
 
 
 def test_on_round_sees_every_round_and_changes_nothing():

@@ -35,6 +35,8 @@ def test_config_errors_name_the_field():
     assert PeelingConfig(squash="tanh").censored  # the default stays valid: ignored for a tanh policy
     with pytest.raises(ValueError, match="refit_rated=0"):
         PeelingConfig(oracle=True, refit_rated=4)
+    with pytest.raises(ValueError, match="select_on"):
+        PeelingConfig(select_on="success")
 
 
 def test_job_rejects_unknown_recipe_fields(tmp_path, capsys):
