@@ -9,6 +9,8 @@ window on the fused reward to go; censored clip likelihood); (5) BC and the fine
 held-out goals, sampling (the policy as trained) and with the mean action: success rate, final progress 1 − d_T/d_0,
 jerk.
 Results are written after every seed (JSON + markdown), so a cut-short run still reports what it finished.
+With --track-rounds every round's mean-action policy is also evaluated on the held-out goals (diagnosis only) and the
+report adds what each rule for choosing the round would have kept.
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_peeling.py --seeds 0 1 2
 """
