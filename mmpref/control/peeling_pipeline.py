@@ -104,7 +104,7 @@ class PeelingConfig:
             actions on the ±1 bounds scored by the Gaussian mass beyond them) for the policy and its reference;
             BC itself is trained as before. Ignored with ``squash`` = ``"tanh"`` (it never reaches ±1).
         validation: fixed-goal validation environments (goals differ from the training pool's and the
-            evaluation's) on which each round's mean-action policy is scored by the fused reward (0: none).
+            evaluation's) on which each round's mean-action policy is scored (``select_on``; 0: none).
         select_best: keep the round (BC = round 0) that scores best there instead of the last one.
         select_on: what scores the validation rollouts: ``"fused"``, the fused reward (task metric + the learned
             rating part), or ``"metric"``, the task metric alone (final progress, :func:`~mmpref.control.peeling
@@ -270,8 +270,9 @@ class RoundTracker:
     """``config.track_rounds``' record of every round's mean-action policy (an ``on_round`` hook).
 
     Per round, ``held_out``: success, mean final progress and per-goal success on the held-out goals (the same as
-    the final evaluation's); ``validation``: per goal, the fused score (``rank``'s whole-trajectory total), final
-    progress and success on ``max(config.validation, 16)`` validation goals.
+    the final evaluation's); ``validation``: per goal, the ranker's whole-trajectory score (``rank``: the fused
+    reward of stage 1, or the true return with ``oracle``; with a refit not the round's own reward), final progress
+    and success on ``max(config.validation, 16)`` validation goals.
     """
 
     def __init__(self, config: PeelingConfig, rank: Callable[[Sequence[Episode]], np.ndarray]) -> None:
