@@ -31,6 +31,7 @@ from mmpref.control.peeling import (
     trajectory_features,
     trajectory_score,
     true_return_scores,
+    validation_score,
     window_edges,
     window_episodes,
 )
@@ -402,8 +403,6 @@ def test_select_best_keeps_the_round_the_validation_envs_score_highest():
     validation = [_TargetEnv(TARGET)]
     log = preference_finetune(policy, frozen_copy(policy), envs, _true_returns, config, validation=validation)
     assert log.kept_round == int(np.argmax(log.validation)) and log.kept_round > 0
-    from mmpref.control.peeling import validation_score
-
     assert validation_score(policy, validation, _true_returns, 5) == pytest.approx(max(log.validation), abs=1e-6)
     with pytest.raises(ValueError, match="validation"):
         preference_finetune(policy, frozen_copy(policy), envs, _true_returns, config)
@@ -428,8 +427,6 @@ def test_on_round_sees_every_round_and_changes_nothing():
     """The hook is called with rounds 0..iterations, each time with that round's weights (its own validation score
     equals the logged one), and a run with the hook ends in exactly the weights of a run without it."""
     torch.set_num_threads(1)
-    from mmpref.control.peeling import validation_score
-
     config = _toy_config(iterations=3)
     envs = [_TargetEnv(TARGET) for _ in range(4)]
     validation = [_TargetEnv(TARGET)]
