@@ -279,6 +279,7 @@ def merge_reports(paths: list[Path], out: Path) -> None:
         "censored": False,  # and before --censored scored clipped actions by the density
         "refit_rated": 0,  # and before --refit-rated fit the reward once
         "select_on": "fused",  # and before --select-on chose the round on the fused reward
+        "replay_rounds": 0,  # and before --replay-rounds trained each round on its own groups only
     }
 
     def settings(run: dict[str, Any]) -> dict[str, Any]:
@@ -352,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--window-credit", default="to_go", choices=["own", "to_go"], help="own share or to go")
     parser.add_argument(
         "--censored", action=argparse.BooleanOptionalAction, default=True, help="censored clip likelihood in stage 2"
+    )
+    parser.add_argument(
+        "--replay-rounds", type=int, default=0, help="each round also trains on the previous rounds' ranked groups"
     )
     parser.add_argument("--refit-rated", type=int, default=0, help="rate this many rollouts a round and refit")
     parser.add_argument("--oracle", action="store_true", help="rank by the true return (upper bound), not the reward")

@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -486,6 +487,11 @@ class FinetuneConfig:
             independent per-step noise a rollout's deviations from the mean average out over a window and the
             preference says little about which way the mean should move; with correlated noise a winner deviates
             one way for ~1/(1 − ρ) steps. 0: independent.
+        replay_rounds: each round's objective also takes the ranked groups of the previous ``replay_rounds``
+            rounds (0: the round's own groups only). A preference between two rollouts holds whichever policy drew
+            them, so older pairs stay valid DPO pairs (off-policy, like the offline DPO of the paper); they average
+            out the noise of a round's few start states, which can otherwise carry the policy off for good. With a
+            refit the replayed groups are ranked again by each new reward.
         seed: seeds the choice of start states and the rollouts.
     """
 
@@ -505,6 +511,7 @@ class FinetuneConfig:
     windows: int = 1
     window_credit: WindowCredit = "own"
     noise_correlation: float = 0.0
+    replay_rounds: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -519,13 +526,16 @@ class FinetuneConfig:
             raise ValueError(f"noise_correlation must lie in [0, 1), got {self.noise_correlation}")
         if not 1 <= self.windows <= self.max_steps:
             raise ValueError(f"windows must lie in [1, max_steps={self.max_steps}], got {self.windows}")
+        if self.replay_rounds < 0:
+            raise ValueError(f"replay_rounds must be >= 0 (0: no replay), got {self.replay_rounds}")
 
 
 @dataclass
 class FinetuneLog:
     """Per round: mean fused reward of the rollouts, success rate, comparisons used, final DPO loss.
 
-    Comparisons are the pairs of a pairwise round or a listwise round's ordered pairs of unequal score.
+    Comparisons are the pairs of a pairwise round or a listwise round's ordered pairs of unequal score (with
+    ``replay_rounds`` those of the replayed groups included).
 
     With validation environments also: the mean reward-model score of the mean-action rollouts before any update
     (``validation[0]``, the BC policy) and after each round, and the round kept (0 = the BC policy); with a reward
@@ -719,6 +729,9 @@ def preference_finetune(
     models, so the validation rollouts of every round are kept and scored again, all by the last reward, before the
     round is chosen (``log.validation`` holds those final scores).
 
+    With ``config.replay_rounds`` = k > 0 each round's objective also holds the ranked groups of the k rounds before
+    it (with a refit, ranked again by the current reward).
+
     ``validation_reward``, when given, scores the validation rollouts instead of ``reward`` (e.g. the task metric
     alone, :func:`metric_scores`); it is fixed, so with a refit nothing needs rescoring.
 
@@ -748,6 +761,8 @@ def preference_finetune(
     # with a refit, every round's validation rollouts and weights are kept to be scored by the last reward
     kept_rollouts: list[list[Episode]] = []
     kept_states: list[dict[str, torch.Tensor]] = []
+    # the ranked groups of the last replay_rounds rounds (maxlen 0 keeps none)
+    replayed: deque[list[tuple[list[Episode], np.ndarray]]] = deque(maxlen=config.replay_rounds)
 
     def validate(round_index: int) -> None:
         nonlocal best_state
@@ -778,7 +793,8 @@ def preference_finetune(
             groups.append((group, credited(scores)))
             rewards.append(float(trajectory_totals(scores).mean()))
         successes = [e.succeeded for group, _ in groups for e in group]
-        objective, comparisons = round_objective(groups, config)
+        objective, comparisons = round_objective(groups + [g for past in replayed for g in past], config)
+        replayed.append(groups)
         last = float("nan")
         if objective is not None or demo_objective is not None:
             for _ in range(config.epochs):  # full batch: a round holds only groups × group_size rollouts
@@ -796,6 +812,8 @@ def preference_finetune(
         if refit is not None:
             reward = refit([e for group, _ in groups for e in group])
             log.refits += 1
+            for past in replayed:  # the next round's objective ranks every replayed group by the new reward
+                past[:] = [(g, credited(ranked_scores(reward, g, config.windows))) for g, _ in past]
         if validation:
             validate(it + 1)
         if on_round is not None:

@@ -100,6 +100,8 @@ class PeelingConfig:
             every later window's (measured better on push-v3: a reach pays off in the later windows).
         noise_correlation: ρ of the finetuning rollouts' AR(1) exploration noise (0: independent per step; 0.97,
             ~30 steps, measured better on push-v3).
+        replay_rounds: each round's DPO objective also takes the ranked groups of this many previous rounds (0:
+            the round's own groups only; :class:`~mmpref.control.peeling.FinetuneConfig`).
         censored: finetune with the censored clip likelihood (:func:`~mmpref.control.policies.censored_copy`:
             actions on the ±1 bounds scored by the Gaussian mass beyond them) for the policy and its reference;
             BC itself is trained as before. Ignored with ``squash`` = ``"tanh"`` (it never reaches ±1).
@@ -153,6 +155,7 @@ class PeelingConfig:
     residual_hidden: int = 0
     window_credit: WindowCredit = "to_go"
     noise_correlation: float = 0.97
+    replay_rounds: int = 0
     censored: bool = True
     validation: int = 0
     select_best: bool = False
@@ -207,6 +210,7 @@ class PeelingConfig:
             windows=self.windows,
             window_credit=self.window_credit,
             noise_correlation=self.noise_correlation,
+            replay_rounds=self.replay_rounds,
             seed=self.seed,
         )
 

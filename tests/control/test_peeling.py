@@ -581,6 +581,45 @@ def test_refit_ranks_each_round_by_the_newest_reward_and_rescores_validation_wit
         FinetuneConfig(noise_correlation=1.0)
 
 
+def test_replay_rounds_add_the_previous_rounds_groups_and_a_refit_ranks_them_again():
+    """Every toy rollout has its own return, so a pairwise round of 4 groups × 8 makes 4 × 4 = 16 pairs. Replaying 2
+    rounds, rounds 1-4 must train on 16, 32, 48, 48 pairs. With a refit to a reward that ties everything, the
+    replayed groups are ranked again by it: no pair survives after the first round (16, 0, 0; without ranking them
+    again the replay would still give 16 then 32)."""
+    torch.set_num_threads(1)
+    envs = [_TargetEnv(TARGET) for _ in range(4)]
+    policy = _toy_policy()
+    log = preference_finetune(
+        policy, frozen_copy(policy), envs, _true_returns, _toy_config(iterations=4, replay_rounds=2)
+    )
+    assert log.pairs == [16, 32, 48, 48]
+    plain = _toy_policy()
+    log = preference_finetune(plain, frozen_copy(plain), envs, _true_returns, _toy_config(iterations=4))
+    assert log.pairs == [16] * 4
+
+    def refit(rollouts):
+        return lambda episodes: np.zeros(len(episodes))
+
+    refitted = _toy_policy()
+    config = _toy_config(iterations=3, replay_rounds=2)
+    log = preference_finetune(refitted, frozen_copy(refitted), envs, _true_returns, config, refit=refit)
+    assert log.pairs == [16, 0, 0]
+    with pytest.raises(ValueError, match="replay_rounds"):
+        FinetuneConfig(replay_rounds=-1)
+
+
+def test_finetuning_with_replayed_rounds_still_moves_the_policy_toward_what_the_ranker_prefers():
+    """The known-answer toy with each round also training on the 3 rounds before it: four times the pairs per update,
+    so the mean action must get nearer TARGET than without replay (error 0.59 there; staying at 0 errs by 2.0;
+    measured 0.08)."""
+    torch.set_num_threads(1)
+    policy = _toy_policy()
+    reference = frozen_copy(policy)
+    envs = [_TargetEnv(TARGET) for _ in range(4)]
+    preference_finetune(policy, reference, envs, _true_returns, _toy_config(replay_rounds=3))
+    assert _mean_action_error(policy) < 0.3
+
+
 def test_reward_refit_on_ratings_repairs_a_wrong_initial_reward():
     """Known answer: the initial reward ranks the toy's rollouts backwards (it prefers actions away from TARGET).
     Ranked by it alone, finetuning moves the mean action away (error > 2.0, the start). With a RewardRefit that rates
