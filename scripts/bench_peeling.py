@@ -218,6 +218,9 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path)
                 )
                 if metric == "success":
                     change += interval(bc, ft, f"bc_{mode}", f"ft_{mode}")
+                    # a gain in points is capped by what BC leaves to win: say how much of that was won
+                    won = f"{100 * (ft - bc) / (1 - bc):.0f} %" if bc < 1 else "n/a"
+                    change += f"; headroom to every goal solved +{100 * (1 - bc):.1f}, {won} of it won"
                 lines.append(f"- {mode}, {metric}: BC {bc:.3f} → BC + DPO {ft:.3f} ({change})")
         if all("bc_tempered_sample" in r for r in results):
             temperature = meta["args"].get("explore_temperature")

@@ -62,6 +62,7 @@ def test_merge_pools_the_seeds_of_one_setting_and_refuses_others(tmp_path):
     report = (tmp_path / "out" / "bench_peeling_cpu.md").read_text()
     # mean success BC (0.5 + 0.5 + 0.75) / 3 → finetuned (0.75 + 0.75 + 1) / 3, paired over 12 goals
     assert "mean, success: BC 0.583 → BC + DPO 0.833 (+25.0 ±" in report and "12 goals, paired" in report
+    assert "12 goals, paired; headroom to every goal solved +41.7, 60 % of it won)" in report  # 25.0 / 41.7
     assert "Held-out success" not in report  # no run tracked its rounds
     tracked = json.loads(b.read_text())
     validation = [{"fused": [1.0, 0.0], "progress": [0.5, 0.5]}, {"fused": [2.0, 0.0], "progress": [0.4, 0.4]}]
