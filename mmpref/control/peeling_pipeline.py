@@ -101,7 +101,8 @@ class PeelingConfig:
         noise_correlation: ρ of the finetuning rollouts' AR(1) exploration noise (0: independent per step; 0.97,
             ~30 steps, measured better on push-v3).
         replay_rounds: each round's DPO objective also takes the ranked groups of this many previous rounds (0:
-            the round's own groups only; :class:`~mmpref.control.peeling.FinetuneConfig`).
+            the round's own groups only; :class:`~mmpref.control.peeling.FinetuneConfig`; 3 measured worse on
+            push-v3, ``docs/benchmarks/bench_peeling_replay3_cpu.md``).
         censored: finetune with the censored clip likelihood (:func:`~mmpref.control.policies.censored_copy`:
             actions on the ±1 bounds scored by the Gaussian mass beyond them) for the policy and its reference;
             BC itself is trained as before. Ignored with ``squash`` = ``"tanh"`` (it never reaches ±1).
