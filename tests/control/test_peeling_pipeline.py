@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import yaml
 
 from mmpref.cli import main
+from mmpref.control.peeling import FinetuneConfig
 from mmpref.control.peeling_pipeline import PeelingConfig
 from mmpref.control.policies import load_policy
 
@@ -17,6 +19,16 @@ RECIPES = sorted(Path(__file__).resolve().parents[2].joinpath("recipes", "contro
 def test_peeling_recipes_parse(recipe):
     config = PeelingConfig(**yaml.safe_load(recipe.read_text()))
     assert config.finetune().nll_weight == config.nll_weight
+
+
+def test_finetune_carries_every_stage_two_field():
+    """Every field PeelingConfig shares with FinetuneConfig reaches stage 2 (set away from both defaults)."""
+    config = PeelingConfig(replay_rounds=2, windows=3, lr=3e-4, epochs=2, seed=7, validation=2, select_best=True)
+    finetune = config.finetune()
+    shared = {f.name for f in fields(FinetuneConfig)} & {f.name for f in fields(PeelingConfig)}
+    assert {"replay_rounds", "windows", "lr", "seed", "select_best"} <= shared
+    for name in shared:
+        assert getattr(finetune, name) == getattr(config, name), name
 
 
 def test_config_errors_name_the_field():
