@@ -585,7 +585,7 @@ def test_replay_rounds_add_the_previous_rounds_groups_and_a_refit_ranks_them_aga
     """Every toy rollout has its own return, so a pairwise round of 4 groups × 8 makes 4 × 4 = 16 pairs. Replaying 2
     rounds, rounds 1-4 must train on 16, 32, 48, 48 pairs. With a refit to a reward that ties everything, the
     replayed groups are ranked again by it: no pair survives after the first round (16, 0, 0; without ranking them
-    again the replay would still give 16 then 32)."""
+    again the first round's replayed groups would still give 16, 16, 16)."""
     torch.set_num_threads(1)
     envs = [_TargetEnv(TARGET) for _ in range(4)]
     policy = _toy_policy()
