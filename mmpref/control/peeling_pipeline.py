@@ -18,7 +18,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -194,25 +194,9 @@ class PeelingConfig:
             raise ValueError(f"groups ({self.groups}) cannot exceed the pool of environments ({self.pool})")
 
     def finetune(self) -> FinetuneConfig:
-        """The stage-2 settings."""
+        """The stage-2 settings: every field this config shares with :class:`FinetuneConfig`, by name."""
         return FinetuneConfig(
-            iterations=self.iterations,
-            groups=self.groups,
-            group_size=self.group_size,
-            max_steps=self.max_steps,
-            beta=self.beta,
-            loss=self.loss,
-            explore_temperature=self.explore_temperature,
-            lr=self.lr,
-            epochs=self.epochs,
-            nll_weight=self.nll_weight,
-            select_best=self.select_best,
-            demo_weight=self.demo_weight,
-            windows=self.windows,
-            window_credit=self.window_credit,
-            noise_correlation=self.noise_correlation,
-            replay_rounds=self.replay_rounds,
-            seed=self.seed,
+            **{f.name: getattr(self, f.name) for f in fields(FinetuneConfig) if hasattr(self, f.name)}
         )
 
 
