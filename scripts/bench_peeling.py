@@ -53,7 +53,10 @@ def run_seed(job: dict[str, Any]) -> dict[str, Any]:
     pool = training_pool(config)
     stage1_keys = ("task", "demos", "noise_low", "noise_high", "max_steps", "squash", "bc_epochs", "pool", "rated")
     stage1_keys += ("rating_noise", "smoothness", "reward_epochs", "eval_episodes")
-    key = "_".join(f"{job[k]}" for k in stage1_keys) + f"_seed{config.seed}"
+    key = "_".join(f"{job[k]}" for k in stage1_keys)
+    if job.get("log_floor", 0.0) > 0:  # the fused reward is fit on the log-distance metric: a stage 1 of its own
+        key += f"_log{job['log_floor']}"
+    key += f"_seed{config.seed}"
     cache = Path(job["cache_dir"]) / key if job.get("cache_dir") else None
     if cache is not None and (cache / "results.json").is_file():  # stage 1 done before with the same settings
         policy = load_policy(cache / "bc.safetensors")
@@ -333,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rated", type=int, default=64, help="rated BC rollouts for the fused reward")
     parser.add_argument("--rating-noise", type=float, default=0.0)
     parser.add_argument("--smoothness", type=float, default=0.0)
+    parser.add_argument(
+        "--log-floor", type=float, default=0.0, help="ε of the metric's log-distance form (0: linear progress)"
+    )
     parser.add_argument("--reward-epochs", type=int, default=30)
     parser.add_argument("--iterations", type=int, default=16)
     parser.add_argument("--groups", type=int, default=4)

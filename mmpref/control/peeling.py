@@ -97,18 +97,29 @@ OBJECT_SLICE, GOAL_SLICE = slice(4, 7), slice(36, 39)
 
 
 def progress_steps(
-    observations: np.ndarray, next_observations: np.ndarray, actions: np.ndarray, smoothness: float = 0.0
+    observations: np.ndarray,
+    next_observations: np.ndarray,
+    actions: np.ndarray,
+    smoothness: float = 0.0,
+    log_floor: float = 0.0,
 ) -> np.ndarray:
     r"""Per-step metric m_t = (d_t − d_{t+1}) / d_0 − λ‖a_t − a_{t−1}‖² of one trajectory.
+
+    With ``log_floor`` ε > 0 the distance is measured on a log scale instead,
+    m_t = [log(d_t + ε) − log(d_{t+1} + ε)] / log((d_0 + ε) / ε) − λ‖a_t − a_{t−1}‖²: the sum is still 0 for no
+    progress and 1 for the object on the goal, but a centimetre near the goal counts (d_0 + ε)/(d + ε) times what it
+    counts at the start, so the metric tells "just outside the success radius" from "inside it" more sharply.
 
     Args:
         observations: ``[T, 39]`` observations before each action (step 0 starts the trajectory).
         next_observations: ``[T, 39]`` observations after each action.
         actions: ``[T, a]`` actions (a_{−1} = a_0, so step 0 has no jerk).
         smoothness: jerk weight λ ≥ 0.
+        log_floor: ε of the log-distance form (0: linear progress); in the units of the observation (metres).
 
     Returns:
-        ``[T]``; summing it over the trajectory gives the fraction of the initial distance covered minus λ·jerk.
+        ``[T]``; summing it over the trajectory gives the fraction of the initial distance covered (linear or log)
+        minus λ·jerk.
     """
     if observations.ndim != 2 or observations.shape[-1] < GOAL_SLICE.stop:
         raise ValueError(
@@ -119,19 +130,26 @@ def progress_steps(
             f"observations {observations.shape}, next_observations {next_observations.shape} and actions "
             f"{actions.shape} must share T"
         )
+    if log_floor < 0:
+        raise ValueError(f"log_floor must be >= 0 (0: linear progress), got {log_floor}")
     goal = observations[0, GOAL_SLICE]
     d_before = np.linalg.norm(observations[:, OBJECT_SLICE] - goal, axis=-1)
     d_after = np.linalg.norm(next_observations[:, OBJECT_SLICE] - goal, axis=-1)
-    steps = (d_before - d_after) / max(float(d_before[0]), 1e-6)
+    if log_floor > 0:
+        # the whole way from d_0 to the goal spans log((d_0 + ε) / ε); a start on the goal has nothing to cover
+        span = max(float(np.log((d_before[0] + log_floor) / log_floor)), 1e-6)
+        steps = (np.log(d_before + log_floor) - np.log(d_after + log_floor)) / span
+    else:
+        steps = (d_before - d_after) / max(float(d_before[0]), 1e-6)
     if smoothness > 0:
         previous = np.concatenate([actions[:1], actions[:-1]])
         steps = steps - smoothness * ((actions - previous) ** 2).sum(-1)
     return steps.astype(np.float32)
 
 
-def segment_metric(episode: Episode, length: int, smoothness: float = 0.0) -> np.ndarray:
+def segment_metric(episode: Episode, length: int, smoothness: float = 0.0, log_floor: float = 0.0) -> np.ndarray:
     """The metric of each non-overlapping ``length``-step segment of an episode, ``[T // length]``."""
-    steps = progress_steps(episode.observations, episode.next_observations, episode.actions, smoothness)
+    steps = progress_steps(episode.observations, episode.next_observations, episode.actions, smoothness, log_floor)
     usable = len(steps) // length * length
     return steps[:usable].reshape(-1, length).sum(-1)
 
@@ -181,7 +199,7 @@ class FusedTrajectoryScorer(nn.Module):
         return self.step_scores(x).sum(-1)
 
 
-def trajectory_features(episodes: Sequence[Episode], smoothness: float = 0.0) -> np.ndarray:
+def trajectory_features(episodes: Sequence[Episode], smoothness: float = 0.0, log_floor: float = 0.0) -> np.ndarray:
     """Stack equal-length episodes into ``[N, T, o + a + 1]`` (observation, action, per-step metric)."""
     lengths = {len(e) for e in episodes}
     if len(lengths) != 1:
@@ -194,7 +212,7 @@ def trajectory_features(episodes: Sequence[Episode], smoothness: float = 0.0) ->
                 [
                     e.observations,
                     e.actions,
-                    progress_steps(e.observations, e.next_observations, e.actions, smoothness)[:, None],
+                    progress_steps(e.observations, e.next_observations, e.actions, smoothness, log_floor)[:, None],
                 ],
                 -1,
             )
@@ -212,6 +230,7 @@ def fit_fused_reward(
     hidden: int = 64,
     lr: float = 1e-3,
     seed: int = 0,
+    log_floor: float = 0.0,
 ) -> RewardModelSystem:
     """Learn the fused reward from trajectory ratings (Bradley-Terry on rated lists).
 
@@ -225,7 +244,7 @@ def fit_fused_reward(
         raise ValueError(f"{len(episodes)} trajectories but {len(ratings)} ratings")
     if len(episodes) < list_size or list_size < 2:
         raise ValueError(f"need >= list_size >= 2 rated trajectories, got {len(episodes)} and list_size {list_size}")
-    features = trajectory_features(episodes, smoothness)
+    features = trajectory_features(episodes, smoothness, log_floor)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     n_lists = max(1, 4 * len(episodes) // list_size)  # each trajectory appears in ~4 lists
@@ -269,14 +288,18 @@ def window_episodes(episode: Episode, windows: int) -> list[Episode]:
 
 
 def score_trajectories(
-    system: RewardModelSystem, episodes: Sequence[Episode], smoothness: float = 0.0, windows: int = 1
+    system: RewardModelSystem,
+    episodes: Sequence[Episode],
+    smoothness: float = 0.0,
+    windows: int = 1,
+    log_floor: float = 0.0,
 ) -> np.ndarray:
     """The fused reward of each trajectory, ``[N]``; with ``windows`` > 1 each window's share, ``[N, windows]``.
 
     A window's share is the sum of the scorer's per-step terms over its steps
     (:meth:`FusedTrajectoryScorer.step_scores`), so the shares of a trajectory add up to its score.
     """
-    features = torch.from_numpy(trajectory_features(episodes, smoothness))
+    features = torch.from_numpy(trajectory_features(episodes, smoothness, log_floor))
     with torch.no_grad():
         if windows == 1:
             return system(features).numpy()
@@ -305,6 +328,7 @@ class RewardRefit:
         windows: the score returned per trajectory (1) or per window (> 1), as :func:`score_trajectories`.
         epochs: epochs of every fit.
         seed: seeds the choice of rated rollouts and the fits.
+        log_floor: ε of the metric's log-distance form (0: linear progress; :func:`progress_steps`).
     """
 
     teacher: RatingTeacher
@@ -315,6 +339,7 @@ class RewardRefit:
     windows: int = 1
     epochs: int = 30
     seed: int = 0
+    log_floor: float = 0.0
     fits: int = 0
 
     def __post_init__(self) -> None:
@@ -332,9 +357,14 @@ class RewardRefit:
             self.ratings.append(self.teacher.rate(rollouts[i].rewards))
         self.fits += 1
         system = fit_fused_reward(
-            self.episodes, self.ratings, self.smoothness, epochs=self.epochs, seed=self.seed + self.fits
+            self.episodes,
+            self.ratings,
+            self.smoothness,
+            epochs=self.epochs,
+            seed=self.seed + self.fits,
+            log_floor=self.log_floor,
         )
-        return lambda episodes: score_trajectories(system, episodes, self.smoothness, self.windows)
+        return lambda episodes: score_trajectories(system, episodes, self.smoothness, self.windows, self.log_floor)
 
 
 def true_return_scores(episodes: Sequence[Episode], windows: int = 1) -> np.ndarray:
@@ -350,14 +380,17 @@ def true_return_scores(episodes: Sequence[Episode], windows: int = 1) -> np.ndar
     return np.stack([rewards[:, a:b].sum(-1) for a, b in zip(edges[:-1], edges[1:], strict=True)], -1)
 
 
-def metric_scores(episodes: Sequence[Episode], smoothness: float = 0.0) -> np.ndarray:
+def metric_scores(episodes: Sequence[Episode], smoothness: float = 0.0, log_floor: float = 0.0) -> np.ndarray:
     """The task metric alone for each trajectory, ``[N]``: Σ_t m_t of :func:`progress_steps`.
 
-    That is the final progress 1 − d_T/d_0 minus λ·jerk: the fused reward without its learned (rating) part, e.g. to
-    choose a round on.
+    That is the final progress 1 − d_T/d_0 (with ``log_floor`` ε > 0: log((d_0 + ε)/(d_T + ε)) / log((d_0 + ε)/ε))
+    minus λ·jerk: the fused reward without its learned (rating) part, e.g. to choose a round on.
     """
     return np.array(
-        [float(progress_steps(e.observations, e.next_observations, e.actions, smoothness).sum()) for e in episodes]
+        [
+            float(progress_steps(e.observations, e.next_observations, e.actions, smoothness, log_floor).sum())
+            for e in episodes
+        ]
     )
 
 

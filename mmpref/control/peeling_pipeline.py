@@ -79,6 +79,8 @@ class PeelingConfig:
         rating_levels: rating scale 1..levels (edges at the quantiles of the rated returns).
         rating_noise: standard deviation of the rater's noise on the return.
         smoothness: jerk weight λ of the metric.
+        log_floor: ε of the metric's log-distance form (:func:`~mmpref.control.peeling.progress_steps`; 0: linear
+            progress 1 − d_T/d_0). It counts the last centimetres to the goal more, where the success radius is.
         reward_epochs: epochs of the fused reward.
         iterations: finetuning rounds (16: on push-v3 the fused reward's validation score still rose after 8).
         groups: start states per round.
@@ -141,6 +143,7 @@ class PeelingConfig:
     rating_levels: int = 5
     rating_noise: float = 0.0
     smoothness: float = 0.0
+    log_floor: float = 0.0
     reward_epochs: int = 30
     iterations: int = 16
     groups: int = 4
@@ -172,6 +175,8 @@ class PeelingConfig:
         require_at_least(
             self, ("demos", "max_steps", "bc_epochs", "pool", "reward_epochs", "iterations", "eval_episodes")
         )
+        if self.log_floor < 0:
+            raise ValueError(f"log_floor must be >= 0 (0: linear progress), got {self.log_floor}")
         if self.refit_rated < 0:
             raise ValueError(f"refit_rated must be >= 0 (0: fit the fused reward once), got {self.refit_rated}")
         if self.refit_rated > self.groups * self.group_size:
@@ -371,11 +376,18 @@ def stage_one(config: PeelingConfig, pool: Sequence[gym.Env], dataset: Path) -> 
     start = time.perf_counter()
     act = policy.numpy_policy(deterministic=False, seed=seed)
     rated = rate_bc_rollouts(config, act, pool)
-    reward = fit_fused_reward(rated.episodes, rated.ratings, config.smoothness, epochs=config.reward_epochs, seed=seed)
+    reward = fit_fused_reward(
+        rated.episodes,
+        rated.ratings,
+        config.smoothness,
+        epochs=config.reward_epochs,
+        seed=seed,
+        log_floor=config.log_floor,
+    )
     timings["reward_s"] = time.perf_counter() - start
     # how well the fused reward orders 16 fresh rollouts (the same sampler, drawing on) by their true return
     check = [rollout(pool[i % len(pool)], act, max_steps=steps) for i in range(16)]
-    fused = score_trajectories(reward, check, config.smoothness)
+    fused = score_trajectories(reward, check, config.smoothness, log_floor=config.log_floor)
     true = np.array([e.rewards.sum() for e in check])
     agree = [(fused[i] - fused[j]) * (true[i] - true[j]) > 0 for i in range(16) for j in range(i + 1, 16)]
 
@@ -415,7 +427,9 @@ def stage_two(
     if config.oracle:
         rank = lambda group: true_return_scores(group, config.windows)  # noqa: E731
     else:
-        rank = lambda group: score_trajectories(reward, group, config.smoothness, config.windows)  # noqa: E731
+        rank = lambda group: score_trajectories(  # noqa: E731
+            reward, group, config.smoothness, config.windows, config.log_floor
+        )
     refit = None
     if config.refit_rated > 0:
         if rated is None:
@@ -429,6 +443,7 @@ def stage_two(
             config.windows,
             config.reward_epochs,
             config.seed,
+            config.log_floor,
         )
     tracker = RoundTracker(config, rank) if config.track_rounds else None
     log = preference_finetune(
@@ -441,7 +456,9 @@ def stage_two(
         demonstrations=demonstrations,
         refit=refit,
         on_round=tracker,
-        validation_reward=(lambda e: metric_scores(e, config.smoothness)) if config.select_on == "metric" else None,
+        validation_reward=(
+            (lambda e: metric_scores(e, config.smoothness, config.log_floor)) if config.select_on == "metric" else None
+        ),
     )
     results: dict[str, Any] = {"finetune_s": time.perf_counter() - start, "finetune_log": asdict(log)}
     if tracker is not None:

@@ -71,6 +71,32 @@ def test_progress_metric_by_hand():
     assert result.jerk == pytest.approx((1 + 1) / 2)
 
 
+def test_log_distance_metric_by_hand():
+    # the same path as above, d = 1, 0.5, 0.75, 0.25, with ε = 0.25: the span log((1 + ε)/ε) = log 5 = 1.609438;
+    # steps log(1.25/0.75) = 0.510826, log(0.75/1.0) = −0.287682, log(1.0/0.5) = 0.693147, each over the span
+    ep = _episode([0.0, 0.5, 0.25, 0.75])
+    steps = progress_steps(ep.observations, ep.next_observations, ep.actions, log_floor=0.25)
+    np.testing.assert_allclose(steps, [0.317395, -0.178747, 0.430677], atol=1e-5)
+    # summed: log(1.25/0.5) / log 5 = 0.569323 (linear progress would give 0.75)
+    np.testing.assert_allclose(metric_scores([ep], log_floor=0.25), [0.569323], atol=1e-5)
+    np.testing.assert_allclose(segment_metric(ep, 3, log_floor=0.25), [0.569323], atol=1e-5)
+    # reaching the goal exactly scores 1, as linear progress does; jerk is subtracted as before
+    np.testing.assert_allclose(metric_scores([_episode([0.0, 0.5, 1.0])], log_floor=0.05), [1.0], atol=1e-6)
+    jerky = _episode([0.0, 0.5, 1.0], np.array([[0, 0, 0, 0], [1, 0, 0, 0]], np.float32))
+    np.testing.assert_allclose(metric_scores([jerky], smoothness=0.1, log_floor=0.05), [0.9], atol=1e-6)
+    # the first and the last 0.1 of one path (d 1 → 0.9 → 0.2 → 0.1): equal on the linear scale; on the log
+    # scale (ε = 0.05) the last, log(0.25/0.15), is over 5 times the first, log(1.05/0.95) (both over log 21)
+    path = _episode([0.0, 0.1, 0.8, 0.9])
+    linear = progress_steps(path.observations, path.next_observations, path.actions)
+    np.testing.assert_allclose(linear, [0.1, 0.7, 0.1], atol=1e-6)
+    log_steps = progress_steps(path.observations, path.next_observations, path.actions, log_floor=0.05)
+    span = np.log(1.05 / 0.05)
+    np.testing.assert_allclose(log_steps[[0, 2]], [np.log(1.05 / 0.95) / span, np.log(0.25 / 0.15) / span], atol=1e-5)
+    assert log_steps[2] > 5 * log_steps[0]
+    with pytest.raises(ValueError, match="log_floor"):
+        progress_steps(ep.observations, ep.next_observations, ep.actions, log_floor=-0.1)
+
+
 def test_metric_errors_name_the_shapes():
     with pytest.raises(ValueError, match="39"):
         progress_steps(np.zeros((5, 10)), np.zeros((5, 10)), np.zeros((5, 4)))

@@ -44,6 +44,8 @@ def test_config_errors_name_the_field():
         PeelingConfig(refit_rated=33, groups=4, group_size=8)  # more than a round's 32 rollouts
     with pytest.raises(ValueError, match="noise_correlation"):
         PeelingConfig(noise_correlation=-0.1)
+    with pytest.raises(ValueError, match="log_floor"):
+        PeelingConfig(log_floor=-0.02)
     assert PeelingConfig(squash="tanh").censored  # the default stays valid: ignored for a tanh policy
     with pytest.raises(ValueError, match="refit_rated=0"):
         PeelingConfig(oracle=True, refit_rated=4)
