@@ -38,6 +38,7 @@ from mmpref.control.peeling import (
 from mmpref.control.policies import GaussianPolicy, ResidualPolicy
 from mmpref.control.segments import Episode, rollout
 from mmpref.control.teachers import RatingTeacher
+from mmpref.reward.system import RewardModelSystem
 
 
 def _episode(object_x: list[float], actions: np.ndarray | None = None, goal_x: float = 1.0) -> Episode:
@@ -259,6 +260,22 @@ def test_fused_scorer_by_hand():
     x[0, :, -1] = torch.tensor([0.1, 0.2, 0.3])
     expected = torch.tensor([2.0 * 0.6 + math.tanh(0.5), math.tanh(0.5)])
     torch.testing.assert_close(scorer(x), expected)
+
+
+def test_fused_scores_read_the_metric_form_they_are_given():
+    """With r̂ ≡ 0 and w = 1 the fused score is the task metric itself: linear, or log-distance with log_floor."""
+    system = RewardModelSystem(FusedTrajectoryScorer(39, 4, hidden=8, metric_weight=1.0))
+    with torch.no_grad():
+        last = system.scorer.step_reward.net[-2]
+        last.weight.zero_()
+        last.bias.zero_()
+    episodes = [_episode([0.0, 0.5, 0.25, 0.75]), _episode([0.0, 0.1, 0.8, 0.9])]
+    np.testing.assert_allclose(score_trajectories(system, episodes), metric_scores(episodes), atol=1e-6)
+    logged = score_trajectories(system, episodes, log_floor=0.05)
+    np.testing.assert_allclose(logged, metric_scores(episodes, log_floor=0.05), atol=1e-6)
+    assert not np.allclose(logged, metric_scores(episodes))
+    windows = score_trajectories(system, episodes, windows=3, log_floor=0.05)  # [N, 3]: each step's own share
+    np.testing.assert_allclose(windows.sum(-1), logged, atol=1e-6)
 
 
 def test_fused_reward_learns_ratings_that_follow_progress_and_smoothness():
