@@ -347,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--loss", default="bradley_terry", help="core loss: pairwise, or listwise over each group")
     parser.add_argument("--explore-temperature", type=float, default=0.5, help="σ multiplier of the rollouts")
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr-decay", type=float, default=1.0, help="learning rate × this after every round")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--nll-weight", type=float, default=1.0)
     parser.add_argument("--demo-weight", type=float, default=0.0, help="offline term on the ranked demonstrations")

@@ -530,6 +530,9 @@ class FinetuneConfig:
             them, so older pairs stay valid DPO pairs (off-policy, like the offline DPO of the paper); they average
             out the noise of a round's few start states, which can otherwise carry the policy off for good. With a
             refit the replayed groups are ranked again by each new reward.
+        lr_decay: the learning rate is multiplied by this after every round (1: constant; lr_k = lr·γ^k in round
+            k = 0, 1, ...): later rounds, which start from a policy already moved by the earlier ones, take smaller
+            steps, so a round whose few start states mislead it moves the policy less.
         seed: seeds the choice of start states and the rollouts.
     """
 
@@ -550,6 +553,7 @@ class FinetuneConfig:
     window_credit: WindowCredit = "own"
     noise_correlation: float = 0.0
     replay_rounds: int = 0
+    lr_decay: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -566,6 +570,8 @@ class FinetuneConfig:
             raise ValueError(f"windows must lie in [1, max_steps={self.max_steps}], got {self.windows}")
         if self.replay_rounds < 0:
             raise ValueError(f"replay_rounds must be >= 0 (0: no replay), got {self.replay_rounds}")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ValueError(f"lr_decay must lie in (0, 1] (1: a constant learning rate), got {self.lr_decay}")
 
 
 @dataclass
@@ -843,6 +849,8 @@ def preference_finetune(
                 loss.backward()
                 optimizer.step()
                 last = loss.item()
+        for param_group in optimizer.param_groups:
+            param_group["lr"] *= config.lr_decay
         log.reward.append(float(np.mean(rewards)))
         log.success.append(float(np.mean(successes)))
         log.pairs.append(comparisons)

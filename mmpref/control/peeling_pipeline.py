@@ -105,6 +105,8 @@ class PeelingConfig:
         replay_rounds: each round's DPO objective also takes the ranked groups of this many previous rounds (0:
             the round's own groups only; :class:`~mmpref.control.peeling.FinetuneConfig`; 3 measured worse on
             push-v3, ``docs/benchmarks/bench_peeling_replay3_cpu.md``).
+        lr_decay: the finetuning learning rate is multiplied by this after every round (1: constant;
+            :class:`~mmpref.control.peeling.FinetuneConfig`).
         censored: finetune with the censored clip likelihood (:func:`~mmpref.control.policies.censored_copy`:
             actions on the ±1 bounds scored by the Gaussian mass beyond them) for the policy and its reference;
             BC itself is trained as before. Ignored with ``squash`` = ``"tanh"`` (it never reaches ±1).
@@ -160,6 +162,7 @@ class PeelingConfig:
     window_credit: WindowCredit = "to_go"
     noise_correlation: float = 0.97
     replay_rounds: int = 0
+    lr_decay: float = 1.0
     censored: bool = True
     validation: int = 0
     select_best: bool = False
