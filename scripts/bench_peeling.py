@@ -286,6 +286,8 @@ def merge_reports(paths: list[Path], out: Path) -> None:
         "refit_rated": 0,  # and before --refit-rated fit the reward once
         "select_on": "fused",  # and before --select-on chose the round on the fused reward
         "replay_rounds": 0,  # and before --replay-rounds trained each round on its own groups only
+        "log_floor": 0.0,  # and before --log-floor measured progress linearly
+        "lr_decay": 1.0,  # and before --lr-decay kept the learning rate constant
     }
 
     def settings(run: dict[str, Any]) -> dict[str, Any]:

@@ -79,6 +79,12 @@ def test_merge_pools_the_seeds_of_one_setting_and_refuses_others(tmp_path):
         SCRIPT["merge_reports"]([a, other], tmp_path / "out")
     with pytest.raises(SystemExit, match="repeat"):
         SCRIPT["merge_reports"]([a, a], tmp_path / "out")
+    # a run that records a later flag at its default merges with one from before the flag existed; not otherwise
+    newer = _run(tmp_path / "d.json", [4], [0, 1, 0, 1], [1, 1, 0, 1], log_floor=0.0, lr_decay=1.0)
+    SCRIPT["merge_reports"]([a, newer], tmp_path / "out")
+    logged = _run(tmp_path / "e.json", [5], [0, 1, 0, 1], [1, 1, 0, 1], log_floor=0.02)
+    with pytest.raises(SystemExit, match="log_floor"):
+        SCRIPT["merge_reports"]([a, logged], tmp_path / "out")
 
 
 def test_command_line_reruns_the_same_settings():
