@@ -65,7 +65,7 @@ def run_seed(job: dict[str, Any]) -> dict[str, Any]:
         reward.eval()
         results = json.loads((cache / "results.json").read_text())
         timings = results.pop("timings")
-        if "goal_success" not in results["bc_mean"]:  # cached before per-goal outcomes were kept: same goals again
+        if "draws" not in results["bc_mean"]:  # cached before each held-out goal counted once: evaluate BC again
             results |= held_out_results(policy, config, "bc")
         demos = []
         if config.demo_weight > 0:  # deterministic in the seed: the same demonstrations BC was trained on
@@ -298,6 +298,11 @@ def merge_reports(paths: list[Path], out: Path) -> None:
             differ = sorted(k for k in settings(run) if settings(run)[k] != settings(runs[0]).get(k))
             raise SystemExit(f"{path}: settings differ from {paths[0]} in {differ}; merge runs of one setting only")
     results = sorted((r for run in runs for r in run["results"]), key=lambda r: r["seed"])
+    if len({"draws" in r["ft_mean"] for r in results}) > 1:
+        raise SystemExit(
+            f"{[str(p) for p in paths]}: some runs counted each held-out goal once, others drew goals with repeats "
+            "(before evaluate_policy skipped them); merge runs of one evaluation only"
+        )
     seeds = [r["seed"] for r in results]
     if len(set(seeds)) != len(seeds):
         raise SystemExit(f"seeds repeat across {[str(p) for p in paths]} ({seeds}); merge runs of distinct seeds")

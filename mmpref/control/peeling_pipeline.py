@@ -28,7 +28,10 @@ import torch
 
 from mmpref.control.envs import ExpertPolicy, make_env
 from mmpref.control.peeling import (
+    GOAL_SLICE,
+    OBJECT_SLICE,
     FinetuneConfig,
+    Outcome,
     RewardRefit,
     WindowCredit,
     fit_fused_reward,
@@ -116,7 +119,8 @@ class PeelingConfig:
         select_on: what scores the validation rollouts: ``"fused"``, the fused reward (task metric + the learned
             rating part), or ``"metric"``, the task metric alone (final progress, :func:`~mmpref.control.peeling
             .metric_scores`; the rating part is learned from BC rollouts and may not rank a finetuned policy's).
-        eval_episodes: held-out goals per evaluation.
+        eval_episodes: held-out goals per evaluation, each a distinct start state (at most 50, the goals a Meta-World
+            task draws from; :func:`evaluate_policy`).
         refit_rated: 0 fits the fused reward once, on rated BC rollouts; > 0 rates this many rollouts of every
             finetuning round with the same teacher and refits the reward on all ratings so far before the next
             round (:class:`~mmpref.control.peeling.RewardRefit`; labels: ``rated + iterations · refit_rated``).
@@ -178,6 +182,10 @@ class PeelingConfig:
         require_at_least(
             self, ("demos", "max_steps", "bc_epochs", "pool", "reward_epochs", "iterations", "eval_episodes")
         )
+        if self.eval_episodes > 50:
+            raise ValueError(
+                f"eval_episodes must be <= 50 (a Meta-World task has 50 distinct goals), got {self.eval_episodes}"
+            )
         if self.log_floor < 0:
             raise ValueError(f"log_floor must be >= 0 (0: linear progress), got {self.log_floor}")
         if self.refit_rated < 0:
@@ -217,19 +225,36 @@ def evaluate_policy(
     deterministic: bool,
     temperature: float = 1.0,
 ) -> dict[str, Any]:
-    """Success rate, mean final progress and jerk over ``episodes`` goals of a fresh env seeded ``seed``.
+    """Success rate, mean final progress and jerk over ``episodes`` distinct goals of a fresh env seeded ``seed``.
 
     A fresh env per call gives every policy the same goal sequence (so two policies' ``goal_success`` lists, 0/1 per
-    goal, pair up); ``temperature`` scales σ of sampled actions.
+    goal, pair up); ``temperature`` scales σ of sampled actions. A Meta-World task draws its goals from a fixed set
+    of 50 (with replacement: 30 draws hold only ~22 distinct start states), so an episode whose object and goal
+    positions were already evaluated is dropped and another drawn: each goal counts once.
     """
     env = make_env(task, seed=seed, goal_variation=True)
     act = policy.numpy_policy(deterministic=deterministic, seed=seed, temperature=temperature)
-    results = [outcome(rollout(env, act, max_steps=max_steps)) for _ in range(episodes)]
+    results: list[Outcome] = []
+    seen: set[tuple[float, ...]] = set()
+    draws = 0
+    while len(results) < episodes:
+        if draws == 20 * episodes:
+            raise ValueError(
+                f"{task}: only {len(results)} distinct goals in {draws} draws (env seed {seed}); a Meta-World task "
+                f"has at most 50: lower eval_episodes to <= {len(results)}"
+            )
+        draws += 1
+        episode = rollout(env, act, max_steps=max_steps)
+        start = tuple(np.round(episode.observations[0, np.r_[OBJECT_SLICE, GOAL_SLICE]], 4).tolist())
+        if start not in seen:
+            seen.add(start)
+            results.append(outcome(episode))
     return {
         "success": float(np.mean([r.success for r in results])),
         "progress": float(np.mean([r.progress for r in results])),
         "jerk": float(np.mean([r.jerk for r in results])),
         "goal_success": [int(r.success) for r in results],
+        "draws": draws,
     }
 
 

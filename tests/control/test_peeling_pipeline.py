@@ -4,13 +4,16 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import yaml
 
 from mmpref.cli import main
+from mmpref.control import peeling_pipeline
 from mmpref.control.peeling import FinetuneConfig
-from mmpref.control.peeling_pipeline import PeelingConfig
-from mmpref.control.policies import load_policy
+from mmpref.control.peeling_pipeline import PeelingConfig, evaluate_policy
+from mmpref.control.policies import GaussianPolicy, load_policy
 
 RECIPES = sorted(Path(__file__).resolve().parents[2].joinpath("recipes", "control", "peeling").glob("*.yaml"))
 
@@ -23,10 +26,12 @@ def test_peeling_recipes_parse(recipe):
 
 def test_finetune_carries_every_stage_two_field():
     """Every field PeelingConfig shares with FinetuneConfig reaches stage 2 (set away from both defaults)."""
-    config = PeelingConfig(replay_rounds=2, windows=3, lr=3e-4, epochs=2, seed=7, validation=2, select_best=True)
+    config = PeelingConfig(
+        replay_rounds=2, windows=3, lr=3e-4, lr_decay=0.8, epochs=2, seed=7, validation=2, select_best=True
+    )
     finetune = config.finetune()
     shared = {f.name for f in fields(FinetuneConfig)} & {f.name for f in fields(PeelingConfig)}
-    assert {"replay_rounds", "windows", "lr", "seed", "select_best"} <= shared
+    assert {"replay_rounds", "windows", "lr", "lr_decay", "seed", "select_best"} <= shared
     for name in shared:
         assert getattr(finetune, name) == getattr(config, name), name
 
@@ -83,3 +88,39 @@ def test_job_runs_end_to_end_on_a_tiny_setting(tmp_path):
         assert (tmp_path / name).is_file()
     assert load_policy(tmp_path / "finetuned_policy.safetensors").censored
     assert not load_policy(tmp_path / "bc_policy.safetensors").censored
+
+
+class _RepeatingGoals(gym.Env):
+    """Resets cycle through start states 0, 1, 0, 2, 1, 3 (object x = the index); state k succeeds iff k is odd."""
+
+    order = [0, 1, 0, 2, 1, 3]
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (39,), np.float32)
+        self.action_space = gym.spaces.Box(-1, 1, (4,), np.float32)
+        self.resets, self.state = 0, 0
+
+    def reset(self, *, seed=None, options=None):
+        self.state = self.order[self.resets % len(self.order)]
+        self.resets += 1
+        obs = np.zeros(39, np.float32)
+        obs[4] = self.state
+        return obs, {}
+
+    def step(self, action):
+        obs = np.zeros(39, np.float32)
+        obs[4] = self.state
+        return obs, 0.0, False, True, {"success": float(self.state % 2)}
+
+
+def test_evaluation_counts_each_goal_once(monkeypatch):
+    """Meta-World draws goals from 50 with replacement; a goal drawn again is skipped, so 4 goals here are the start
+    states 0, 1, 2, 3 (success 0, 1, 0, 1) from 6 draws, not 0, 1, 0, 2; 5 distinct goals do not exist."""
+    monkeypatch.setattr(peeling_pipeline, "make_env", lambda *args, **kwargs: _RepeatingGoals())
+    policy = GaussianPolicy(obs_dim=39, act_dim=4, hidden=8)
+    result = evaluate_policy(policy, "push-v3", seed=0, episodes=4, max_steps=3, deterministic=True)
+    assert result["goal_success"] == [0, 1, 0, 1] and result["draws"] == 6 and result["success"] == 0.5
+    with pytest.raises(ValueError, match="distinct goals"):
+        evaluate_policy(policy, "push-v3", seed=0, episodes=5, max_steps=3, deterministic=True)
+    with pytest.raises(ValueError, match="eval_episodes"):
+        PeelingConfig(eval_episodes=51)

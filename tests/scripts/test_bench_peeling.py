@@ -85,6 +85,11 @@ def test_merge_pools_the_seeds_of_one_setting_and_refuses_others(tmp_path):
     logged = _run(tmp_path / "e.json", [5], [0, 1, 0, 1], [1, 1, 0, 1], log_floor=0.02)
     with pytest.raises(SystemExit, match="log_floor"):
         SCRIPT["merge_reports"]([a, logged], tmp_path / "out")
+    distinct = json.loads(newer.read_text())  # evaluated on distinct goals (it records its draws)
+    distinct["results"][0]["ft_mean"]["draws"] = 5
+    newer.write_text(json.dumps(distinct))
+    with pytest.raises(SystemExit, match="one evaluation"):
+        SCRIPT["merge_reports"]([a, newer], tmp_path / "out")
 
 
 def test_command_line_reruns_the_same_settings():
