@@ -288,6 +288,7 @@ def merge_reports(paths: list[Path], out: Path) -> None:
         "replay_rounds": 0,  # and before --replay-rounds trained each round on its own groups only
         "log_floor": 0.0,  # and before --log-floor measured progress linearly
         "lr_decay": 1.0,  # and before --lr-decay kept the learning rate constant
+        "round_average": 0.0,  # and before --round-average kept each round's own weights
     }
 
     def settings(run: dict[str, Any]) -> dict[str, Any]:
@@ -355,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--explore-temperature", type=float, default=0.5, help="σ multiplier of the rollouts")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--lr-decay", type=float, default=1.0, help="learning rate × this after every round")
+    parser.add_argument(
+        "--round-average",
+        type=float,
+        default=0.0,
+        help="λ of the exponential average of the rounds' weights that is validated and kept (0: off)",
+    )
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--nll-weight", type=float, default=1.0)
     parser.add_argument("--demo-weight", type=float, default=0.0, help="offline term on the ranked demonstrations")

@@ -533,6 +533,12 @@ class FinetuneConfig:
         lr_decay: the learning rate is multiplied by this after every round (1: constant; lr_k = lr·γ^k in round
             k = 0, 1, ...): later rounds, which start from a policy already moved by the earlier ones, take smaller
             steps, so a round whose few start states mislead it moves the policy less.
+        round_average: λ of an exponential average of the rounds' weights, which is what is validated, chosen and
+            returned instead of each round's own weights (0: off). After round k ≥ 1 the average is
+            θ̄_k = Σ_{j=1..k} λ^(k−j) θ_j / Σ_{j=1..k} λ^(k−j) (θ_j: the weights after round j; BC, round 0, is not
+            in it and stays a candidate of its own). Training is unchanged: the rollouts come from θ_k, so the
+            average only filters what a round's few start states add as noise (Polyak-Ruppert averaging of the
+            iterates); its mean age is about λ/(1 − λ) rounds.
         seed: seeds the choice of start states and the rollouts.
     """
 
@@ -554,6 +560,7 @@ class FinetuneConfig:
     noise_correlation: float = 0.0
     replay_rounds: int = 0
     lr_decay: float = 1.0
+    round_average: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -572,6 +579,8 @@ class FinetuneConfig:
             raise ValueError(f"replay_rounds must be >= 0 (0: no replay), got {self.replay_rounds}")
         if not 0.0 < self.lr_decay <= 1.0:
             raise ValueError(f"lr_decay must lie in (0, 1] (1: a constant learning rate), got {self.lr_decay}")
+        if not 0.0 <= self.round_average < 1.0:
+            raise ValueError(f"round_average must lie in [0, 1) (0: no averaging), got {self.round_average}")
 
 
 @dataclass
@@ -594,6 +603,32 @@ class FinetuneLog:
     kept_round: int | None = None
     demo_comparisons: int = 0
     refits: int = 0
+
+
+class RoundAverage:
+    """The exponential average of the rounds' weights, θ̄_k = Σ_{j ≤ k} λ^(k−j) θ_j / Σ_{j ≤ k} λ^(k−j).
+
+    Kept as the running pair (θ̄, W) with W_k = λ W_(k−1) + 1 and θ̄_k = (λ W_(k−1) θ̄_(k−1) + θ_k) / W_k, which
+    is that sum exactly. Buffers that are not floating point (none in a Gaussian policy) are taken from θ_k.
+    """
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+        self.total = 0.0
+        self.state: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def add(self, policy: nn.Module) -> dict[str, torch.Tensor]:
+        """Fold in ``policy``'s weights as the newest round; returns the average (a fresh state dict)."""
+        previous, self.total = self.decay * self.total, self.decay * self.total + 1.0
+        current = policy.state_dict()
+        self.state = {
+            key: (previous * self.state[key] + value) / self.total
+            if self.state and value.is_floating_point()
+            else value.detach().clone()
+            for key, value in current.items()
+        }
+        return {key: value.clone() for key, value in self.state.items()}
 
 
 def validation_rollouts(policy: GaussianPolicy, envs: Sequence[gym.Env], max_steps: int) -> list[Episode]:
@@ -781,7 +816,9 @@ def preference_finetune(
 
     ``on_round(round_index, policy)``, when given, is called with the policy before the first update (round 0) and
     after every round's update (and validation): a hook for logging or diagnosis that sees the weights of every
-    round; it must not change them.
+    round; it must not change them. With ``config.round_average`` > 0 what is validated, kept and returned is the
+    rounds' weight average (:class:`RoundAverage`) and the hook sees that average (a copy; training goes on from
+    the round's own weights).
     """
     if config.select_best and not validation:
         raise ValueError("select_best needs validation environments (the round is chosen on them)")
@@ -807,21 +844,24 @@ def preference_finetune(
     kept_states: list[dict[str, torch.Tensor]] = []
     # the ranked groups of the last replay_rounds rounds (maxlen 0 keeps none)
     replayed: deque[list[tuple[list[Episode], np.ndarray]]] = deque(maxlen=config.replay_rounds)
+    # with round_average, `evaluated` holds the rounds' weight average: it is what is validated, kept and returned
+    average = RoundAverage(config.round_average) if config.round_average > 0 else None
+    evaluated = copy_policy(policy) if average is not None else policy
 
     def validate(round_index: int) -> None:
         nonlocal best_state
-        episodes = validation_rollouts(policy, validation, config.max_steps)
+        episodes = validation_rollouts(evaluated, validation, config.max_steps)
         log.validation.append(mean_total(validation_reward or reward, episodes))
         if refit is not None:
             kept_rollouts.append(episodes)
-            kept_states.append(copy.deepcopy(policy.state_dict()))
+            kept_states.append(copy.deepcopy(evaluated.state_dict()))
         elif round_index == 0 or log.validation[-1] > log.validation[log.kept_round]:
-            best_state, log.kept_round = copy.deepcopy(policy.state_dict()), round_index
+            best_state, log.kept_round = copy.deepcopy(evaluated.state_dict()), round_index
 
     if validation:
         validate(0)
     if on_round is not None:
-        on_round(0, policy)
+        on_round(0, evaluated)
     for it in range(config.iterations):
         groups: list[tuple[list[Episode], np.ndarray]] = []
         rewards: list[float] = []  # the groups' mean scores, before any credit to go
@@ -860,10 +900,12 @@ def preference_finetune(
             log.refits += 1
             for past in replayed:  # the next round's objective ranks every replayed group by the new reward
                 past[:] = [(g, credited(ranked_scores(reward, g, config.windows))) for g, _ in past]
+        if average is not None:
+            evaluated.load_state_dict(average.add(policy))
         if validation:
             validate(it + 1)
         if on_round is not None:
-            on_round(it + 1, policy)
+            on_round(it + 1, evaluated)
         logger.info(
             "round %d: reward %.3f, success %.2f, %d comparisons, DPO loss %.4f",
             it,
@@ -878,6 +920,9 @@ def preference_finetune(
         best_state = kept_states[log.kept_round]
     if config.select_best and best_state is not None:
         policy.load_state_dict(best_state)
-    elif validation:
-        log.kept_round = config.iterations
+    else:
+        if average is not None:
+            policy.load_state_dict(evaluated.state_dict())
+        if validation:
+            log.kept_round = config.iterations
     return log

@@ -110,6 +110,8 @@ class PeelingConfig:
             push-v3, ``docs/benchmarks/bench_peeling_replay3_cpu.md``).
         lr_decay: the finetuning learning rate is multiplied by this after every round (1: constant;
             :class:`~mmpref.control.peeling.FinetuneConfig`).
+        round_average: λ of the exponential average of the rounds' weights that is validated, chosen and returned
+            instead of each round's own weights (0: off; :class:`~mmpref.control.peeling.RoundAverage`).
         censored: finetune with the censored clip likelihood (:func:`~mmpref.control.policies.censored_copy`:
             actions on the ±1 bounds scored by the Gaussian mass beyond them) for the policy and its reference;
             BC itself is trained as before. Ignored with ``squash`` = ``"tanh"`` (it never reaches ±1).
@@ -167,6 +169,7 @@ class PeelingConfig:
     noise_correlation: float = 0.97
     replay_rounds: int = 0
     lr_decay: float = 1.0
+    round_average: float = 0.0
     censored: bool = True
     validation: int = 0
     select_best: bool = False

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import math
 
 import gymnasium as gym
@@ -513,6 +514,68 @@ def test_lr_decay_shrinks_each_rounds_step_by_its_factor():
     assert decayed[0] == pytest.approx(constant[0], rel=1e-6)  # round 1 runs at the full rate either way
     with pytest.raises(ValueError, match="lr_decay"):
         FinetuneConfig(lr_decay=0.0)
+
+
+def test_round_average_keeps_the_by_hand_average_and_leaves_training_alone():
+    """With round_average λ the policy returned after 3 rounds is (λ²θ₁ + λθ₂ + θ₃) / (λ² + λ + 1) of the weights a
+    run without averaging passes through (computed here from that run's hook), the hook sees the running averages,
+    and the weights trained are the same (the average is not trained on)."""
+    torch.set_num_threads(1)
+    decay = 0.6
+    rounds: list[dict[str, torch.Tensor]] = []
+    plain = _toy_policy()
+    preference_finetune(
+        plain,
+        frozen_copy(plain),
+        [_TargetEnv(TARGET) for _ in range(4)],
+        _true_returns,
+        _toy_config(iterations=3),
+        on_round=lambda k, p: rounds.append(copy.deepcopy(p.state_dict())),
+    )
+    seen: list[dict[str, torch.Tensor]] = []
+    averaged = _toy_policy()
+    preference_finetune(
+        averaged,
+        frozen_copy(averaged),
+        [_TargetEnv(TARGET) for _ in range(4)],
+        _true_returns,
+        _toy_config(iterations=3, round_average=decay),
+        on_round=lambda k, p: seen.append(copy.deepcopy(p.state_dict())),
+    )
+    weights = [decay**2, decay, 1.0]
+    for key in rounds[0]:
+        by_hand = sum(w * r[key] for w, r in zip(weights, rounds[1:], strict=True)) / sum(weights)
+        torch.testing.assert_close(averaged.state_dict()[key], by_hand, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(seen[0][key], rounds[0][key], rtol=0, atol=0)  # round 0: BC itself
+        torch.testing.assert_close(seen[1][key], rounds[1][key], rtol=0, atol=0)  # one round: its own weights
+        two = (decay * rounds[1][key] + rounds[2][key]) / (decay + 1.0)
+        torch.testing.assert_close(seen[2][key], two, rtol=1e-5, atol=1e-7)
+    assert any(not torch.equal(averaged.state_dict()[k], plain.state_dict()[k]) for k in rounds[0])
+    with pytest.raises(ValueError, match="round_average"):
+        FinetuneConfig(round_average=1.0)
+
+
+def test_round_average_is_what_is_validated_and_kept():
+    """With validation and select_best, each logged validation score is the averaged policy's (re-scored from the
+    hook's copy), and the policy returned is the average of the round kept."""
+    torch.set_num_threads(1)
+    config = _toy_config(iterations=4, round_average=0.5, select_best=True)
+    scores: list[float] = []
+    states: list[dict[str, torch.Tensor]] = []
+
+    def hook(round_index: int, policy: GaussianPolicy) -> None:
+        scores.append(validation_score(policy, [_TargetEnv(TARGET)], _true_returns, 5))
+        states.append(copy.deepcopy(policy.state_dict()))
+
+    policy = _toy_policy()
+    envs = [_TargetEnv(TARGET) for _ in range(4)]
+    log = preference_finetune(
+        policy, frozen_copy(policy), envs, _true_returns, config, validation=[_TargetEnv(TARGET)], on_round=hook
+    )
+    assert scores == pytest.approx(log.validation, abs=1e-6)
+    assert log.kept_round == int(np.argmax(log.validation)) and log.kept_round > 0
+    for key, value in states[log.kept_round].items():
+        torch.testing.assert_close(policy.state_dict()[key], value, rtol=0, atol=0)
 
 
 def test_windows_cut_score_and_pair_by_hand():
