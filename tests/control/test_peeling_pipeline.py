@@ -27,11 +27,19 @@ def test_peeling_recipes_parse(recipe):
 def test_finetune_carries_every_stage_two_field():
     """Every field PeelingConfig shares with FinetuneConfig reaches stage 2 (set away from both defaults)."""
     config = PeelingConfig(
-        replay_rounds=2, windows=3, lr=3e-4, lr_decay=0.8, epochs=2, seed=7, validation=2, select_best=True
+        replay_rounds=2,
+        windows=3,
+        lr=3e-4,
+        lr_decay=0.8,
+        round_average=0.5,
+        epochs=2,
+        seed=7,
+        validation=2,
+        select_best=True,
     )
     finetune = config.finetune()
     shared = {f.name for f in fields(FinetuneConfig)} & {f.name for f in fields(PeelingConfig)}
-    assert {"replay_rounds", "windows", "lr", "lr_decay", "seed", "select_best"} <= shared
+    assert {"replay_rounds", "windows", "lr", "lr_decay", "round_average", "seed", "select_best"} <= shared
     for name in shared:
         assert getattr(finetune, name) == getattr(config, name), name
 
