@@ -111,7 +111,8 @@ class PeelingConfig:
         lr_decay: the finetuning learning rate is multiplied by this after every round (1: constant;
             :class:`~mmpref.control.peeling.FinetuneConfig`).
         round_average: λ of the exponential average of the rounds' weights that is validated, chosen and returned
-            instead of each round's own weights (0: off; :class:`~mmpref.control.peeling.RoundAverage`).
+            instead of each round's own weights (0: off; :class:`~mmpref.control.peeling.RoundAverage`; 0.7 measured
+            worse on push-v3, ``docs/benchmarks/bench_peeling_round_average_cpu.md``).
         censored: finetune with the censored clip likelihood (:func:`~mmpref.control.policies.censored_copy`:
             actions on the ±1 bounds scored by the Gaussian mass beyond them) for the policy and its reference;
             BC itself is trained as before. Ignored with ``squash`` = ``"tanh"`` (it never reaches ±1).
