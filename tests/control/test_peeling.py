@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -11,6 +12,7 @@ from torch.distributions import Independent, Normal, TanhTransform, TransformedD
 
 from mmpref.control.peeling import (
     FinetuneConfig,
+    FinetuneLog,
     FusedTrajectoryScorer,
     RewardRefit,
     by_window,
@@ -491,22 +493,33 @@ def test_on_round_sees_every_round_and_changes_nothing():
         torch.testing.assert_close(hooked.state_dict()[key], value, rtol=0, atol=0)
 
 
+def _finetune_recording_rounds(
+    config: FinetuneConfig, validation: Sequence[gym.Env] = ()
+) -> tuple[GaussianPolicy, FinetuneLog, list[dict[str, torch.Tensor]]]:
+    """The toy's stage 2 from a fresh policy: (the policy after it, its log, a copy of the weights seen each round)."""
+    states: list[dict[str, torch.Tensor]] = []
+    policy = _toy_policy()
+    log = preference_finetune(
+        policy,
+        frozen_copy(policy),
+        [_TargetEnv(TARGET) for _ in range(4)],
+        _true_returns,
+        config,
+        validation=validation,
+        on_round=lambda round_index, seen: states.append(copy.deepcopy(seen.state_dict())),
+    )
+    return policy, log, states
+
+
 def test_lr_decay_shrinks_each_rounds_step_by_its_factor():
     """Adam's first steps move each weight by about lr, so with lr_decay γ a round's change of the weights shrinks
     by about γ a round: with γ = 0.1 round 3 moves them ~1 % of round 1 (asserted < 5 %); constant: > 30 %."""
     torch.set_num_threads(1)
 
     def changes(decay: float) -> list[float]:
-        states: list[torch.Tensor] = []
-
-        def hook(round_index: int, policy: GaussianPolicy) -> None:
-            states.append(torch.cat([p.detach().flatten().clone() for p in policy.parameters()]))
-
-        policy = _toy_policy()
-        envs = [_TargetEnv(TARGET) for _ in range(4)]
-        config = _toy_config(iterations=3, lr_decay=decay)
-        preference_finetune(policy, frozen_copy(policy), envs, _true_returns, config, on_round=hook)
-        return [float((b - a).norm()) for a, b in zip(states[:-1], states[1:], strict=True)]
+        _, _, states = _finetune_recording_rounds(_toy_config(iterations=3, lr_decay=decay))
+        flat = [torch.cat([v.flatten() for v in state.values()]) for state in states]
+        return [float((b - a).norm()) for a, b in zip(flat[:-1], flat[1:], strict=True)]
 
     constant, decayed = changes(1.0), changes(0.1)
     assert constant[2] > 0.3 * constant[0]
@@ -522,26 +535,8 @@ def test_round_average_keeps_the_by_hand_average_and_leaves_training_alone():
     and the weights trained are the same (the average is not trained on)."""
     torch.set_num_threads(1)
     decay = 0.6
-    rounds: list[dict[str, torch.Tensor]] = []
-    plain = _toy_policy()
-    preference_finetune(
-        plain,
-        frozen_copy(plain),
-        [_TargetEnv(TARGET) for _ in range(4)],
-        _true_returns,
-        _toy_config(iterations=3),
-        on_round=lambda k, p: rounds.append(copy.deepcopy(p.state_dict())),
-    )
-    seen: list[dict[str, torch.Tensor]] = []
-    averaged = _toy_policy()
-    preference_finetune(
-        averaged,
-        frozen_copy(averaged),
-        [_TargetEnv(TARGET) for _ in range(4)],
-        _true_returns,
-        _toy_config(iterations=3, round_average=decay),
-        on_round=lambda k, p: seen.append(copy.deepcopy(p.state_dict())),
-    )
+    plain, _, rounds = _finetune_recording_rounds(_toy_config(iterations=3))
+    averaged, _, seen = _finetune_recording_rounds(_toy_config(iterations=3, round_average=decay))
     weights = [decay**2, decay, 1.0]
     for key in rounds[0]:
         by_hand = sum(w * r[key] for w, r in zip(weights, rounds[1:], strict=True)) / sum(weights)
@@ -560,18 +555,12 @@ def test_round_average_is_what_is_validated_and_kept():
     hook's copy), and the policy returned is the average of the round kept."""
     torch.set_num_threads(1)
     config = _toy_config(iterations=4, round_average=0.5, select_best=True)
-    scores: list[float] = []
-    states: list[dict[str, torch.Tensor]] = []
-
-    def hook(round_index: int, policy: GaussianPolicy) -> None:
-        scores.append(validation_score(policy, [_TargetEnv(TARGET)], _true_returns, 5))
-        states.append(copy.deepcopy(policy.state_dict()))
-
-    policy = _toy_policy()
-    envs = [_TargetEnv(TARGET) for _ in range(4)]
-    log = preference_finetune(
-        policy, frozen_copy(policy), envs, _true_returns, config, validation=[_TargetEnv(TARGET)], on_round=hook
-    )
+    policy, log, states = _finetune_recording_rounds(config, validation=[_TargetEnv(TARGET)])
+    scores = []
+    for state in states:
+        seen = _toy_policy()
+        seen.load_state_dict(state)
+        scores.append(validation_score(seen, [_TargetEnv(TARGET)], _true_returns, 5))
     assert scores == pytest.approx(log.validation, abs=1e-6)
     assert log.kept_round == int(np.argmax(log.validation)) and log.kept_round > 0
     for key, value in states[log.kept_round].items():
