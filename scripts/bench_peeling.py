@@ -246,6 +246,22 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path)
                 log = r["finetune_log"]
                 scores = " ".join(f"{s:.3f}" for s in log["validation"])
                 lines.append(f"- seed {r['seed']}: {scores}; kept round {log['kept_round']}")
+        if any("restarts" in r for r in results):
+            lines += [
+                "",
+                "Restarts (stage 2 run again from BC with its own exploration; the validation score of each "
+                "restart's kept round; [x] = the restart kept, the best score):",
+                "",
+            ]
+            for r in results:
+                if "restarts" in r:
+                    cells = [
+                        f"[{s['restart']}: {s['validation']:.3f}]"
+                        if s["restart"] == r["restart_kept"]
+                        else f"{s['restart']}: {s['validation']:.3f}"
+                        for s in r["restarts"]
+                    ]
+                    lines.append(f"- seed {r['seed']}: " + " ".join(cells))
         if any("rounds" in r for r in results):
             lines += [
                 "",
@@ -267,15 +283,15 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path)
         handle.write("\n".join(lines) + "\n")
 
 
-def merge_reports(paths: list[Path], out: Path) -> None:
-    """One report over the seeds of several runs whose settings (all but the seeds) agree.
+def check_same_settings(paths: list[Path], runs: list[dict[str, Any]], also_ignored: tuple[str, ...] = ()) -> None:
+    """Exit naming the flags in which a run's settings differ from the first run's (seeds and paths aside).
 
     A flag missing from an older run's recorded arguments did not exist yet; the run used what is now its default,
     so it counts as that default.
     """
-    runs = [json.loads(Path(p).read_text()) for p in paths]
     # track_rounds only adds a record (training and the choice of round are the same either way)
-    ignored = ("seeds", "out_dir", "cache_dir", "save_dir", "workers", "merge", "track_rounds")
+    ignored = ("seeds", "out_dir", "cache_dir", "save_dir", "workers", "merge", "best_of", "track_rounds")
+    ignored += also_ignored
     defaults = {
         "windows": 1,  # runs before --windows ranked whole rollouts
         "residual_hidden": 0,  # and before --residual-hidden finetuned the whole policy
@@ -289,6 +305,8 @@ def merge_reports(paths: list[Path], out: Path) -> None:
         "log_floor": 0.0,  # and before --log-floor measured progress linearly
         "lr_decay": 1.0,  # and before --lr-decay kept the learning rate constant
         "round_average": 0.0,  # and before --round-average kept each round's own weights
+        "restarts": 1,  # and before --restarts ran stage 2 once
+        "first_restart": 0,  # and before --first-restart ran restart 0
     }
 
     def settings(run: dict[str, Any]) -> dict[str, Any]:
@@ -297,7 +315,13 @@ def merge_reports(paths: list[Path], out: Path) -> None:
     for path, run in zip(paths[1:], runs[1:], strict=True):
         if settings(run) != settings(runs[0]):
             differ = sorted(k for k in settings(run) if settings(run)[k] != settings(runs[0]).get(k))
-            raise SystemExit(f"{path}: settings differ from {paths[0]} in {differ}; merge runs of one setting only")
+            raise SystemExit(f"{path}: settings differ from {paths[0]} in {differ}; combine runs of one setting only")
+
+
+def merge_reports(paths: list[Path], out: Path) -> None:
+    """One report over the seeds of several runs whose settings (all but the seeds) agree."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    check_same_settings(paths, runs)
     results = sorted((r for run in runs for r in run["results"]), key=lambda r: r["seed"])
     if len({"draws" in r["ft_mean"] for r in results}) > 1:
         raise SystemExit(
@@ -314,11 +338,69 @@ def merge_reports(paths: list[Path], out: Path) -> None:
     print((out / "bench_peeling_cpu.md").read_text())
 
 
+def restart_record(result: dict[str, Any], first_restart: int) -> list[dict[str, Any]]:
+    """The restarts one seed's result ran: its own list, or (a run of one restart) that restart's kept round."""
+    from mmpref.control.peeling_pipeline import restart_seed
+
+    if "restarts" in result:
+        return result["restarts"]
+    log = result["finetune_log"]
+    return [
+        {
+            "restart": first_restart,
+            "seed": restart_seed(result["seed"], first_restart),
+            "kept_round": log["kept_round"],
+            "validation": log["validation"][log["kept_round"]],
+        }
+    ]
+
+
+def best_of_reports(paths: list[Path], out: Path) -> None:
+    """One report keeping, per seed, the restart whose kept round scored best on the validation goals.
+
+    The runs hold other restarts (``--first-restart``) of one setting, so the report is what ``--restarts`` over all
+    of them would give (:func:`~mmpref.control.peeling_pipeline.best_restart`: the highest validation score, the
+    earliest restart of equal ones). Only seeds every run holds are reported.
+    """
+    from mmpref.control.peeling_pipeline import best_restart
+
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    check_same_settings(paths, runs, also_ignored=("restarts", "first_restart"))
+    by_seed = [{r["seed"]: r for r in run["results"]} for run in runs]
+    seeds = sorted(set.intersection(*(set(b) for b in by_seed)))
+    if not seeds:
+        raise SystemExit(f"{[str(p) for p in paths]} share no seed; --best-of needs runs of the same seeds")
+    results = []
+    for seed in seeds:
+        candidates = []  # (restart record, the result that restart's run reported)
+        for run, table in zip(runs, by_seed, strict=True):
+            first = run["meta"]["args"].get("first_restart", 0)
+            candidates += [(record, table[seed]) for record in restart_record(table[seed], first)]
+        candidates.sort(key=lambda c: c[0]["restart"])
+        restarts = [c[0]["restart"] for c in candidates]
+        if len(set(restarts)) != len(restarts):
+            raise SystemExit(f"seed {seed}: restarts {restarts} repeat across {[str(p) for p in paths]}")
+        kept = best_restart([c[0]["validation"] for c in candidates])
+        bc = {json.dumps(c[1]["bc_mean"]["goal_success"]) for c in candidates}
+        if len(bc) > 1:
+            raise SystemExit(f"seed {seed}: BC's held-out outcomes differ across the runs; restarts share stage 1")
+        record, result = candidates[kept]
+        if result.get("restart_kept", record["restart"]) != record["restart"]:
+            raise SystemExit(f"seed {seed}: restart {record['restart']} was not the one its run evaluated")
+        results.append({**result, "restarts": [c[0] for c in candidates], "restart_kept": record["restart"]})
+    meta = dict(runs[0]["meta"])
+    meta["command"] = " ; ".join(run["meta"]["command"] for run in runs) + " ; --best-of"
+    meta["date"] = ", ".join(run["meta"]["date"] for run in runs)
+    meta["args"] = {**meta["args"], "restarts": len(results[0]["restarts"]), "first_restart": 0}
+    write_report(results, meta, out)
+    print((out / "bench_peeling_cpu.md").read_text())
+
+
 def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
     """The command that reruns ``args``: every set flag, a False switch only where its default is True (``--no-x``)."""
     words = []
     for key, value in vars(args).items():
-        if value is None or key in ("out_dir", "save_dir", "cache_dir", "merge"):
+        if value is None or key in ("out_dir", "save_dir", "cache_dir", "merge", "best_of"):
             continue
         if isinstance(value, bool):
             if value or parser.get_default(key):
@@ -386,10 +468,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--track-rounds", action="store_true", help="also evaluate every round on the held-out goals (diagnosis)"
     )
+    parser.add_argument(
+        "--restarts", type=int, default=1, help="stage-2 runs per seed; the best on the validation goals is kept"
+    )
+    parser.add_argument(
+        "--first-restart", type=int, default=0, help="index of the first restart (split restarts across runs)"
+    )
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--save-dir", type=Path, default=None)
     parser.add_argument("--cache-dir", type=Path, default=None, help="reuse stage 1 (demos, BC, reward) per seed")
     parser.add_argument("--out-dir", type=Path, default=Path("docs/benchmarks"))
+    parser.add_argument(
+        "--best-of",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="instead of running: per seed, the restart of these runs (--first-restart) scoring best on validation",
+    )
     parser.add_argument(
         "--merge",
         type=Path,
@@ -405,6 +500,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.merge:
         merge_reports(args.merge, args.out_dir)
+        return
+    if args.best_of:
+        best_of_reports(args.best_of, args.out_dir)
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import torch

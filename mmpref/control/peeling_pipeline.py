@@ -18,7 +18,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +31,7 @@ from mmpref.control.peeling import (
     GOAL_SLICE,
     OBJECT_SLICE,
     FinetuneConfig,
+    FinetuneLog,
     Outcome,
     RewardRefit,
     WindowCredit,
@@ -50,6 +51,7 @@ from mmpref.control.policies import (
     Squash,
     behaviour_cloning,
     censored_copy,
+    copy_policy,
     save_policy,
 )
 from mmpref.control.robomimic_io import read_robomimic, write_robomimic
@@ -136,6 +138,14 @@ class PeelingConfig:
             in ``results["rounds"]``. For diagnosis only (how good was each round; how would another rule for
             choosing the round have fared): nothing is chosen on it. Costs about one more rollout per held-out and
             validation goal per round.
+        restarts: run stage 2 this many times from the same BC policy and fused reward, each with its own
+            exploration (:func:`restart_seed`), and keep the run whose kept round scores best on the validation
+            goals (:func:`best_restart`; needs ``validation`` >= 1). Costs ``restarts`` times stage 2; what it buys
+            is a second chance where one run's few start states per round led it astray.
+        first_restart: index of the first restart run (restart r explores with :func:`restart_seed` (seed, r)), so
+            restarts can be split across runs or machines: a run with ``first_restart: 1`` adds restart 1 to an
+            earlier run of restart 0, and :func:`best_restart` over their validation scores keeps what one run with
+            ``restarts: 2`` would.
     """
 
     task: str = "push-v3"
@@ -179,13 +189,14 @@ class PeelingConfig:
     refit_rated: int = 0
     oracle: bool = False
     track_rounds: bool = False
+    restarts: int = 1
+    first_restart: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.noise_low <= self.noise_high:
             raise ValueError(f"need 0 <= noise_low <= noise_high, got {self.noise_low} and {self.noise_high}")
-        require_at_least(
-            self, ("demos", "max_steps", "bc_epochs", "pool", "reward_epochs", "iterations", "eval_episodes")
-        )
+        counts = ("demos", "max_steps", "bc_epochs", "pool", "reward_epochs", "iterations", "eval_episodes")
+        require_at_least(self, (*counts, "restarts"))
         if self.eval_episodes > 50:
             raise ValueError(
                 f"eval_episodes must be <= 50 (a Meta-World task has 50 distinct goals), got {self.eval_episodes}"
@@ -209,6 +220,15 @@ class PeelingConfig:
             raise ValueError(f"select_on must be 'fused' or 'metric', got {self.select_on!r}")
         if self.select_best and self.validation < 1:
             raise ValueError("select_best needs validation >= 1 environments to choose the round on")
+        if self.first_restart < 0:
+            raise ValueError(f"first_restart must be >= 0 (0: start with the plain run), got {self.first_restart}")
+        if self.restarts > 1 and self.validation < 1:
+            raise ValueError("restarts > 1 needs validation >= 1 environments to choose the restart on")
+        if self.restarts > 1 and self.refit_rated > 0:
+            raise ValueError(
+                "restarts > 1 compares the restarts' validation scores, which a refit scores with each restart's own "
+                "reward: set refit_rated=0 or restarts=1"
+            )
         self.finetune()  # checks the stage-2 fields (loss name, temperature)
         if self.groups > self.pool:
             raise ValueError(f"groups ({self.groups}) cannot exceed the pool of environments ({self.pool})")
@@ -431,6 +451,21 @@ def stage_one(config: PeelingConfig, pool: Sequence[gym.Env], dataset: Path) -> 
     return StageOne(policy, reward, results, timings, demos, rated)
 
 
+RESTART_STRIDE = 100_000  # apart from every seed a benchmark uses, so restarts of one seed never share another's
+
+
+def restart_seed(seed: int, restart: int) -> int:
+    """Stage 2's seed in restart ``restart``: ``seed`` + 100 000·restart (restart 0 explores as a plain run)."""
+    return seed + RESTART_STRIDE * restart
+
+
+def best_restart(scores: Sequence[float]) -> int:
+    """Index of the restart to keep: the highest validation score of its kept round, the earliest of equal ones."""
+    if len(scores) == 0:
+        raise ValueError("best_restart needs the validation score of at least one restart")
+    return int(np.argmax(scores))
+
+
 def stage_two(
     config: PeelingConfig,
     policy: GaussianPolicy,
@@ -444,16 +479,21 @@ def stage_two(
     ``rated`` (stage 1's rated set, copied, not changed) is needed with ``config.refit_rated`` > 0: the refits
     start from it and rate with its teacher.
 
+    With ``config.restarts`` > 1 stage 2 runs that many times from BC (restart r explores with
+    :func:`restart_seed`; the restarts are ``first_restart`` .. ``first_restart + restarts − 1``) and the run whose
+    kept round scores best on the validation goals is kept (:func:`best_restart`); only it is evaluated on the
+    held-out goals. ``results["restarts"]`` lists every restart's seed, kept round and validation score and
+    ``results["restart_kept"]`` the index kept.
+
     Returns:
         The results and the finetuned policy: ``policy`` itself, changed in place, or a new one (``policy``
-        unchanged) with ``censored`` (a censored copy) or ``residual_hidden`` > 0 (a
-        :class:`~mmpref.control.policies.ResidualPolicy` on a frozen copy).
+        unchanged) with ``censored`` (a censored copy), ``residual_hidden`` > 0 (a
+        :class:`~mmpref.control.policies.ResidualPolicy` on a frozen copy) or ``restarts`` > 1 (each restart
+        trains a copy).
     """
     if config.censored and config.squash == "clip":
         policy = censored_copy(policy)
     reference = frozen_copy(policy)
-    if config.residual_hidden > 0:
-        policy = ResidualPolicy.on(policy, config.residual_hidden)
     reference_state = {k: v.clone() for k, v in reference.state_dict().items()}
     start = time.perf_counter()
     if config.oracle:
@@ -462,37 +502,58 @@ def stage_two(
         rank = lambda group: score_trajectories(  # noqa: E731
             reward, group, config.smoothness, config.windows, config.log_floor
         )
-    refit = None
-    if config.refit_rated > 0:
-        if rated is None:
-            raise ValueError("refit_rated > 0 needs stage 1's rated set (rated=...) to refit the fused reward on")
-        refit = RewardRefit(
-            rated.teacher,
-            list(rated.episodes),
-            list(rated.ratings),
-            config.refit_rated,
-            config.smoothness,
-            config.windows,
-            config.reward_epochs,
-            config.seed,
-            config.log_floor,
-        )
-    tracker = RoundTracker(config, rank) if config.track_rounds else None
-    log = preference_finetune(
-        policy,
-        reference,
-        pool,
-        rank,
-        config.finetune(),
-        validation=validation_pool(config),
-        demonstrations=demonstrations,
-        refit=refit,
-        on_round=tracker,
-        validation_reward=(
-            (lambda e: metric_scores(e, config.smoothness, config.log_floor)) if config.select_on == "metric" else None
-        ),
+    validation_reward = (
+        (lambda e: metric_scores(e, config.smoothness, config.log_floor)) if config.select_on == "metric" else None
     )
+    summaries: list[dict[str, Any]] = []
+    kept: tuple[GaussianPolicy, FinetuneLog, RoundTracker | None] | None = None
+    kept_score = float("nan")
+    for restart in range(config.first_restart, config.first_restart + config.restarts):
+        seed = restart_seed(config.seed, restart)
+        candidate = policy if config.restarts == 1 else copy_policy(policy)
+        if config.residual_hidden > 0:
+            if restart > 0:  # the residual's initialisation too is the restart's own (restart 0: as a plain run)
+                torch.manual_seed(seed)
+            candidate = ResidualPolicy.on(candidate, config.residual_hidden)
+        refit = None
+        if config.refit_rated > 0:
+            if rated is None:
+                raise ValueError("refit_rated > 0 needs stage 1's rated set (rated=...) to refit the fused reward on")
+            refit = RewardRefit(
+                rated.teacher,
+                list(rated.episodes),
+                list(rated.ratings),
+                config.refit_rated,
+                config.smoothness,
+                config.windows,
+                config.reward_epochs,
+                config.seed,
+                config.log_floor,
+            )
+        tracker = RoundTracker(config, rank) if config.track_rounds else None
+        log = preference_finetune(
+            candidate,
+            reference,
+            pool,
+            rank,
+            replace(config.finetune(), seed=seed),
+            validation=validation_pool(config),
+            demonstrations=demonstrations,
+            refit=refit,
+            on_round=tracker,
+            validation_reward=validation_reward,
+        )
+        score = log.validation[log.kept_round] if log.validation else float("nan")
+        summaries.append({"restart": restart, "seed": seed, "kept_round": log.kept_round, "validation": score})
+        # only the best restart so far is held: the first of equal scores, as best_restart chooses
+        if kept is None or best_restart([kept_score, score]) == 1:
+            kept, kept_score = (candidate, log, tracker), score
+    assert kept is not None  # restarts >= 1
+    policy, log, tracker = kept
     results: dict[str, Any] = {"finetune_s": time.perf_counter() - start, "finetune_log": asdict(log)}
+    if config.restarts > 1 or config.first_restart > 0:
+        results["restarts"] = summaries
+        results["restart_kept"] = summaries[best_restart([s["validation"] for s in summaries])]["restart"]
     if tracker is not None:
         results["rounds"] = tracker.record()
     state = reference.state_dict()

@@ -132,3 +132,66 @@ def test_evaluation_counts_each_goal_once(monkeypatch):
         evaluate_policy(policy, "push-v3", seed=0, episodes=5, max_steps=3, deterministic=True)
     with pytest.raises(ValueError, match="eval_episodes"):
         PeelingConfig(eval_episodes=51)
+
+
+def test_best_restart_keeps_the_highest_score_and_the_earliest_of_ties():
+    assert peeling_pipeline.best_restart([1.0, 3.0, 3.0, 2.0]) == 1
+    assert peeling_pipeline.best_restart([0.5]) == 0
+    with pytest.raises(ValueError, match="at least one"):
+        peeling_pipeline.best_restart([])
+    assert peeling_pipeline.restart_seed(7, 0) == 7  # restart 0 explores as a plain run
+    assert peeling_pipeline.restart_seed(7, 2) == 7 + 2 * peeling_pipeline.RESTART_STRIDE
+
+
+def test_restart_errors_name_the_field():
+    with pytest.raises(ValueError, match="restarts"):
+        PeelingConfig(restarts=0)
+    with pytest.raises(ValueError, match="first_restart"):
+        PeelingConfig(first_restart=-1)
+    with pytest.raises(ValueError, match="validation"):
+        PeelingConfig(restarts=2)
+    with pytest.raises(ValueError, match="refit_rated=0"):
+        PeelingConfig(restarts=2, validation=2, refit_rated=4)
+
+
+def _tiny_stage_two(**changes):
+    """Stage 2 on push-v3 at toy size from one fixed random policy, ranked by the true return (no reward model)."""
+    import torch
+
+    config = PeelingConfig(
+        max_steps=20,
+        pool=2,
+        iterations=2,
+        groups=1,
+        group_size=2,
+        validation=2,
+        select_best=True,
+        eval_episodes=2,
+        oracle=True,
+        **changes,
+    )
+    torch.manual_seed(0)
+    policy = GaussianPolicy(obs_dim=39, act_dim=4, hidden=8, squash="clip")
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    results, finetuned = peeling_pipeline.stage_two(config, policy, None, peeling_pipeline.training_pool(config))
+    assert all(torch.equal(v, policy.state_dict()[k]) for k, v in before.items())  # BC itself is never trained
+    return results, finetuned
+
+
+def test_restarts_keep_the_run_the_validation_goals_score_best():
+    """Three restarts in one run are the three single runs of restarts 0, 1, 2 (each its own exploration), and the
+    one kept is the single run whose kept round scored best on the validation goals, held-out results and all."""
+    together, policy = _tiny_stage_two(restarts=3)
+    alone = [_tiny_stage_two(first_restart=r)[0] for r in range(3)]
+    assert "restarts" not in alone[0]  # restart 0 alone is a plain run, which reports no restarts
+    scores = [a["finetune_log"]["validation"][a["finetune_log"]["kept_round"]] for a in alone]
+    assert [a["restarts"][0]["restart"] for a in alone[1:]] == [1, 2]  # a run of later restarts names them
+    assert [s["validation"] for s in together["restarts"]] == scores
+    assert [s["seed"] for s in together["restarts"]] == [peeling_pipeline.restart_seed(0, r) for r in range(3)]
+    # the restarts explored differently: their rollouts earned different returns in the first round
+    assert len({a["finetune_log"]["reward"][0] for a in alone}) == 3
+    kept = peeling_pipeline.best_restart(scores)
+    assert kept > 0 and together["restart_kept"] == kept  # (here a later restart beat the plain run)
+    assert together["finetune_log"] == alone[kept]["finetune_log"]
+    assert together["ft_mean"] == alone[kept]["ft_mean"]
+    assert together["reference_unchanged"]

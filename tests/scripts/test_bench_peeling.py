@@ -122,3 +122,34 @@ def test_round_choices_by_hand():
     lines = SCRIPT["round_choice_lines"]([{"rounds": record}], used=2)
     # with 2 rounds, one column cut at round 2: the run's rule keeps round 2 (0.4), BC 0.2 → +20.0 points
     assert "| fused reward, 2 validation goals (the run's rule) | 0.400 (+20.0) |" in lines
+
+
+def test_best_of_keeps_per_seed_the_restart_the_validation_goals_score_best(tmp_path):
+    """Restart 0 (a plain run) and restart 1 (--first-restart 1): seed 0 keeps restart 0 (1.2 > 1.1), seed 1
+    restart 1 (1.5 > 1.2), each with the held-out results of the run that trained it; seed 2, in one run only, is
+    left out."""
+    bc = [0, 0, 1, 1]
+    plain = _run(tmp_path / "a.json", [0, 1, 2], bc, [1, 0, 1, 1])
+    later = json.loads(_run(tmp_path / "b.json", [0, 1], bc, [1, 1, 1, 1], first_restart=1).read_text())
+    later["results"][0]["finetune_log"] = {"success": [0.5], "validation": [1.0, 1.1, 0.9], "kept_round": 1}
+    later["results"][1]["finetune_log"] = {"success": [0.5], "validation": [1.0, 0.7, 1.5], "kept_round": 2}
+    (tmp_path / "b.json").write_text(json.dumps(later))
+    SCRIPT["best_of_reports"]([plain, tmp_path / "b.json"], tmp_path / "out")
+    best = json.loads((tmp_path / "out" / "bench_peeling_cpu.json").read_text())
+    assert [r["seed"] for r in best["results"]] == [0, 1]
+    assert [r["restart_kept"] for r in best["results"]] == [0, 1]
+    assert [r["ft_mean"]["goal_success"] for r in best["results"]] == [[1, 0, 1, 1], [1, 1, 1, 1]]
+    assert [s["validation"] for s in best["results"][1]["restarts"]] == [1.2, 1.5]
+    assert best["meta"]["args"]["restarts"] == 2
+    report = (tmp_path / "out" / "bench_peeling_cpu.md").read_text()
+    assert "- seed 0: [0: 1.200] 1: 1.100" in report and "- seed 1: 0: 1.200 [1: 1.500]" in report
+    # finetuned (0.75 + 1) / 2 over BC 0.5
+    assert "mean, success: BC 0.500 → BC + DPO 0.875 (+37.5 ±" in report
+    with pytest.raises(SystemExit, match="repeat"):  # restart 0 twice
+        SCRIPT["best_of_reports"]([plain, plain], tmp_path / "out")
+    other = _run(tmp_path / "c.json", [0], bc, [1, 1, 1, 1], first_restart=1, windows=1)
+    with pytest.raises(SystemExit, match="windows"):
+        SCRIPT["best_of_reports"]([plain, other], tmp_path / "out")
+    moved = _run(tmp_path / "d.json", [0], [1, 1, 1, 1], [1, 1, 1, 1], first_restart=1)  # another BC
+    with pytest.raises(SystemExit, match="stage 1"):
+        SCRIPT["best_of_reports"]([plain, moved], tmp_path / "out")
