@@ -527,7 +527,7 @@ def stage_two(
                 config.smoothness,
                 config.windows,
                 config.reward_epochs,
-                config.seed,
+                seed,  # the restart's own choice of rated rollouts too (restart 0: config.seed)
                 config.log_floor,
             )
         tracker = RoundTracker(config, rank) if config.track_rounds else None
