@@ -506,7 +506,7 @@ def stage_two(
         (lambda e: metric_scores(e, config.smoothness, config.log_floor)) if config.select_on == "metric" else None
     )
     summaries: list[dict[str, Any]] = []
-    kept: tuple[GaussianPolicy, FinetuneLog, RoundTracker | None] | None = None
+    kept: tuple[GaussianPolicy, FinetuneLog, RoundTracker | None, int] | None = None
     kept_score = float("nan")
     for restart in range(config.first_restart, config.first_restart + config.restarts):
         seed = restart_seed(config.seed, restart)
@@ -547,13 +547,13 @@ def stage_two(
         summaries.append({"restart": restart, "seed": seed, "kept_round": log.kept_round, "validation": score})
         # only the best restart so far is held: the first of equal scores, as best_restart chooses
         if kept is None or best_restart([kept_score, score]) == 1:
-            kept, kept_score = (candidate, log, tracker), score
+            kept, kept_score = (candidate, log, tracker, restart), score
     assert kept is not None  # restarts >= 1
-    policy, log, tracker = kept
+    policy, log, tracker, kept_restart = kept
     results: dict[str, Any] = {"finetune_s": time.perf_counter() - start, "finetune_log": asdict(log)}
     if config.restarts > 1 or config.first_restart > 0:
         results["restarts"] = summaries
-        results["restart_kept"] = summaries[best_restart([s["validation"] for s in summaries])]["restart"]
+        results["restart_kept"] = kept_restart
     if tracker is not None:
         results["rounds"] = tracker.record()
     state = reference.state_dict()
