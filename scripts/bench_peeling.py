@@ -250,17 +250,17 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path)
             lines += [
                 "",
                 "Restarts (stage 2 run again from BC with its own exploration; the validation score of each "
-                "restart's kept round; [x] = the restart kept, the best score):",
+                "restart's kept round, and after / its score on the `--restart-validation` goals the restart is "
+                "chosen on; [x] = the restart kept, the best score):",
                 "",
             ]
             for r in results:
                 if "restarts" in r:
-                    cells = [
-                        f"[{s['restart']}: {s['validation']:.3f}]"
-                        if s["restart"] == r["restart_kept"]
-                        else f"{s['restart']}: {s['validation']:.3f}"
-                        for s in r["restarts"]
-                    ]
+                    cells = []
+                    for s in r["restarts"]:
+                        cell = f"{s['restart']}: {s['validation']:.3f}"
+                        cell += f" / {s['choice']:.3f}" if "choice" in s else ""
+                        cells.append(f"[{cell}]" if s["restart"] == r["restart_kept"] else cell)
                     lines.append(f"- seed {r['seed']}: " + " ".join(cells))
         if any("rounds" in r for r in results):
             lines += [
@@ -307,6 +307,7 @@ def check_same_settings(paths: list[Path], runs: list[dict[str, Any]], also_igno
         "round_average": 0.0,  # and before --round-average kept each round's own weights
         "restarts": 1,  # and before --restarts ran stage 2 once
         "first_restart": 0,  # and before --first-restart ran restart 0
+        "restart_validation": 0,  # and before --restart-validation chose the restart on the validation goals
     }
 
     def settings(run: dict[str, Any]) -> dict[str, Any]:
@@ -355,8 +356,15 @@ def restart_record(result: dict[str, Any], first_restart: int) -> list[dict[str,
     ]
 
 
+def choice_score(record: dict[str, Any]) -> float:
+    """What a restart is chosen on: its score on the ``--restart-validation`` goals, else its kept round's."""
+    return record.get("choice", record["validation"])
+
+
 def best_of_reports(paths: list[Path], out: Path) -> None:
     """One report keeping, per seed, the restart whose kept round scored best on the validation goals.
+
+    (On the ``--restart-validation`` goals where the runs scored the restarts there: :func:`choice_score`.)
 
     The runs hold other restarts (``--first-restart``) of one setting, so the report is what ``--restarts`` over all
     of them would give (:func:`~mmpref.control.peeling_pipeline.best_restart`: the highest validation score, the
@@ -380,7 +388,7 @@ def best_of_reports(paths: list[Path], out: Path) -> None:
         restarts = [c[0]["restart"] for c in candidates]
         if len(set(restarts)) != len(restarts):
             raise SystemExit(f"seed {seed}: restarts {restarts} repeat across {[str(p) for p in paths]}")
-        kept = best_restart([c[0]["validation"] for c in candidates])
+        kept = best_restart([choice_score(c[0]) for c in candidates])
         bc = {json.dumps(c[1]["bc_mean"]["goal_success"]) for c in candidates}
         if len(bc) > 1:
             raise SystemExit(f"seed {seed}: BC's held-out outcomes differ across the runs; restarts share stage 1")
@@ -473,6 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--first-restart", type=int, default=0, help="index of the first restart (split restarts across runs)"
+    )
+    parser.add_argument(
+        "--restart-validation",
+        type=int,
+        default=0,
+        help="choose the restart on this many validation goals (0: the kept round's score on --validation)",
     )
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--save-dir", type=Path, default=None)

@@ -37,6 +37,7 @@ from mmpref.control.peeling import (
     WindowCredit,
     fit_fused_reward,
     frozen_copy,
+    mean_total,
     metric_scores,
     outcome,
     preference_finetune,
@@ -146,6 +147,13 @@ class PeelingConfig:
             restarts can be split across runs or machines: a run with ``first_restart: 1`` adds restart 1 to an
             earlier run of restart 0, and :func:`best_restart` over their validation scores keeps what one run with
             ``restarts: 2`` would.
+        restart_validation: goals the restarts are chosen on (0: the ``validation`` goals, the kept round's own
+            score). With n > 0 each restart's kept policy is rolled out (mean action) on the first n fixed-goal
+            validation environments (:func:`validation_pool`; they start with the ``validation`` ones), scored as
+            the rounds are (``select_on``), and :func:`best_restart` compares those scores: 8 goals chose rounds
+            well enough but left restarts whose scores differ by a few hundredths to which goals were drawn.
+            Each restart's score is kept in ``results["restarts"]`` (``choice``), so restarts split across runs
+            combine as before. Costs n rollouts per restart.
     """
 
     task: str = "push-v3"
@@ -191,6 +199,7 @@ class PeelingConfig:
     track_rounds: bool = False
     restarts: int = 1
     first_restart: int = 0
+    restart_validation: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.noise_low <= self.noise_high:
@@ -224,6 +233,11 @@ class PeelingConfig:
             raise ValueError(f"first_restart must be >= 0 (0: start with the plain run), got {self.first_restart}")
         if self.restarts > 1 and self.validation < 1:
             raise ValueError("restarts > 1 needs validation >= 1 environments to choose the restart on")
+        if self.restart_validation < 0:
+            raise ValueError(
+                f"restart_validation must be >= 0 (0: choose the restart on the validation goals), "
+                f"got {self.restart_validation}"
+            )
         if self.restarts > 1 and self.refit_rated > 0:
             raise ValueError(
                 "restarts > 1 compares the restarts' validation scores, which a refit scores with each restart's own "
@@ -466,6 +480,14 @@ def best_restart(scores: Sequence[float]) -> int:
     return int(np.argmax(scores))
 
 
+def restart_choice_score(
+    policy: GaussianPolicy, config: PeelingConfig, score: Callable[[Sequence[Episode]], np.ndarray]
+) -> float:
+    """Mean ``score`` of the mean-action policy's rollouts from ``config.restart_validation`` validation goals."""
+    envs = validation_pool(config, config.restart_validation)
+    return mean_total(score, validation_rollouts(policy, envs, config.max_steps))
+
+
 def stage_two(
     config: PeelingConfig,
     policy: GaussianPolicy,
@@ -481,9 +503,11 @@ def stage_two(
 
     With ``config.restarts`` > 1 stage 2 runs that many times from BC (restart r explores with
     :func:`restart_seed`; the restarts are ``first_restart`` .. ``first_restart + restarts − 1``) and the run whose
-    kept round scores best on the validation goals is kept (:func:`best_restart`); only it is evaluated on the
-    held-out goals. ``results["restarts"]`` lists every restart's seed, kept round and validation score and
-    ``results["restart_kept"]`` the index kept.
+    kept round scores best on the validation goals (or on ``restart_validation`` goals:
+    :func:`restart_choice_score`) is kept (:func:`best_restart`); only it is evaluated on the held-out goals.
+    ``results["restarts"]`` lists every restart's seed, kept round and validation (and choice) score and
+    ``results["restart_kept"]`` the index kept (also with one restart where ``first_restart`` > 0 or
+    ``restart_validation`` > 0, so split runs can be combined).
 
     Returns:
         The results and the finetuned policy: ``policy`` itself, changed in place, or a new one (``policy``
@@ -544,14 +568,17 @@ def stage_two(
             validation_reward=validation_reward,
         )
         score = log.validation[log.kept_round] if log.validation else float("nan")
-        summaries.append({"restart": restart, "seed": seed, "kept_round": log.kept_round, "validation": score})
+        summary = {"restart": restart, "seed": seed, "kept_round": log.kept_round, "validation": score}
+        if config.restart_validation > 0:
+            summary["choice"] = score = restart_choice_score(candidate, config, validation_reward or rank)
+        summaries.append(summary)
         # only the best restart so far is held: the first of equal scores, as best_restart chooses
         if kept is None or best_restart([kept_score, score]) == 1:
             kept, kept_score = (candidate, log, tracker, restart), score
     assert kept is not None  # restarts >= 1
     policy, log, tracker, kept_restart = kept
     results: dict[str, Any] = {"finetune_s": time.perf_counter() - start, "finetune_log": asdict(log)}
-    if config.restarts > 1 or config.first_restart > 0:
+    if config.restarts > 1 or config.first_restart > 0 or config.restart_validation > 0:
         results["restarts"] = summaries
         results["restart_kept"] = kept_restart
     if tracker is not None:

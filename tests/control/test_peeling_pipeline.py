@@ -14,6 +14,7 @@ from mmpref.control import peeling_pipeline
 from mmpref.control.peeling import FinetuneConfig
 from mmpref.control.peeling_pipeline import PeelingConfig, evaluate_policy
 from mmpref.control.policies import GaussianPolicy, load_policy
+from mmpref.control.segments import rollout
 
 RECIPES = sorted(Path(__file__).resolve().parents[2].joinpath("recipes", "control", "peeling").glob("*.yaml"))
 
@@ -152,6 +153,8 @@ def test_restart_errors_name_the_field():
         PeelingConfig(restarts=2)
     with pytest.raises(ValueError, match="refit_rated=0"):
         PeelingConfig(restarts=2, validation=2, refit_rated=4)
+    with pytest.raises(ValueError, match="restart_validation"):
+        PeelingConfig(restart_validation=-1)
 
 
 def _tiny_stage_two(**changes):
@@ -195,3 +198,28 @@ def test_restarts_keep_the_run_the_validation_goals_score_best():
     assert together["finetune_log"] == alone[kept]["finetune_log"]
     assert together["ft_mean"] == alone[kept]["ft_mean"]
     assert together["reference_unchanged"]
+
+
+def test_restarts_chosen_on_more_validation_goals():
+    """``restart_validation`` scores each restart's kept policy on that many validation goals and keeps the best.
+
+    On the round's own goals the score is the kept round's (the restart holds that round's weights); on more goals it
+    is the mean true return (the oracle's ranking) of one mean-action rollout per goal, computed here by hand.
+    """
+    same, _ = _tiny_stage_two(restarts=3, restart_validation=2)
+    assert [s["choice"] for s in same["restarts"]] == [s["validation"] for s in same["restarts"]]
+    more, policy = _tiny_stage_two(restarts=3, restart_validation=5)
+    choices = [s["choice"] for s in more["restarts"]]
+    assert [s["validation"] for s in more["restarts"]] == [s["validation"] for s in same["restarts"]]
+    assert choices != [s["validation"] for s in more["restarts"]]
+    assert more["restart_kept"] == peeling_pipeline.best_restart(choices)
+    config = PeelingConfig(max_steps=20, validation=2)
+    act = policy.numpy_policy(deterministic=True)
+    returns = [
+        float(np.sum(rollout(env, act, max_steps=20).rewards)) for env in peeling_pipeline.validation_pool(config, 5)
+    ]
+    assert np.isclose(choices[more["restart_kept"]], np.mean(returns))
+    # a run of one restart records its choice score too, so restarts split across runs combine the same way
+    alone, _ = _tiny_stage_two(first_restart=more["restart_kept"], restart_validation=5)
+    assert alone["restarts"][0]["choice"] == choices[more["restart_kept"]]
+    assert alone["ft_mean"] == more["ft_mean"]
