@@ -223,3 +223,14 @@ def test_restarts_chosen_on_more_validation_goals():
     alone, _ = _tiny_stage_two(first_restart=more["restart_kept"], restart_validation=5)
     assert alone["restarts"][0]["choice"] == choices[more["restart_kept"]]
     assert alone["ft_mean"] == more["ft_mean"]
+
+
+def test_restarts_are_kept_by_the_choice_score_not_the_rounds(monkeypatch):
+    """Where the choice scores order the restarts unlike their kept rounds' scores, the choice scores decide."""
+    scores = iter([1.0, 2.0])
+    monkeypatch.setattr(peeling_pipeline, "restart_choice_score", lambda *args: next(scores))
+    results, _ = _tiny_stage_two(restarts=2, restart_validation=5)
+    validation = [s["validation"] for s in results["restarts"]]
+    assert peeling_pipeline.best_restart(validation) == 0  # the kept rounds' scores keep restart 0 (here a tie)
+    assert [s["choice"] for s in results["restarts"]] == [1.0, 2.0]
+    assert results["restart_kept"] == 1

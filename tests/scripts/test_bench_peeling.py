@@ -153,3 +153,28 @@ def test_best_of_keeps_per_seed_the_restart_the_validation_goals_score_best(tmp_
     moved = _run(tmp_path / "d.json", [0], [1, 1, 1, 1], [1, 1, 1, 1], first_restart=1)  # another BC
     with pytest.raises(SystemExit, match="stage 1"):
         SCRIPT["best_of_reports"]([plain, moved], tmp_path / "out")
+
+
+def test_best_of_chooses_on_the_restart_validation_scores_where_the_runs_hold_them(tmp_path):
+    """Runs with --restart-validation record each restart's choice score: seed 0 keeps restart 1 on it (0.9 > 0.8)
+    although its kept round scored lower on the round's goals (1.1 < 1.2); runs without the flag do not mix in."""
+    bc = [0, 0, 1, 1]
+
+    def with_choice(path: Path, restart: int, ft: list[int], validation: float, choice: float) -> Path:
+        run = json.loads(_run(path, [0], bc, ft, first_restart=restart, restart_validation=32).read_text())
+        summary = {"restart": restart, "seed": restart, "kept_round": 1, "validation": validation, "choice": choice}
+        run["results"][0] |= {"restarts": [summary], "restart_kept": restart}
+        path.write_text(json.dumps(run))
+        return path
+
+    first = with_choice(tmp_path / "a.json", 0, [1, 0, 1, 1], validation=1.2, choice=0.8)
+    second = with_choice(tmp_path / "b.json", 1, [1, 1, 1, 1], validation=1.1, choice=0.9)
+    SCRIPT["best_of_reports"]([first, second], tmp_path / "out")
+    best = json.loads((tmp_path / "out" / "bench_peeling_cpu.json").read_text())
+    assert best["results"][0]["restart_kept"] == 1
+    assert best["results"][0]["ft_mean"]["goal_success"] == [1, 1, 1, 1]
+    report = (tmp_path / "out" / "bench_peeling_cpu.md").read_text()
+    assert "- seed 0: 0: 1.200 / 0.800 [1: 1.100 / 0.900]" in report
+    plain = _run(tmp_path / "c.json", [0], bc, [1, 1, 1, 1], first_restart=2)
+    with pytest.raises(SystemExit, match="restart_validation"):
+        SCRIPT["best_of_reports"]([first, plain], tmp_path / "out")
