@@ -504,8 +504,10 @@ def stage_two(
     With ``config.restarts`` > 1 stage 2 runs that many times from BC (restart r explores with
     :func:`restart_seed`; the restarts are ``first_restart`` .. ``first_restart + restarts − 1``) and the run whose
     kept round scores best on the validation goals (or on ``restart_validation`` goals:
-    :func:`restart_choice_score`) is kept (:func:`best_restart`); only it is evaluated on the held-out goals.
-    ``results["restarts"]`` lists every restart's seed, kept round and validation (and choice) score and
+    :func:`restart_choice_score`) is kept (:func:`best_restart`); only it is evaluated in full (sampled and mean
+    action) on the held-out goals.
+    ``results["restarts"]`` lists every restart's seed, kept round, validation (and choice) score and (for
+    diagnosis: the choice never reads it) its mean-action success on the held-out goals, and
     ``results["restart_kept"]`` the index kept (also with one restart where ``first_restart`` > 0 or
     ``restart_validation`` > 0, so split runs can be combined).
 
@@ -571,6 +573,9 @@ def stage_two(
         summary = {"restart": restart, "seed": seed, "kept_round": log.kept_round, "validation": score}
         if config.restart_validation > 0:
             summary["choice"] = score = restart_choice_score(candidate, config, validation_reward or rank)
+        if config.restarts > 1:  # diagnosis only (did the choice keep the best?): nothing is chosen on it
+            held_out = evaluate_held_out(candidate, config, deterministic=True)
+            summary["held_out_mean"] = {k: held_out[k] for k in ("success", "goal_success")}
         summaries.append(summary)
         # only the best restart so far is held: the first of equal scores, as best_restart chooses
         if kept is None or best_restart([kept_score, score]) == 1:

@@ -197,6 +197,9 @@ def test_restarts_keep_the_run_the_validation_goals_score_best():
     assert kept > 0 and together["restart_kept"] == kept  # (here a later restart beat the plain run)
     assert together["finetune_log"] == alone[kept]["finetune_log"]
     assert together["ft_mean"] == alone[kept]["ft_mean"]
+    # every restart's held-out record (diagnosis) is what its single run's evaluation gave
+    for summary, single in zip(together["restarts"], alone, strict=True):
+        assert summary["held_out_mean"]["goal_success"] == single["ft_mean"]["goal_success"]
     assert together["reference_unchanged"]
 
 
