@@ -178,3 +178,26 @@ def test_best_of_chooses_on_the_restart_validation_scores_where_the_runs_hold_th
     plain = _run(tmp_path / "c.json", [0], bc, [1, 1, 1, 1], first_restart=2)
     with pytest.raises(SystemExit, match="restart_validation"):
         SCRIPT["best_of_reports"]([first, plain], tmp_path / "out")
+
+
+def test_restart_choice_table_by_hand():
+    """Two seeds of two goals, two restarts each, every restart's held-out record kept (diagnosis)."""
+
+    def restart(validation: float, choice: float, goals: list[int]) -> dict:
+        held_out = {"success": sum(goals) / len(goals), "goal_success": goals}
+        return {"validation": validation, "choice": choice, "held_out_mean": held_out}
+
+    results = [
+        {"bc_mean": _evaluation([0, 0]), "restarts": [restart(1.0, 0.5, [1, 0]), restart(0.9, 0.6, [1, 1])]},
+        {"bc_mean": _evaluation([0, 1]), "restarts": [restart(1.0, 0.5, [0, 1]), restart(1.1, 0.6, [1, 1])]},
+    ]
+    lines = SCRIPT["restart_choice_lines"](results)
+    # BC 1/4; the validation rule keeps restart 0 then 1: goals 1 0 | 1 1, changes 1 0 1 0 (mean 0.5, sd sqrt(1/3))
+    half = 1.96 * math.sqrt(1 / 3) / 2
+    assert f"| kept by its kept round's score on the validation goals | 0.750 | +50.0 ± {100 * half:.1f} |" in lines
+    assert any(line.startswith("| restart 0 alone | 0.500 | +25.0 ±") for line in lines)
+    assert any(line.startswith("| restart 1 alone | 1.000 | +75.0 ±") for line in lines)
+    assert any(line.startswith("| kept by its score on the `--restart-validation` goals | 1.000 |") for line in lines)
+    assert any(line.startswith("| best in hindsight") and "| 1.000 |" in line for line in lines)
+    del results[0]["restarts"][1]["held_out_mean"]  # a run without the record: no table
+    assert SCRIPT["restart_choice_lines"](results) == []
