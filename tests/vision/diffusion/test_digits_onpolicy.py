@@ -98,11 +98,17 @@ def test_sample_candidates_and_model_folder_roundtrip(tiny_unet, scheduler, tmp_
     folder = save_diffusion(tmp_path / "m", tiny_unet, scheduler, encoder, {"note": 1})
     loaded = load_diffusion(folder)
     assert loaded.meta == {"note": 1} and "p" in loaded.prompts
+    saved, restored = tiny_unet.state_dict(), loaded.unet.state_dict()
+    assert saved.keys() == restored.keys() and all(torch.equal(saved[k], restored[k]) for k in saved)
     x, t = torch.randn(1, 1, 8, 8), torch.tensor([3])
     with torch.no_grad():
-        assert torch.equal(
+        # the same weights and config; not bit for bit: on some CPUs the loaded tensors' layout takes other kernels
+        # (seen here: 4e-7 apart)
+        torch.testing.assert_close(
             loaded.unet(x, t, encoder_hidden_states=cond[:1]).sample,
             tiny_unet(x, t, encoder_hidden_states=cond[:1]).sample,
+            rtol=1e-5,
+            atol=1e-5,
         )
     with pytest.raises(FileNotFoundError, match="no diffusion model here"):
         load_diffusion(tmp_path / "nothing")
