@@ -216,6 +216,20 @@ def restart_choice_lines(results: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"| {name} | {success:.3f} | {100 * (success - base):+.1f} ± {100 * paired_interval(bc, outcomes):.1f} |"
         )
+    by_name = dict(rules)
+    first, second = (
+        "kept by its kept round's score on the validation goals",
+        "kept by its score on the `--restart-validation` goals",
+    )
+    if second in by_name:  # the two rules on the same restarts: paired per goal
+        before, after = by_name[first], by_name[second]
+        diff = np.concatenate(after) - np.concatenate(before)
+        lines += [
+            "",
+            f"Choosing on the `--restart-validation` goals against the kept rounds' scores: "
+            f"{100 * diff.mean():+.1f} ± {100 * paired_interval(before, after):.1f} points, paired "
+            f"({int((diff > 0).sum())} goals won, {int((diff < 0).sum())} lost).",
+        ]
     return lines
 
 

@@ -199,5 +199,12 @@ def test_restart_choice_table_by_hand():
     assert any(line.startswith("| restart 1 alone | 1.000 | +75.0 ±") for line in lines)
     assert any(line.startswith("| kept by its score on the `--restart-validation` goals | 1.000 |") for line in lines)
     assert any(line.startswith("| best in hindsight") and "| 1.000 |" in line for line in lines)
+    # the choice rule keeps 1 1 | 1 1 against the validation rule's 1 0 | 1 1: one goal won
+    assert any(
+        line.startswith("Choosing on the `--restart-validation` goals against")
+        and "+25.0 ±" in line
+        and "(1 goals won, 0 lost)" in line
+        for line in lines
+    )
     del results[0]["restarts"][1]["held_out_mean"]  # a run without the record: no table
     assert SCRIPT["restart_choice_lines"](results) == []
