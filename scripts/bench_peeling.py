@@ -164,6 +164,10 @@ def round_choice_lines(results: list[dict[str, Any]], used: int) -> list[str]:
     return lines
 
 
+ROUND_SCORE_RULE = "kept by its kept round's score on the validation goals"
+CHOICE_SCORE_RULE = "kept by its score on the `--restart-validation` goals"
+
+
 def restart_choice_lines(results: list[dict[str, Any]]) -> list[str]:
     """Pooled mean-action held-out success of each restart alone and of each rule for choosing among them.
 
@@ -185,14 +189,14 @@ def restart_choice_lines(results: list[dict[str, Any]]) -> list[str]:
     ]
     rules.append(
         (
-            "kept by its kept round's score on the validation goals",
+            ROUND_SCORE_RULE,
             kept(lambda restarts: max(restarts, key=lambda s: s["validation"])),
         )
     )
     if all("choice" in s for r in results for s in r["restarts"]):
         rules.append(
             (
-                "kept by its score on the `--restart-validation` goals",
+                CHOICE_SCORE_RULE,
                 kept(lambda restarts: max(restarts, key=lambda s: s["choice"])),
             )
         )
@@ -217,12 +221,8 @@ def restart_choice_lines(results: list[dict[str, Any]]) -> list[str]:
             f"| {name} | {success:.3f} | {100 * (success - base):+.1f} ± {100 * paired_interval(bc, outcomes):.1f} |"
         )
     by_name = dict(rules)
-    first, second = (
-        "kept by its kept round's score on the validation goals",
-        "kept by its score on the `--restart-validation` goals",
-    )
-    if second in by_name:  # the two rules on the same restarts: paired per goal
-        before, after = by_name[first], by_name[second]
+    if CHOICE_SCORE_RULE in by_name:  # the two rules on the same restarts: paired per goal
+        before, after = by_name[ROUND_SCORE_RULE], by_name[CHOICE_SCORE_RULE]
         diff = np.concatenate(after) - np.concatenate(before)
         lines += [
             "",
