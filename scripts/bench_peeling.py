@@ -179,31 +179,28 @@ def restart_choice_lines(results: list[dict[str, Any]]) -> list[str]:
         for r in results
     ):
         return []
+    from mmpref.control.peeling_pipeline import best_restart
+
     bc = [r["bc_mean"]["goal_success"] for r in results]
 
-    def kept(rule: Any) -> list[list[int]]:
-        return [rule(r["restarts"])["held_out_mean"]["goal_success"] for r in results]
+    def outcomes(pick: Any) -> list[list[int]]:
+        """Per seed, the held-out outcomes of the restart ``pick`` (restarts -> index) keeps."""
+        return [r["restarts"][pick(r["restarts"])]["held_out_mean"]["goal_success"] for r in results]
+
+    def kept_on(score: Any) -> list[list[int]]:
+        """The restart :func:`best_restart` keeps on ``score`` (a restart's record -> float)."""
+        return outcomes(lambda restarts: best_restart([score(s) for s in restarts]))
 
     rules: list[tuple[str, list[list[int]]]] = [
-        (f"restart {i} alone", kept(lambda restarts, i=i: restarts[i])) for i in range(len(results[0]["restarts"]))
+        (f"restart {i} alone", outcomes(lambda restarts, i=i: i)) for i in range(len(results[0]["restarts"]))
     ]
-    rules.append(
-        (
-            ROUND_SCORE_RULE,
-            kept(lambda restarts: max(restarts, key=lambda s: s["validation"])),
-        )
-    )
+    rules.append((ROUND_SCORE_RULE, kept_on(lambda s: s["validation"])))
     if all("choice" in s for r in results for s in r["restarts"]):
-        rules.append(
-            (
-                CHOICE_SCORE_RULE,
-                kept(lambda restarts: max(restarts, key=lambda s: s["choice"])),
-            )
-        )
+        rules.append((CHOICE_SCORE_RULE, kept_on(lambda s: s["choice"])))
     rules.append(
         (
             "best in hindsight (chosen on the held-out goals: not a rule one can run)",
-            kept(lambda restarts: max(restarts, key=lambda s: s["held_out_mean"]["success"])),
+            kept_on(lambda s: s["held_out_mean"]["success"]),
         )
     )
     base = float(np.mean(np.concatenate(bc)))
@@ -215,10 +212,10 @@ def restart_choice_lines(results: list[dict[str, Any]]) -> list[str]:
         "| restart or rule | success | change |",
         "|---|---|---|",
     ]
-    for name, outcomes in rules:
-        success = float(np.mean(np.concatenate(outcomes)))
+    for name, kept in rules:
+        success = float(np.mean(np.concatenate(kept)))
         lines.append(
-            f"| {name} | {success:.3f} | {100 * (success - base):+.1f} ± {100 * paired_interval(bc, outcomes):.1f} |"
+            f"| {name} | {success:.3f} | {100 * (success - base):+.1f} ± {100 * paired_interval(bc, kept):.1f} |"
         )
     by_name = dict(rules)
     if CHOICE_SCORE_RULE in by_name:  # the two rules on the same restarts: paired per goal
