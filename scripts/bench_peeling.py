@@ -171,15 +171,21 @@ CHOICE_SCORE_RULE = "kept by its score on the `--restart-validation` goals"
 def restart_choice_lines(results: list[dict[str, Any]]) -> list[str]:
     """Pooled mean-action held-out success of each restart alone and of each rule for choosing among them.
 
-    Needs every seed's restarts to carry their held-out record (``held_out_mean``, a diagnosis the choice never
-    reads; runs of one restart each, combined by ``--best-of``, lack it for all but the one evaluated).
+    Pooled over the seeds whose every restart carries its held-out record (``held_out_mean``, a diagnosis the choice
+    never reads; runs of one restart each, combined by ``--best-of``, lack it for all but the one evaluated, and so do
+    runs made before the record existed); the heading names those seeds when others lack it.
     """
-    if not results or not all(
-        "restarts" in r and len(r["restarts"]) > 1 and all("held_out_mean" in s for s in r["restarts"])
+    every = results
+    results = [
+        r
         for r in results
-    ):
+        if "restarts" in r and len(r["restarts"]) > 1 and all("held_out_mean" in s for s in r["restarts"])
+    ]
+    if not results:
         return []
     from mmpref.control.peeling_pipeline import best_restart
+
+    which = "" if len(results) == len(every) else f": {' '.join(str(r['seed']) for r in results)}"
 
     bc = [r["bc_mean"]["goal_success"] for r in results]
 
@@ -206,8 +212,8 @@ def restart_choice_lines(results: list[dict[str, Any]]) -> list[str]:
     base = float(np.mean(np.concatenate(bc)))
     lines = [
         "",
-        f"Choosing the restart ({len(results)} seeds; every restart's mean-action policy on the held-out goals, a "
-        f"diagnosis the choice never reads; BC {base:.3f}; change in points, ± 95 % over the goals, paired):",
+        f"Choosing the restart ({len(results)} seeds{which}; every restart's mean-action policy on the held-out "
+        f"goals, a diagnosis the choice never reads; BC {base:.3f}; change in points, ± 95 % over the goals, paired):",
         "",
         "| restart or rule | success | change |",
         "|---|---|---|",

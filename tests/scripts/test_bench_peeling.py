@@ -206,5 +206,13 @@ def test_restart_choice_table_by_hand():
         and "(1 goals won, 0 lost)" in line
         for line in lines
     )
-    del results[0]["restarts"][1]["held_out_mean"]  # a run without the record: no table
+    assert lines[1].startswith("Choosing the restart (2 seeds; ")
+    # a seed without the record (an older run) is left out, and the heading names the seeds pooled
+    results[0]["seed"], results[1]["seed"] = 3, 7
+    del results[0]["restarts"][1]["held_out_mean"]
+    lines = SCRIPT["restart_choice_lines"](results)
+    assert lines[1].startswith("Choosing the restart (1 seeds: 7; ") and "BC 0.500" in lines[1]
+    assert any(line.startswith("| restart 0 alone | 0.500 | +0.0 ±") for line in lines)
+    assert any(line.startswith("| restart 1 alone | 1.000 | +50.0 ±") for line in lines)
+    del results[1]["restarts"][0]["held_out_mean"]  # no seed with the record: no table
     assert SCRIPT["restart_choice_lines"](results) == []
