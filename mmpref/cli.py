@@ -77,7 +77,7 @@ def run_demo(argv: Sequence[str]) -> int:
         print(f"\nwritten: {args.out}/metrics.json, {args.out}/metrics.md, {args.out}/reliability.png")
     if args.job in ("all", "taste"):
         try:
-            from mmpref.vision.taste_demo import run_taste_demo
+            from mmpref.vision.taste.demo import run_taste_demo
         except ImportError as err:
             print(
                 f"mmpref demo: the taste job needs the vision extra ({err}); run: bash scripts/setup.sh vision",
@@ -117,7 +117,7 @@ def run_score(argv: Sequence[str]) -> int:
     parser.add_argument("--top", type=int, default=None, help="show only the best N in the terminal")
     args = parser.parse_args(argv)
     from mmpref.vision.media import MediaError
-    from mmpref.vision.scoring import (
+    from mmpref.vision.taste.scoring import (
         ScoringError,
         TasteScorer,
         collect_media,
@@ -153,7 +153,7 @@ def run_enroll(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     from mmpref.data import DataError, read_jsonl_manifest
     from mmpref.vision.media import MediaError
-    from mmpref.vision.scoring import ScoringError, TasteScorer
+    from mmpref.vision.taste.scoring import ScoringError, TasteScorer
 
     if (args.labels is None) == (args.store is None):
         print("mmpref enroll: give either a labels file or --store", file=sys.stderr)
@@ -183,12 +183,12 @@ def run_pbrl(argv: Sequence[str]) -> int:
     from mmpref.recipe import RecipeError, add_recipe_arguments, load_recipe
 
     parser = argparse.ArgumentParser(prog="mmpref pbrl", description=run_pbrl.__doc__)
-    add_recipe_arguments(parser, "mmpref.control.pbrl.PbRLConfig")
+    add_recipe_arguments(parser, "mmpref.control.pbrl.loop.PbRLConfig")
     parser.add_argument("--out", default=None, help="output folder (default runs/pbrl/<task>-seed<seed>)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     parser.add_argument("--no-video", action="store_true", help="skip the MP4 of the final policy")
     args = parser.parse_args(argv)
-    from mmpref.control.pbrl import PbRLConfig, PbRLLoop
+    from mmpref.control.pbrl.loop import PbRLConfig, PbRLLoop
     from mmpref.control.video import plot_success_curve, record_policy
 
     try:
@@ -277,10 +277,10 @@ _RUNNERS = {
     "enroll": "mmpref.cli:run_enroll",
     "label": "mmpref.cli:run_label",
     "pbrl": "mmpref.cli:run_pbrl",
-    "peeling": "mmpref.control.peeling_pipeline:run_peeling",
-    "regret": "mmpref.control.regret_job:run_regret",
-    "cpl": "mmpref.control.cpl_job:run_cpl",
-    "pearl": "mmpref.control.pearl_job:run_pearl",
+    "peeling": "mmpref.control.peeling.pipeline:run_peeling",
+    "regret": "mmpref.control.regret.job:run_regret",
+    "cpl": "mmpref.control.cpl.job:run_cpl",
+    "pearl": "mmpref.control.pearl.job:run_pearl",
     "sample": "mmpref.vision.diffusion.jobs:run_sample",
     "dpo": "mmpref.vision.diffusion.jobs:run_dpo",
     "dpo-eval": "mmpref.vision.diffusion.jobs:run_dpo_eval",

@@ -3,11 +3,11 @@
 Per seed: roll out three sources on a Meta-World task (fixed goal), 1/3 each: the scripted expert with action noise
 σ = 0.3 ("good"), the same expert with a constant action offset and σ = 0.3 ("biased", fails), and a uniformly random
 policy. Cut 25-step segments, label random pairs with the regret teacher (value = the scripted expert's
-return-to-go from the restored simulator state, :class:`mmpref.control.regret.ExpertValueOracle`), write everything
+return-to-go from the restored simulator state, :class:`mmpref.control.regret.model.ExpertValueOracle`), write everything
 with :func:`mmpref.control.robomimic_io.write_robomimic`, and train every method from the file read back:
 
 - BC (all data): behaviour cloning on every transition;
-- CPL: :class:`mmpref.control.cpl.CPLSystem` (α = 0.1, λ = 0.5) after the shared BC warm-up;
+- CPL: :class:`mmpref.control.cpl.algorithm.CPLSystem` (α = 0.1, λ = 0.5) after the shared BC warm-up;
 - RM + RWR: a step-reward MLP learned with Bradley-Terry on the same pairs, then reward-weighted regression
   (weighted BC, weight exp(z(R̂(segment))/τ) clipped at 20, Peters & Schaal 2007) after the same BC warm-up;
 - BC (good only): behaviour cloning on the σ = 0.3 expert episodes (an oracle filter, for reference).
@@ -39,8 +39,8 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
 
 
 def make_dataset(args: argparse.Namespace, seed: int, path: Path) -> dict[str, Any]:
-    """The mixed-quality dataset of ``seed`` (:func:`mmpref.control.cpl_job.build_mixed_dataset`) at ``path``."""
-    from mmpref.control.cpl_job import CPLJobConfig, build_mixed_dataset
+    """The mixed-quality dataset of ``seed`` (:func:`mmpref.control.cpl.job.build_mixed_dataset`) at ``path``."""
+    from mmpref.control.cpl.job import CPLJobConfig, build_mixed_dataset
 
     config = CPLJobConfig(
         task=args.task,
@@ -76,7 +76,7 @@ def weighted_bc(policy, obs, act, weights, steps: int, batch: int, lr: float, se
 def reward_model_segment_returns(pairs, segments, steps: int, seed: int) -> tuple[np.ndarray, float]:
     import torch
 
-    from mmpref.control.cpl import oriented_pairs
+    from mmpref.control.cpl.algorithm import oriented_pairs
     from mmpref.control.reward import StepReward
     from mmpref.losses import bradley_terry
 
@@ -100,7 +100,7 @@ def reward_model_segment_returns(pairs, segments, steps: int, seed: int) -> tupl
 
 
 def evaluate(policy, args: argparse.Namespace, seed: int) -> dict[str, float]:
-    from mmpref.control.cpl_job import evaluate as success
+    from mmpref.control.cpl.job import evaluate as success
 
     rates = success(policy, args.task, seed, args.horizon, args.eval_episodes)
     return {"deterministic": rates["deterministic"], "stochastic": rates["stochastic"]}
@@ -111,7 +111,7 @@ def run_seed(job: tuple[argparse.Namespace, int]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     args, seed = job
-    from mmpref.control.cpl import train_cpl
+    from mmpref.control.cpl.algorithm import train_cpl
     from mmpref.control.policies import GaussianPolicy
     from mmpref.control.robomimic_io import read_preference_pairs, read_robomimic
     from mmpref.control.segments import cut_segments

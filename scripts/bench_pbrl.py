@@ -43,7 +43,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
-    from mmpref.control.pbrl import PbRLConfig, PbRLLoop
+    from mmpref.control.pbrl.loop import PbRLConfig, PbRLLoop
     from mmpref.reward.trainers import quiet_lightning
 
     quiet_lightning()

@@ -20,7 +20,7 @@ markdown):
 
 ``--out`` writes the JSON and markdown elsewhere (a side run must not overwrite the committed multi-seed results).
 
-Data: per task 245 trajectories of 200 steps (35 each of 7 behaviours, :mod:`mmpref.control.transfer_data`), cached
+Data: per task 245 trajectories of 200 steps (35 each of 7 behaviours, :mod:`mmpref.control.pearl.data`), cached
 in ``runs/pearl``; segments of 50 steps; source = even trajectories, target = odd; 480 segments per side.
 
     OMP_NUM_THREADS=1 MUJOCO_GL=egl .venv/bin/python scripts/bench_pearl.py --stage dev transfer ablation timing policy
@@ -63,7 +63,7 @@ OUT = Path("docs/benchmarks/bench_pearl_cpu")
 
 def side(task: str, parity: int, n: int, seed: int, stride: int = 50) -> dict[str, np.ndarray]:
     """Segments of one half (parity 0 = even trajectories = source side, 1 = odd = target side), n subsampled."""
-    from mmpref.control.transfer_data import load_or_generate, segment_arrays
+    from mmpref.control.pearl.data import load_or_generate, segment_arrays
 
     data = load_or_generate(task, CACHE, 35, 200, DATA_SEED[0])
     segments = segment_arrays(data, 50, stride, trajectories=np.arange(parity, len(data.observations), 2))
@@ -73,7 +73,7 @@ def side(task: str, parity: int, n: int, seed: int, stride: int = 50) -> dict[st
 
 def problem(source: str, target: str, n: int, seed: int, stride: int = 50) -> dict[str, Any]:
     """Costs, features and labels of one (source, target) pair; target returns kept apart for scoring."""
-    from mmpref.control import pearl
+    from mmpref.control.pearl import transfer as pearl
 
     s, t = side(source, 0, n, seed, stride), side(target, 1, n, seed, stride)
     f_s = pearl.zscore(pearl.summary_features(s["obs"], s["act"]))
@@ -91,7 +91,7 @@ def problem(source: str, target: str, n: int, seed: int, stride: int = 50) -> di
 
 
 def robust(p: dict[str, Any], alpha: float, restarts: int, seed: int) -> Any:
-    from mmpref.control import pearl
+    from mmpref.control.pearl import transfer as pearl
 
     anchor = pearl.FeatureBradleyTerry().fit(p["f_s"], p["labels"]).score(p["f_t"])
     return pearl.robust_coupling(
@@ -100,7 +100,7 @@ def robust(p: dict[str, Any], alpha: float, restarts: int, seed: int) -> Any:
 
 
 def stage_dev(results: dict[str, Any], n: int) -> None:
-    from mmpref.control import pearl
+    from mmpref.control.pearl import transfer as pearl
 
     table: dict[str, dict[str, float]] = {}
     for source, target in DEV_PAIRS:
@@ -116,7 +116,7 @@ def stage_dev(results: dict[str, Any], n: int) -> None:
 
 
 def stage_transfer(results: dict[str, Any], n: int, seeds: list[int], restarts: int) -> None:
-    from mmpref.control import pearl
+    from mmpref.control.pearl import transfer as pearl
 
     alpha = results.get("dev", {}).get("alpha", 0.5)
     rows: dict[str, Any] = {}
@@ -171,7 +171,7 @@ def stage_transfer(results: dict[str, Any], n: int, seeds: list[int], restarts: 
 
 
 def subset_accuracy(labels: np.ndarray, ret: np.ndarray, subset: np.ndarray) -> float:
-    """Accuracy as :func:`mmpref.control.pearl.transfer_accuracy`, only over pairs in ``subset`` ``[n, n]``."""
+    """Accuracy as :func:`mmpref.control.pearl.transfer.transfer_accuracy`, only over pairs in ``subset`` ``[n, n]``."""
     diff = ret[:, None] - ret[None]
     keep = np.triu(np.abs(diff) > 0.1 * ret.std(), 1) & subset
     y = labels[keep]
@@ -181,7 +181,7 @@ def subset_accuracy(labels: np.ndarray, ret: np.ndarray, subset: np.ndarray) -> 
 def stage_ablation(results: dict[str, Any], n: int, restarts: int) -> None:
     """Which part fixes what (subsample 0): plain entropic GW + restarts + the direction check (α = 1), and the
     fused plan without the direction check."""
-    from mmpref.control import pearl
+    from mmpref.control.pearl import transfer as pearl
 
     alpha = results.get("dev", {}).get("alpha", 0.5)
     rows = {}
@@ -202,7 +202,7 @@ def stage_ablation(results: dict[str, Any], n: int, restarts: int) -> None:
 
 
 def stage_timing(results: dict[str, Any], n: int) -> None:
-    from mmpref.control import pearl
+    from mmpref.control.pearl import transfer as pearl
 
     p = problem("window-open-v3", "window-close-v3", n, 0, stride=10)
     timings = {}
@@ -227,7 +227,7 @@ def policy_target(target: str, n: int, episodes: int) -> tuple[dict[str, np.ndar
     """
     from mmpref.control.envs import make_env
     from mmpref.control.segments import rollout
-    from mmpref.control.transfer_data import load_or_generate
+    from mmpref.control.pearl.data import load_or_generate
 
     t = side(target, 1, n, 0)
     data = load_or_generate(target, CACHE, 35, 200, 0)
@@ -258,8 +258,8 @@ def filtered_bc_rows(
     policy's success is measured. ``chosen_behaviours`` counts the chosen trajectories per behaviour (the ranking,
     hence the choice, does not depend on the BC seed).
     """
-    from mmpref.control import pearl
-    from mmpref.control.pearl_reward import fit_gaussian_reward, predicted_returns, reward_filtered_bc
+    from mmpref.control.pearl import transfer as pearl
+    from mmpref.control.pearl.reward import fit_gaussian_reward, predicted_returns, reward_filtered_bc
 
     x = np.concatenate([t["obs"], t["act"]], -1).astype(np.float32)
     rows: dict[str, dict[str, Any]] = {}
@@ -340,11 +340,11 @@ def stage_policy_scarce(
     """:func:`stage_policy` on a hard pool: the odd trajectories with only ``keep`` each of the behaviours ``thin``
     (default expert0 / expert0.3; :func:`scarce_pool`, seed 0), so that BC on all of it should fail and the filter
     has to find the few strong ones. Baselines on the same pool, cloned per BC seed with the same cloning as
-    filtered BC (:func:`mmpref.control.pearl_reward.clone_trajectories`): BC on all of it, and a random filter (a
+    filtered BC (:func:`mmpref.control.pearl.reward.clone_trajectories`): BC on all of it, and a random filter (a
     random subset of the filtered size drawn with ``default_rng(bc_seed)``).
     """
-    from mmpref.control.pearl_reward import clone_trajectories
-    from mmpref.control.transfer_data import BEHAVIOURS
+    from mmpref.control.pearl.reward import clone_trajectories
+    from mmpref.control.pearl.data import BEHAVIOURS
 
     thinned = tuple(BEHAVIOURS.index(b) for b in thin)
     rows = {}
@@ -396,8 +396,8 @@ def stage_policy_scarce(
 
 def stage_rrl(results: dict[str, Any], n: int) -> None:
     """Robust Gaussian reward vs a fixed-variance (plain Bradley-Terry) reward, both on the transferred labels."""
-    from mmpref.control import pearl
-    from mmpref.control.pearl_reward import fit_gaussian_reward, predicted_returns
+    from mmpref.control.pearl import transfer as pearl
+    from mmpref.control.pearl.reward import fit_gaussian_reward, predicted_returns
 
     rows = {}
     for _, target in EVAL_PAIRS:
@@ -535,7 +535,7 @@ def scarce_markdown(po: dict[str, Any], alpha: float | None) -> list[str]:
     def cell(entry: dict[str, Any]) -> str:
         return f"{100 * entry['success']:.0f} {[round(100 * v) for v in entry['success_per_bc_seed']]}"
 
-    from mmpref.control.transfer_data import BEHAVIOURS
+    from mmpref.control.pearl.data import BEHAVIOURS
 
     some = next(iter(po["targets"].values()))
     thinned = po["thinned"]

@@ -35,8 +35,8 @@ def run_seed(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
-    from mmpref.control.peeling import FusedTrajectoryScorer
-    from mmpref.control.peeling_pipeline import (
+    from mmpref.control.peeling.finetune import FusedTrajectoryScorer
+    from mmpref.control.peeling.pipeline import (
         PeelingConfig,
         collect_demonstrations,
         held_out_results,
@@ -183,7 +183,7 @@ def restart_choice_lines(results: list[dict[str, Any]]) -> list[str]:
     ]
     if not results:
         return []
-    from mmpref.control.peeling_pipeline import best_restart
+    from mmpref.control.peeling.pipeline import best_restart
 
     which = "" if len(results) == len(every) else f": {' '.join(str(r['seed']) for r in results)}"
 
@@ -416,7 +416,7 @@ def merge_reports(paths: list[Path], out: Path) -> None:
 
 def restart_record(result: dict[str, Any], first_restart: int) -> list[dict[str, Any]]:
     """The restarts one seed's result ran: its own list, or (a run of one restart) that restart's kept round."""
-    from mmpref.control.peeling_pipeline import restart_seed
+    from mmpref.control.peeling.pipeline import restart_seed
 
     if "restarts" in result:
         return result["restarts"]
@@ -442,10 +442,10 @@ def best_of_reports(paths: list[Path], out: Path) -> None:
     (On the ``--restart-validation`` goals where the runs scored the restarts there: :func:`choice_score`.)
 
     The runs hold other restarts (``--first-restart``) of one setting, so the report is what ``--restarts`` over all
-    of them would give (:func:`~mmpref.control.peeling_pipeline.best_restart`: the highest validation score, the
+    of them would give (:func:`~mmpref.control.peeling.pipeline.best_restart`: the highest validation score, the
     earliest restart of equal ones). Only seeds every run holds are reported.
     """
-    from mmpref.control.peeling_pipeline import best_restart
+    from mmpref.control.peeling.pipeline import best_restart
 
     runs = [json.loads(Path(p).read_text()) for p in paths]
     check_same_settings(paths, runs, also_ignored=("restarts", "first_restart"))

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmpref.control.regret_job import MODELS, RegretConfig, format_table, plot, run_cell, summarise
+from mmpref.control.regret.job import MODELS, RegretConfig, format_table, plot, run_cell, summarise
 from mmpref.data.io import atomic_write
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"

@@ -110,7 +110,7 @@ def successor_features(mdp: TabularMDP, policy: np.ndarray) -> np.ndarray:
     """ψ^π(s) = Σ_t γ^t φ(s_t, π(s_t)) from s, ``[S, K]``: the solution of (I − γ P_π) ψ = Φ_π.
 
     V^π = ψ^π w for every w (Barreto et al. 2017, successor features), which is what makes the regret of a learned
-    reward differentiable in w (see :func:`mmpref.control.regret.optimal_values`).
+    reward differentiable in w (see :func:`mmpref.control.regret.model.optimal_values`).
     """
     s = np.arange(mdp.n_states)
     phi = mdp.features[s, policy]

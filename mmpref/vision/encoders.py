@@ -4,7 +4,7 @@
   the offline default; 1280-d pooled features, and the ImageNet logits for semantics.
 * :class:`OpenClipImageEncoder` — any open_clip model from a local weights file (``pretrained=<path>``); no hub.
 * :class:`VideoEncoder` — frames through an image encoder, then mean pooling; the learned temporal head for motion
-  lives with the reward models (:class:`mmpref.vision.unified.TemporalHead`), since it is trained with them.
+  lives with the reward models (:class:`mmpref.vision.unified.model.TemporalHead`), since it is trained with them.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmpref.control.cpl import CPLSystem, oriented_pairs, train_cpl
+from mmpref.control.cpl.algorithm import CPLSystem, oriented_pairs, train_cpl
 from mmpref.control.policies import GaussianPolicy, behaviour_cloning
 from mmpref.data import Segment, SegmentPair
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from mmpref.cli import main
-from mmpref.control.cpl_job import CPLJobConfig
-from mmpref.control.pearl_job import PearlConfig
+from mmpref.control.cpl.job import CPLJobConfig
+from mmpref.control.pearl.job import PearlConfig
 from mmpref.control.policies import load_policy
-from mmpref.control.regret_job import RegretConfig
+from mmpref.control.regret.job import RegretConfig
 from mmpref.control.robomimic_io import read_env_name, read_preference_pairs, write_robomimic
 from mmpref.control.segments import Episode
 from mmpref.recipe import load_recipe

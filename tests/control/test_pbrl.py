@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mmpref.control.envs import ExpertPolicy, make_env
-from mmpref.control.pbrl import PbRLConfig, PbRLLoop
+from mmpref.control.pbrl.loop import PbRLConfig, PbRLLoop
 from mmpref.control.segments import cut_segments, random_pairs, rollout
 
 SHORT = dict(

@@ -9,7 +9,7 @@ import yaml
 
 from mmpref.cli import main
 from mmpref.control.envs import ExpertPolicy
-from mmpref.control.pbrl import PbRLConfig
+from mmpref.control.pbrl.loop import PbRLConfig
 from mmpref.control.video import record_policy
 
 CONTROL_RECIPES = sorted(Path(__file__).resolve().parents[2].joinpath("recipes", "control").glob("*.yaml"))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmpref.control.pearl import label_matrix, transfer_accuracy
-from mmpref.control.pearl_reward import (
+from mmpref.control.pearl.transfer import label_matrix, transfer_accuracy
+from mmpref.control.pearl.reward import (
     GaussianRewardSystem,
     GaussianStepReward,
     clone_trajectories,

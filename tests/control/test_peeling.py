@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal, TanhTransform, TransformedDistribution
 
-from mmpref.control.peeling import (
+from mmpref.control.peeling.finetune import (
     FinetuneConfig,
     FinetuneLog,
     FusedTrajectoryScorer,

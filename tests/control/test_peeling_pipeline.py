@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from mmpref.cli import main
-from mmpref.control import peeling_pipeline
-from mmpref.control.peeling import FinetuneConfig
-from mmpref.control.peeling_pipeline import PeelingConfig, evaluate_policy
+from mmpref.control.peeling import pipeline as peeling_pipeline
+from mmpref.control.peeling.finetune import FinetuneConfig
+from mmpref.control.peeling.pipeline import PeelingConfig, evaluate_policy
 from mmpref.control.policies import GaussianPolicy, load_policy
 from mmpref.control.segments import rollout
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmpref.control.regret import (
+from mmpref.control.regret.model import (
     TabularSegments,
     TabularTeacher,
     fit_reward_weights,

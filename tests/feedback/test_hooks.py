@@ -5,7 +5,7 @@ import torch
 
 from mmpref.cli import main
 from mmpref.feedback.hooks import HumanTeacher, LabelFeed, records_for_annotator
-from mmpref.vision.personal import CodePrior, PersonalTasteModel, save_taste_model
+from mmpref.vision.taste.model import CodePrior, PersonalTasteModel, save_taste_model
 
 
 def test_human_teacher_asks_collects_and_counts(store, images):

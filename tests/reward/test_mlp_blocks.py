@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmpref.control.pearl_reward import GaussianStepReward
+from mmpref.control.pearl.reward import GaussianStepReward
 from mmpref.control.policies import GaussianPolicy
 from mmpref.control.reward import StepReward
 from mmpref.reward.networks import MLPScorer, mlp_blocks

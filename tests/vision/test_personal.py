@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from mmpref.vision.personal import CodePrior, PersonalTasteModel, UserProfile, enroll, ratings_to_pairs
-from mmpref.vision.personal_eval import evaluate_enrollment, train_personal_model
-from mmpref.vision.personal_system import DemoTasteDataModule
+from mmpref.vision.taste.model import CodePrior, PersonalTasteModel, UserProfile, enroll, ratings_to_pairs
+from mmpref.vision.taste.evaluate import evaluate_enrollment, train_personal_model
+from mmpref.vision.taste.system import DemoTasteDataModule
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from PIL import Image
 
 from mmpref.cli import main
 from mmpref.vision.media import save_video
-from mmpref.vision.personal import CodePrior, PersonalTasteModel, save_taste_model
+from mmpref.vision.taste.model import CodePrior, PersonalTasteModel, save_taste_model
 
 
 @pytest.fixture

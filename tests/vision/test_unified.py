@@ -10,8 +10,8 @@ from mmpref.reward.datamodule import DictDataset
 from mmpref.reward.metrics import pairwise_accuracy
 from mmpref.vision.demo_data import load_demo_items
 from mmpref.vision.encoders import EfficientNetLite0Encoder
-from mmpref.vision.unified import UnifiedRewardModel
-from mmpref.vision.unified_demo import (
+from mmpref.vision.unified.model import UnifiedRewardModel
+from mmpref.vision.unified.demo import (
     IMAGE_DIMENSIONS,
     fit_unified,
     image_dimension_data,
@@ -43,7 +43,7 @@ def test_one_model_learns_three_dimensions_from_three_record_types():
     # than preferences carry) shows how much of each property the frozen embeddings expose on unseen images.
     from sklearn.linear_model import RidgeCV
 
-    from mmpref.vision.unified_demo import _PROPERTY_COLUMN
+    from mmpref.vision.unified.demo import _PROPERTY_COLUMN
 
     for dimension in IMAGE_DIMENSIONS:
         column = items.standardized[:, _PROPERTY_COLUMN[dimension]]

@@ -15,8 +15,8 @@ from mmpref.data.io import atomic_write
 from mmpref.reward.metrics import PairwiseCalibrationError
 from mmpref.reward.trainers import quick_trainer
 from mmpref.vision.demo_data import SimulatedPopulation
-from mmpref.vision.personal import CodePrior, PersonalTasteModel, enroll
-from mmpref.vision.personal_system import DemoTasteDataModule, PersonalTasteSystem
+from mmpref.vision.taste.model import CodePrior, PersonalTasteModel, enroll
+from mmpref.vision.taste.system import DemoTasteDataModule, PersonalTasteSystem
 
 ENROLL_COUNTS = (0, 1, 2, 4, 8, 16, 32, 64)
 

@@ -24,7 +24,7 @@ from mmpref.reward.datamodule import DictDataset
 from mmpref.reward.trainers import quick_trainer
 from mmpref.vision.demo_data import DemoItems, source_photos
 from mmpref.vision.encoders import ImageEncoder
-from mmpref.vision.unified import UnifiedRewardModel, UnifiedRewardSystem
+from mmpref.vision.unified.model import UnifiedRewardModel, UnifiedRewardSystem
 
 IMAGE_DIMENSIONS = ("brightness", "saturation", "warmth")
 _PROPERTY_COLUMN = {"warmth": 0, "saturation": 1, "brightness": 2}

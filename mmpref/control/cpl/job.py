@@ -4,7 +4,7 @@ The file is one written by :func:`mmpref.control.robomimic_io.write_robomimic` w
 episodes (e.g. by ``mmpref pearl``, or your own labels). Without a ``dataset`` the job first builds the mixed-quality
 dataset of ``scripts/bench_cpl.py`` for ``task`` (:func:`build_mixed_dataset`). Then, as the benchmark's CPL arm:
 a Gaussian policy is warmed up by behaviour cloning on every transition (``warmup_steps`` minibatches of 256), trained
-with :func:`mmpref.control.cpl.train_cpl` (score Σ α log π, conservative bias λ; ties dropped), saved as
+with :func:`mmpref.control.cpl.algorithm.train_cpl` (score Σ α log π, conservative bias λ; ties dropped), saved as
 safetensors, and, with ``eval_episodes`` > 0, evaluated on the Meta-World task: the mean-action policy for one
 episode (the task instance is fixed by the seed) and the sampling policy over ``eval_episodes`` episodes.
 """
@@ -111,7 +111,7 @@ def build_mixed_dataset(config: CPLJobConfig, path: Path) -> dict[str, Any]:
     datasets with this function, one per seed).
     """
     from mmpref.control.envs import ExpertPolicy, make_env
-    from mmpref.control.regret import (
+    from mmpref.control.regret.model import (
         ExpertValueOracle,
         SegmentRegretTeacher,
         rollout_with_values,
@@ -174,7 +174,7 @@ def resolve_task(config: CPLJobConfig, path: Path) -> str | None:
 
 def load_dataset(path: Path) -> tuple[list[Episode], list[SegmentPair], dict[str, Any]]:
     """Episodes and preference pairs of a robomimic file, checked for CPL (one segment length, some non-ties)."""
-    from mmpref.control.cpl import oriented_pairs
+    from mmpref.control.cpl.algorithm import oriented_pairs
     from mmpref.control.robomimic_io import read_preference_pairs, read_robomimic
     from mmpref.data import DataError
 
@@ -224,7 +224,7 @@ def warm_up(policy: GaussianPolicy, obs: np.ndarray, act: np.ndarray, steps: int
 
 def pair_accuracy(policy: GaussianPolicy, pairs: Sequence[SegmentPair], alpha: float) -> float:
     """Fraction of non-tied pairs whose preferred segment the policy scores higher (Σ α log π; equal counts ½)."""
-    from mmpref.control.cpl import cpl_scores, oriented_pairs
+    from mmpref.control.cpl.algorithm import cpl_scores, oriented_pairs
 
     obs_w, act_w, obs_l, act_l = oriented_pairs(pairs).tensors
     with torch.no_grad():
@@ -251,7 +251,7 @@ def train(
     config: CPLJobConfig, episodes: Sequence[Episode], pairs: Sequence[SegmentPair]
 ) -> tuple[GaussianPolicy, GaussianPolicy, dict[str, Any]]:
     """The BC warm-up, then CPL on a copy: returns (warm-up policy, CPL policy, training metrics)."""
-    from mmpref.control.cpl import train_cpl
+    from mmpref.control.cpl.algorithm import train_cpl
 
     obs = np.concatenate([e.observations for e in episodes])
     act = np.concatenate([e.actions for e in episodes])

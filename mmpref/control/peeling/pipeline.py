@@ -5,7 +5,7 @@ Stage 1: scripted-expert demonstrations with Gaussian action noise drawn per epi
 to and read back from a robomimic HDF5 file, then behaviour cloning. Stage 2: stochastic rollouts of the BC policy
 from fixed-goal environments are rated 1..``rating_levels`` on their true return by a
 :class:`~mmpref.control.teachers.RatingTeacher` (trajectory level); the fused reward (object-to-goal progress per step
-+ a learned step reward, :mod:`mmpref.control.peeling`) is trained on those ratings; then online trajectory DPO
++ a learned step reward, :mod:`mmpref.control.peeling.finetune`) is trained on those ratings; then online trajectory DPO
 against the frozen BC policy (whole policy or a residual on it; rollouts ranked window by window with ``windows`` >
 1). Both policies are evaluated on the same held-out goals, sampled and with the mean
 action. ``scripts/bench_peeling.py`` runs this for several seeds.
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from mmpref.control.envs import ExpertPolicy, make_env
-from mmpref.control.peeling import (
+from mmpref.control.peeling.finetune import (
     GOAL_SLICE,
     OBJECT_SLICE,
     FinetuneConfig,
@@ -85,7 +85,7 @@ class PeelingConfig:
         rating_levels: rating scale 1..levels (edges at the quantiles of the rated returns).
         rating_noise: standard deviation of the rater's noise on the return.
         smoothness: jerk weight λ of the metric.
-        log_floor: ε of the metric's log-distance form (:func:`~mmpref.control.peeling.progress_steps`; 0: linear
+        log_floor: ε of the metric's log-distance form (:func:`~mmpref.control.peeling.finetune.progress_steps`; 0: linear
             progress 1 − d_T/d_0). It counts the last centimetres to the goal more, where the success radius is.
         reward_epochs: epochs of the fused reward.
         iterations: finetuning rounds (16: on push-v3 the fused reward's validation score still rose after 8).
@@ -109,12 +109,12 @@ class PeelingConfig:
         noise_correlation: ρ of the finetuning rollouts' AR(1) exploration noise (0: independent per step; 0.97,
             ~30 steps, measured better on push-v3).
         replay_rounds: each round's DPO objective also takes the ranked groups of this many previous rounds (0:
-            the round's own groups only; :class:`~mmpref.control.peeling.FinetuneConfig`; 3 measured worse on
+            the round's own groups only; :class:`~mmpref.control.peeling.finetune.FinetuneConfig`; 3 measured worse on
             push-v3, ``docs/benchmarks/bench_peeling_replay3_cpu.md``).
         lr_decay: the finetuning learning rate is multiplied by this after every round (1: constant;
-            :class:`~mmpref.control.peeling.FinetuneConfig`).
+            :class:`~mmpref.control.peeling.finetune.FinetuneConfig`).
         round_average: λ of the exponential average of the rounds' weights that is validated, chosen and returned
-            instead of each round's own weights (0: off; :class:`~mmpref.control.peeling.RoundAverage`; 0.7 measured
+            instead of each round's own weights (0: off; :class:`~mmpref.control.peeling.finetune.RoundAverage`; 0.7 measured
             worse on push-v3, ``docs/benchmarks/bench_peeling_round_average_cpu.md``).
         censored: finetune with the censored clip likelihood (:func:`~mmpref.control.policies.censored_copy`:
             actions on the ±1 bounds scored by the Gaussian mass beyond them) for the policy and its reference;
@@ -129,7 +129,7 @@ class PeelingConfig:
             task draws from; :func:`evaluate_policy`).
         refit_rated: 0 fits the fused reward once, on rated BC rollouts; > 0 rates this many rollouts of every
             finetuning round with the same teacher and refits the reward on all ratings so far before the next
-            round (:class:`~mmpref.control.peeling.RewardRefit`; labels: ``rated + iterations · refit_rated``).
+            round (:class:`~mmpref.control.peeling.finetune.RewardRefit`; labels: ``rated + iterations · refit_rated``).
         oracle: rank stage 2's rollouts (and choose the round) by the environment's true return instead of the
             fused reward: the upper bound of what a perfect reward model gives, for diagnosing whether the reward or
             the finetuning limits the gain (it reads the simulator's reward, which a human-rated task does not have).

@@ -21,7 +21,7 @@ from mmpref.data.io import atomic_write
 from mmpref.vision.cache import EmbeddingCache
 from mmpref.vision.encoders import EfficientNetLite0Encoder, ImageEncoder
 from mmpref.vision.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, MediaError, is_video, load_image, load_video
-from mmpref.vision.personal import UserProfile, enroll, load_taste_model, ratings_to_pairs
+from mmpref.vision.taste.model import UserProfile, enroll, load_taste_model, ratings_to_pairs
 
 
 class ScoringError(ValueError):
@@ -76,7 +76,7 @@ class TasteScorer:
     """Loads a personal taste model folder and scores media for its users.
 
     Args:
-        model_dir: folder written by :func:`mmpref.vision.personal.save_taste_model`; user profiles live in
+        model_dir: folder written by :func:`mmpref.vision.taste.model.save_taste_model`; user profiles live in
             ``<model_dir>/users/<user_id>.json``.
         cache_dir: embedding cache folder (default ``<model_dir>/cache``).
         encoder: the image encoder; default EfficientNet-Lite0 (must match the model's ``encoder_id``).

@@ -21,10 +21,10 @@ from mmpref.data.io import atomic_write
 from mmpref.reward.metrics import kendall_tau
 from mmpref.reward.trainers import quiet_lightning
 from mmpref.vision.demo_data import make_demo_image
-from mmpref.vision.personal import CodePrior, save_taste_model
-from mmpref.vision.personal_eval import evaluate_enrollment, plot_learning_curve, train_personal_model
-from mmpref.vision.personal_system import DemoTasteDataModule
-from mmpref.vision.scoring import TasteScorer, contact_sheet, format_table, write_table
+from mmpref.vision.taste.model import CodePrior, save_taste_model
+from mmpref.vision.taste.evaluate import evaluate_enrollment, plot_learning_curve, train_personal_model
+from mmpref.vision.taste.system import DemoTasteDataModule
+from mmpref.vision.taste.scoring import TasteScorer, contact_sheet, format_table, write_table
 
 
 def run_taste_demo(out_dir: str | Path = "runs/demo/taste", epochs: int = 25, seed: int = 0) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from mmpref.losses import LISTWISE_LOSSES, PAIRWISE_LOSSES, ListwiseLossName, Pa
 from mmpref.reward.datamodule import DictDataset
 from mmpref.reward.metrics import PairwiseCalibrationError, pairwise_accuracy
 from mmpref.vision.demo_data import SimulatedPopulation, UserPairs, load_demo_items
-from mmpref.vision.personal import PersonalTasteModel
+from mmpref.vision.taste.model import PersonalTasteModel
 
 Batch = dict[str, torch.Tensor]
 

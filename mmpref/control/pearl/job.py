@@ -3,16 +3,16 @@
 Each side is either generated or read from a robomimic HDF5 file:
 
 * generated (``source`` / ``target`` = a Meta-World task): the mixed-behaviour rollouts of
-  :mod:`mmpref.control.transfer_data` (cached in ``cache``), as in ``scripts/bench_pearl.py``: the source side takes
+  :mod:`mmpref.control.pearl.data` (cached in ``cache``), as in ``scripts/bench_pearl.py``: the source side takes
   the even trajectories and is labelled by true return (a simulated labeller), the target side takes the odd ones;
 * from a file (``source_data`` / ``target_data``): the source's segments are those of its stored preference pairs
   (only those pairs are labelled: a mask), the target's are its episodes cut into ``length``-step segments.
 
 At most ``segments`` segments per side are kept (a random subset, seeded by ``seed``). The coupling is
-:func:`mmpref.control.pearl.robust_coupling` (fused Gromov-Wasserstein over a cross-task cost on shared features,
+:func:`mmpref.control.pearl.transfer.robust_coupling` (fused Gromov-Wasserstein over a cross-task cost on shared features,
 restarts, a direction check against a shared-feature reward fitted on the source labels); labels move along it by
-:func:`~mmpref.control.pearl.transfer_labels`. When the target's true returns vary, the transferred labels are scored
-against them (:func:`~mmpref.control.pearl.transfer_accuracy`; they are used for nothing else).
+:func:`~mmpref.control.pearl.transfer.transfer_labels`. When the target's true returns vary, the transferred labels are scored
+against them (:func:`~mmpref.control.pearl.transfer.transfer_accuracy`; they are used for nothing else).
 
 Writes ``labels.npz`` (every transferred label ŷ ``[n, n]`` and which segment each row is), ``target.hdf5`` (the
 target's episodes with ``write_pairs`` random segment pairs labelled ŷ: ``mmpref cpl --set dataset=...`` trains on
@@ -154,8 +154,8 @@ def subsample(side: Side, n: int, rng: np.random.Generator) -> Side:
 
 def generated_side(config: PearlConfig, task: str, parity: int) -> Side:
     """Segments of the generated rollouts' even (``parity`` 0, source) or odd (1, target) trajectories."""
-    from mmpref.control.pearl import label_matrix
-    from mmpref.control.transfer_data import load_or_generate, segment_arrays
+    from mmpref.control.pearl.transfer import label_matrix
+    from mmpref.control.pearl.data import load_or_generate, segment_arrays
 
     data = load_or_generate(task, config.cache, config.per_behaviour, config.steps, config.data_seed)
     rows = np.arange(parity, len(data.observations), 2)
@@ -277,7 +277,7 @@ def load_sides(config: PearlConfig) -> tuple[Side, Side]:
 
 def transfer(config: PearlConfig, source: Side, target: Side) -> dict[str, Any]:
     """Robust coupling, transferred labels, and (with target returns) their accuracy and the baseline's."""
-    from mmpref.control import pearl
+    from mmpref.control.pearl import transfer as pearl
 
     f_s = pearl.zscore(pearl.summary_features(source.obs, source.act))
     f_t = pearl.zscore(pearl.summary_features(target.obs, target.act))

@@ -3,7 +3,7 @@
 For each of ``instances`` random gridworlds (layout and reward weights drawn from the instance's seed), each dataset
 size and each teacher (regret- or partial-return-generated labels, Bradley-Terry with inverse temperature ``beta``),
 segment pairs are sampled (uniform start cell, uniformly random actions, ``length`` steps) and labelled, and linear
-reward weights are learned under both preference models (:func:`mmpref.control.regret.fit_reward_weights`). Each
+reward weights are learned under both preference models (:func:`mmpref.control.regret.model.fit_reward_weights`). Each
 learned reward's optimal policy is scored under the true reward: normalised return q = (J(π̂) − J(uniform)) /
 (J(π*) − J(uniform)), "near-optimal" when q ≥ ``threshold``.
 
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from mmpref.control.regret import (
+from mmpref.control.regret.model import (
     PREFERENCE_MODELS,
     PreferenceModel,
     TabularTeacher,

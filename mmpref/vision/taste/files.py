@@ -17,11 +17,11 @@ from mmpref.reward.datamodule import DictDataset
 from mmpref.vision.cache import EmbeddingCache
 from mmpref.vision.encoders import EfficientNetLite0Encoder, ImageEncoder
 from mmpref.vision.media import load_image
-from mmpref.vision.personal_system import _TasteDataModule
+from mmpref.vision.taste.system import _TasteDataModule
 
 
 class TasteFilesDataModule(_TasteDataModule):
-    """Per-user pairs and ratings read from files, for :class:`~mmpref.vision.personal_system.PersonalTasteSystem`.
+    """Per-user pairs and ratings read from files, for :class:`~mmpref.vision.taste.system.PersonalTasteSystem`.
 
     Args:
         pairs: Pick-a-Pic-style Parquet (``caption, jpg_0, jpg_1, label_0, user_id``); optional.
