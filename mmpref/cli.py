@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import os
 import sys
+import time
 from collections.abc import Sequence
-from pathlib import Path
 
 LIGHTNING_JOBS = {
     "fit": "train a system from a recipe: mmpref fit --config recipes/reward/synthetic_bt.yaml",
@@ -16,9 +16,11 @@ LIGHTNING_JOBS = {
     "predict": "score items with a trained system (--ckpt_path for a checkpoint)",
 }
 OWN_JOBS = {
-    "demo": "run the jobs on embedded defaults (reward models; personal image scoring) and write runs/demo/",
+    "demo": "run the jobs on embedded defaults (reward models, taste, diffusion DPO, Meta-World) into runs/demo/",
     "score": "score images/videos for a user: mmpref score --model DIR --user ID FOLDER [--csv F] [--sheet F.png]",
     "enroll": "create a user profile from labelled pairs/ratings: mmpref enroll --model DIR --user ID LABELS.jsonl",
+    "taste-train": "train personal taste from files: mmpref taste-train --pairs F.parquet [--ratings R.csv] --out DIR",
+    "taste-eval": "held-out raters vs population and ceiling: mmpref taste-eval HELDOUT.parquet --model DIR --enroll 8",
     "label": "collect human labels: mmpref label serve|annotator|import|export --db labels.sqlite",
     "pbrl": "train a Meta-World policy from preferences: mmpref pbrl --config recipes/control/button_press.yaml",
     "peeling": "BC, then trajectory-DPO finetuning: mmpref peeling --config recipes/control/peeling/push.yaml",
@@ -28,6 +30,7 @@ OWN_JOBS = {
     "sample": 'sample a diffusion model: mmpref sample [--model DIR] [--compare DIR] "a handwritten 7" --out g.png',
     "dpo": "Diffusion-DPO: mmpref dpo --out DIR [--taste ink] | --pipeline SD_DIR --pairs F.parquet --ties drop",
     "dpo-eval": "fine-tuned vs base diffusion model: mmpref dpo-eval TUNED_DIR [--base DIR] [--taste ink]",
+    "dpo-cache": "cache latents + text embeddings once: mmpref dpo-cache --pipeline DIR --pairs F.parquet --ties drop",
     "version": "print mmpref's version",
 }
 
@@ -60,14 +63,17 @@ def run_demo(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="mmpref demo", description=run_demo.__doc__)
     parser.add_argument(
         "--job",
-        choices=("all", "reward", "taste"),
+        choices=("all", "reward", "taste", "diffusion", "control"),
         default="all",
-        help="reward: reward models on synthetic preferences; taste: personal image scoring",
+        help="reward: reward models on synthetic preferences; taste: personal image scoring; diffusion: "
+        "Diffusion-DPO on the digits base; control: a reward and a policy from preferences on Meta-World",
     )
     parser.add_argument("--out", default="runs/demo", help="output folder")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: each job's own)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the models")
     args = parser.parse_args(argv)
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
     if args.job in ("all", "reward"):
         from mmpref.reward.demo import format_table, run_reward_demo
 
@@ -75,6 +81,7 @@ def run_demo(argv: Sequence[str]) -> int:
         print("\nReward models learned from noisy synthetic preferences (hidden linear utility, 16 features):\n")
         print(format_table(results))
         print(f"\nwritten: {args.out}/metrics.json, {args.out}/metrics.md, {args.out}/reliability.png")
+        seconds["reward"], start = time.perf_counter() - start, time.perf_counter()
     if args.job in ("all", "taste"):
         try:
             from mmpref.vision.taste.demo import run_taste_demo
@@ -85,7 +92,7 @@ def run_demo(argv: Sequence[str]) -> int:
             )
             return 2
         out = f"{args.out}/taste"
-        f = run_taste_demo(out, epochs=args.epochs or 25, seed=args.seed)
+        f = run_taste_demo(out, epochs=args.epochs, seed=args.seed)
         print(f"\nPersonal image scoring: {f['heldout_users']} unseen users enrolled from 8 labelled pairs each")
         print(
             f"  personal accuracy {f['accuracy_8_labels_personal']:.3f} vs population model "
@@ -101,6 +108,27 @@ def run_demo(argv: Sequence[str]) -> int:
             f"\nwritten: {out}/learning_curve.png, {out}/person-0-contact-sheet.png, {out}/person-0-scores.csv, "
             f"{out}/model/, {out}/metrics.json"
         )
+        seconds["taste"], start = time.perf_counter() - start, time.perf_counter()
+    for job, module, extra, files in (
+        ("diffusion", "mmpref.vision.diffusion.demo", "vision", ("before_after.png",)),
+        ("control", "mmpref.control.demo", "control", ("reward_agreement.png", "success.png", "policy.safetensors")),
+    ):
+        if args.job not in ("all", job):
+            continue
+        try:
+            demo = importlib.import_module(module)
+        except ImportError as err:
+            print(
+                f"mmpref demo: the {job} job needs the {extra} extra ({err}); run: bash scripts/setup.sh {extra}",
+                file=sys.stderr,
+            )
+            return 2
+        out = f"{args.out}/{job}"
+        print("\n" + demo.format_summary(getattr(demo, f"run_{job}_demo")(out, seed=args.seed)))
+        print(f"written: {', '.join(f'{out}/{name}' for name in (*files, 'metrics.json'))}")
+        seconds[job], start = time.perf_counter() - start, time.perf_counter()
+    if len(seconds) > 1:
+        print("\ntime: " + ", ".join(f"{job} {s:.0f} s" for job, s in seconds.items()))
     return 0
 
 
@@ -149,8 +177,22 @@ def run_enroll(argv: Sequence[str]) -> int:
     parser.add_argument("--user", required=True, help="id of the new user")
     parser.add_argument("--store", default=None, help="read the labels from a label store instead (mmpref label)")
     parser.add_argument("--annotator", default=None, help="with --store: whose labels (default: --user)")
+    parser.add_argument(
+        "--media-root",
+        action="append",
+        default=None,
+        help="folder the labels' media may live in (repeatable; default: the labels file's folder)",
+    )
     parser.add_argument("--cache", default=None, help="embedding cache folder (default: <model>/cache)")
+    parser.add_argument("--rater", default=None, help="with a .parquet labels file: whose pairs (default: --user)")
+    parser.add_argument("--ask", type=int, default=0, help="ask N pairs chosen from --pool in the terminal")
+    parser.add_argument("--pool", nargs="+", default=None, help="with --ask: the user's images (files/folders)")
+    parser.add_argument("--labels-out", default=None, help="with --ask: write the answers as a JSONL labels file")
     args = parser.parse_args(argv)
+    if args.ask:
+        from mmpref.vision.taste.jobs import run_active_enroll
+
+        return run_active_enroll(args)
     from mmpref.data import DataError, read_jsonl_manifest
     from mmpref.vision.media import MediaError
     from mmpref.vision.taste.scoring import ScoringError, TasteScorer
@@ -159,14 +201,19 @@ def run_enroll(argv: Sequence[str]) -> int:
         print("mmpref enroll: give either a labels file or --store", file=sys.stderr)
         return 2
     try:
-        scorer = TasteScorer(args.model, cache_dir=args.cache)
-        if args.store is not None:
+        if args.store is not None:  # the labels first: they are cheaper to check than the model is to load
             from mmpref.feedback.hooks import records_for_annotator
             from mmpref.feedback.store import LabelStore
 
-            records = records_for_annotator(LabelStore(args.store), args.annotator or args.user)
+            # create=False: a mistyped --store is an error, not a new empty store
+            records = records_for_annotator(LabelStore(args.store, create=False), args.annotator or args.user)
+        elif str(args.labels).lower().endswith(".parquet"):  # Pick-a-Pic-style, one rater's rows
+            from mmpref.vision.taste.jobs import read_enroll_parquet
+
+            records = read_enroll_parquet(args.labels, args.rater or args.user)
         else:
-            records = read_jsonl_manifest(args.labels)
+            records = read_jsonl_manifest(args.labels, media_root=args.media_root)
+        scorer = TasteScorer(args.model, cache_dir=args.cache)
         profile = scorer.enroll_from_records(args.user, records)
     except (DataError, ScoringError, MediaError, FileNotFoundError, ValueError) as err:
         print(f"mmpref enroll: {err}", file=sys.stderr)
@@ -178,112 +225,24 @@ def run_enroll(argv: Sequence[str]) -> int:
     return 0
 
 
-def run_pbrl(argv: Sequence[str]) -> int:
-    """``mmpref pbrl``: online preference-based RL in Meta-World (PEBBLE-style), resumable."""
-    from mmpref.recipe import RecipeError, add_recipe_arguments, load_recipe
-
-    parser = argparse.ArgumentParser(prog="mmpref pbrl", description=run_pbrl.__doc__)
-    add_recipe_arguments(parser, "mmpref.control.pbrl.loop.PbRLConfig")
-    parser.add_argument("--out", default=None, help="output folder (default runs/pbrl/<task>-seed<seed>)")
-    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
-    parser.add_argument("--no-video", action="store_true", help="skip the MP4 of the final policy")
-    args = parser.parse_args(argv)
-    from mmpref.control.pbrl.loop import PbRLConfig, PbRLLoop
-    from mmpref.control.video import plot_success_curve, record_policy
-
-    try:
-        config = load_recipe(PbRLConfig, args.config, args.set)
-    except RecipeError as err:
-        print(f"mmpref pbrl: {err}", file=sys.stderr)
-        return 2
-    out = Path(args.out or f"runs/pbrl/{config.task}-seed{config.seed}")
-    try:
-        loop = PbRLLoop.load(out / "checkpoint") if args.resume else PbRLLoop(config)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"mmpref pbrl: {err}", file=sys.stderr)
-        return 2
-    history = loop.run(checkpoint=out / "checkpoint")
-    plot_success_curve(history, out / "success_curve.png", title=f"{config.task}: PbRL ({config.reward} reward)")
-    summary = {"config": vars(config), "history": history, "budget": vars(loop.teacher.budget)}
-    if not args.no_video:
-        summary["video"] = record_policy(
-            lambda o: loop.model.predict(o, deterministic=True)[0],
-            config.task,
-            out / "final_policy.mp4",
-            seed=config.seed + 20_000,
-        )
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    print(
-        f"final success rate {history[-1]['success_rate']:.2f} with {history[-1]['labels']} labels; "
-        f"written: {out}/success_curve.png, {out}/summary.json"
-        + ("" if args.no_video else f", {out}/final_policy.mp4")
-    )
-    return 0
-
-
-def run_label(argv: Sequence[str]) -> int:
-    """``mmpref label``: the labelling web app and its store."""
-    parser = argparse.ArgumentParser(prog="mmpref label", description=run_label.__doc__)
-    parser.add_argument("--db", default="labels.sqlite", help="store: a SQLite file or a SQLAlchemy URL")
-    sub = parser.add_subparsers(dest="action", required=True)
-    serve = sub.add_parser("serve", help="serve the web app (127.0.0.1 by default)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8765)
-    annotator = sub.add_parser("annotator", help="create an annotator and print their token")
-    annotator.add_argument("name")
-    imported = sub.add_parser("import", help="create tasks from a JSONL manifest or a Pick-a-Pic Parquet")
-    imported.add_argument("manifest", help=".jsonl (pairs, lists, ratings of media files) or .parquet (Pick-a-Pic)")
-    imported.add_argument("--media-dir", default="label_media", help="where Parquet image bytes are written")
-    imported.add_argument("--labels-as", default=None, help="also import the file's labels as this annotator")
-    exported = sub.add_parser("export", help="write all labels to .jsonl (all kinds) or .parquet (pairs)")
-    exported.add_argument("out")
-    args = parser.parse_args(argv)
-    from mmpref.data import DataError
-    from mmpref.feedback.exchange import export_labels, import_manifest
-    from mmpref.feedback.store import LabelStore, StoreError
-
-    try:
-        store = LabelStore(args.db)
-        if args.action == "serve":
-            import uvicorn
-
-            from mmpref.feedback.app import create_app
-
-            print(f"mmpref labelling on http://{args.host}:{args.port}/  (store: {store.url})", flush=True)
-            uvicorn.run(create_app(store), host=args.host, port=args.port, log_level="warning")
-        elif args.action == "annotator":
-            print(store.add_annotator(args.name))
-        elif args.action == "import":
-            if args.manifest.endswith(".parquet"):
-                from mmpref.feedback.exchange import import_pickapic
-
-                created = import_pickapic(store, args.manifest, args.media_dir, annotator=args.labels_as)
-            else:
-                created = import_manifest(store, args.manifest)
-            print(f"created {len(created)} tasks")
-        else:
-            print(f"wrote {export_labels(store, args.out)}")
-    except (StoreError, DataError) as err:
-        print(f"mmpref label: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
 # job name -> "module:function" taking argv and returning an exit code; imported only when the job runs, so one
 # family's optional extra is never needed by another family's job. A new job adds one line here and one in OWN_JOBS.
 _RUNNERS = {
     "demo": "mmpref.cli:run_demo",
     "score": "mmpref.cli:run_score",
     "enroll": "mmpref.cli:run_enroll",
-    "label": "mmpref.cli:run_label",
-    "pbrl": "mmpref.cli:run_pbrl",
-    "peeling": "mmpref.control.peeling.pipeline:run_peeling",
+    "taste-train": "mmpref.vision.taste.jobs:run_taste_train",
+    "taste-eval": "mmpref.vision.taste.jobs:run_taste_eval",
+    "label": "mmpref.feedback.jobs:run_label",
+    "pbrl": "mmpref.control.pbrl.job:run_pbrl",
+    "peeling": "mmpref.control.peeling.job:run_peeling",
     "regret": "mmpref.control.regret.job:run_regret",
     "cpl": "mmpref.control.cpl.job:run_cpl",
     "pearl": "mmpref.control.pearl.job:run_pearl",
     "sample": "mmpref.vision.diffusion.jobs:run_sample",
     "dpo": "mmpref.vision.diffusion.jobs:run_dpo",
     "dpo-eval": "mmpref.vision.diffusion.jobs:run_dpo_eval",
+    "dpo-cache": "mmpref.vision.diffusion.jobs:run_dpo_cache",
 }
 
 
@@ -294,13 +253,55 @@ def _resolve(target: str):
     return getattr(importlib.import_module(module), name)
 
 
+def _input_error(err: BaseException) -> str | None:
+    """The one-line message for an error about the user's input, or ``None`` for a bug (which keeps its traceback).
+
+    Input errors are mmpref's own (:class:`mmpref.errors.MmprefError`: data, media, recipe, store, scoring,
+    pipeline and model-folder errors, whose messages name the file, the record or field and the fix) and operating
+    system errors about a file (missing, a folder, no permission, unreadable HDF5). An error raised ``from`` an
+    input error (how Lightning and jsonargparse wrap what a recipe's classes raise) is one too: ``__cause__`` is
+    followed, never ``__context__``, so a bug inside an ``except`` block keeps its traceback.
+    """
+    from mmpref.errors import MmprefError
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, MmprefError):
+            return str(err)
+        if isinstance(err, OSError) and getattr(err, "filename", None):
+            reason = err.strerror or str(err)
+            return f"{err.filename}: {reason}; check the path and that it is a readable file of the expected kind"
+        if isinstance(err, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+            return str(err)  # raised by mmpref's loaders with the path and the fix in the message
+        err = err.__cause__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``mmpref`` console script."""
+    """Entry point of the ``mmpref`` console script.
+
+    A job that fails on bad input (any :class:`mmpref.errors.MmprefError`, or a missing/unreadable named file) prints
+    ``mmpref <job>: <message>`` to stderr and returns 2; any other exception is a bug and propagates with its
+    traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no model hub at run time: fail fast instead of retrying
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
+    try:
+        return _run(argv)
+    except Exception as err:
+        message = _input_error(err)
+        if message is None:
+            raise
+        job = argv[0] if argv[0] in LIGHTNING_JOBS or argv[0] in _RUNNERS else ""
+        print(f"mmpref {job}: {message}" if job else f"mmpref: {message}", file=sys.stderr)
+        return 2
+
+
+def _run(argv: list[str]) -> int:
     job, rest = argv[0], argv[1:]
     if job in LIGHTNING_JOBS:
         run_lightning([job, *rest])

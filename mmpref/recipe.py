@@ -1,14 +1,17 @@
-"""Recipes of mmpref's own jobs: a YAML file plus ``--set KEY=VALUE`` overrides, checked against a dataclass.
+"""Recipes of mmpref's own jobs, read by jsonargparse: ``--config recipe.yaml``, ``--FIELD VALUE``, ``--print_config``.
 
 ``mmpref pbrl``, ``peeling``, ``regret``, ``cpl`` and ``pearl`` each describe their settings with one dataclass (the
-recipe schema). :func:`load_recipe` reads the YAML mapping, applies the overrides (YAML values, so ``sizes=[30,100]``
-and ``reward_updates=null`` work), and builds the dataclass. Every problem raises one :class:`RecipeError` naming
-where the value came from (the file or ``--set``), the field, and the fix: unknown fields (with the closest valid
-names), missing required fields, values of the wrong type, and whatever the dataclass's own checks raise.
+recipe schema). :func:`job_parser` gives a jsonargparse parser of its fields, the same machinery LightningCLI uses for
+``mmpref fit``: YAML recipes (``--config``, repeatable, later files and options win), one option per field
+(``--seed 3``; nested dataclasses such as the Trainer settings are dotted groups, ``--trainer.accelerator cpu``),
+``--print_config`` and ``--help`` with each field's docstring line. :func:`parse_job` parses a command line and builds
+the dataclass.
 
-Types are checked from the dataclass's annotations (``int``, ``float``, ``bool``, ``str``, ``Literal``, ``X | None``,
-``list``/``tuple``, ``dict``); other annotations pass through unchecked. PyYAML reads ``1e-4`` as a string (YAML 1.1
-wants ``1.0e-4``): for ``float`` and ``int`` fields such a string is parsed as the number it spells.
+jsonargparse checks names and types; its messages do not say where a value came from nor which names were meant, so
+every problem is raised as one :class:`RecipeError` naming the source (the recipe file or the command-line option),
+the field and the fix: unknown fields and options (with the closest valid names, from the recipe files before parsing
+and from the command line), missing required fields, values of the wrong type, and whatever the dataclass's own
+``__post_init__`` checks raise.
 """
 
 from __future__ import annotations
@@ -17,48 +20,100 @@ import argparse
 import contextlib
 import dataclasses
 import difflib
+import re
+import sys
 import types
 import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mmpref.errors import MmprefError
+
 T = TypeVar("T")
-_SET = "--set"
+_INTERNAL = {"help", "config", "print_config"}
 
 
-class RecipeError(ValueError):
+class RecipeError(MmprefError):
     """A recipe or override that does not fit its job's settings; the message names the source, field and fix."""
 
 
-def add_recipe_arguments(parser: argparse.ArgumentParser, schema: type | str) -> None:
-    """Add the shared ``--config FILE`` and ``--set KEY=VALUE ...`` options of a recipe-driven job.
+def job_parser(schema: type, prog: str, description: str | None = None):
+    """A jsonargparse parser of ``schema``'s fields plus ``--config`` and ``--print_config``.
 
-    ``schema`` is the recipe dataclass, or its dotted name (so that a job can parse its arguments before importing
-    heavy modules).
+    A job adds its own options (``--out``...) to the returned parser with ``add_argument``.
     """
-    name = schema if isinstance(schema, str) else f"{schema.__module__}.{schema.__qualname__}"
-    parser.add_argument("--config", default=None, help=f"a YAML recipe (fields of {name})")
-    parser.add_argument(
-        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="override recipe fields (YAML values)"
-    )
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help=f"a YAML recipe: fields of {schema.__name__}")
+    parser.add_class_arguments(schema, None, fail_untyped=True)
+    return parser
 
 
-def load_recipe(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Build ``schema`` (a dataclass) from the YAML recipe at ``path`` (optional) and ``KEY=VALUE`` overrides.
+def parse_job(parser: Any, schema: type[T], argv: Sequence[str]) -> tuple[T, argparse.Namespace] | None:
+    """Parse ``argv`` with a :func:`job_parser` and build ``schema``; ``None`` after ``--help`` or ``--print_config``.
+
+    Returns:
+        The recipe dataclass and the job's other options (``out``...) as an ``argparse.Namespace``.
 
     Raises:
-        RecipeError: naming the file or ``--set``, the field and the fix.
+        RecipeError: naming the recipe file or the option, the field and the fix.
     """
-    settings: dict[str, Any] = {}
-    origins: dict[str, str] = {}
-    if path is not None:
-        settings = read_recipe(path)
-        origins = dict.fromkeys(settings, f"recipe {path}")
-    for key, value in parse_overrides(overrides).items():
-        settings[key] = value
-        origins[key] = f"{_SET} {key}"
-    return build_config(schema, settings, origins)
+    argv = list(argv)
+    leaves = {a.dest for a in parser._actions if a.dest not in _INTERNAL and not _is_group(a)}
+    origins = _origins(parser, argv, leaves)
+    try:
+        namespace = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help and --print_config print and exit 0
+        if exit_.code in (0, None):
+            return None
+        raise
+    except argparse.ArgumentError as err:
+        raise _translate(str(err), schema, origins) from None
+    built = parser.instantiate(namespace)  # nested dataclasses (the Trainer settings...) are built here
+    names = {f.name for f in dataclasses.fields(schema) if f.init}
+    try:
+        config = schema(**{name: built[name] for name in names})
+    except (TypeError, ValueError) as err:
+        sources = sorted(set(origins.values())) or ["the defaults"]
+        raise RecipeError(f"{', '.join(sources)}: {err}") from None
+    extras = {key: built[key] for key in leaves if key.partition(".")[0] not in names}
+    return config, argparse.Namespace(**extras)
+
+
+def run_job(
+    prog: str,
+    schema: type[T],
+    argv: Sequence[str],
+    body: Callable[[T, argparse.Namespace], int],
+    options: dict[str, dict[str, Any]] | None = None,
+    description: str | None = None,
+) -> int:
+    """Parse a job's command line, then run ``body(config, options)``; a :class:`RecipeError` exits 2 with one line.
+
+    Args:
+        prog: the job's name in messages, e.g. ``"mmpref regret"``.
+        schema: the recipe dataclass.
+        argv: the command line after the job's name.
+        body: the job itself; its input errors (:func:`blame`) also exit 2.
+        options: the job's own options beyond the recipe, ``{"--out": {"default": None, "help": ...}}``.
+        description: the ``--help`` text.
+    """
+    parser = job_parser(schema, prog, description)
+    for name, settings in (options or {}).items():
+        parser.add_argument(name, **settings)
+    try:
+        parsed = parse_job(parser, schema, argv)
+        return 0 if parsed is None else body(*parsed)  # None: --help or --print_config printed
+    except RecipeError as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 2
+
+
+def out_option(default: str) -> dict[str, dict[str, Any]]:
+    """The ``--out`` option every job has: its output folder."""
+    return {"--out": {"default": None, "help": f"output folder (default {default})"}}
 
 
 @contextlib.contextmanager
@@ -87,11 +142,40 @@ def require_at_least(config: Any, names: Sequence[str], minimum: int = 1) -> Non
             raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
-def read_recipe(path: str | Path) -> dict[str, Any]:
-    """The ``field: value`` mapping of a YAML recipe (an empty file is an empty mapping)."""
+# --- where each value came from, checked before jsonargparse sees it ----------------------------------------------
+
+
+def _is_group(action: Any) -> bool:
+    return type(action).__name__ == "_ActionConfigLoad"  # ``--trainer`` itself: a group, its fields are leaves
+
+
+def _origins(parser: Any, argv: list[str], leaves: set[str]) -> dict[str, str]:
+    """``{field: "recipe FILE" or "--field"}`` for every field set, in argv order; unknown names raise here."""
+    options = {s for a in parser._actions for s in a.option_strings}
+    origins: dict[str, str] = {}
+    for i, token in enumerate(argv):
+        if not token.startswith("--"):
+            continue
+        name, sep, value = token.partition("=")
+        if name not in options:
+            fields = sorted(options - {"-h", "--help", "--print_config"})
+            close = difflib.get_close_matches(name, fields, n=2, cutoff=0.6)
+            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+            raise RecipeError(f"command line: unknown option {name}{hint}; see --help for the fields")
+        if name == "--config":
+            path = value if sep else (argv[i + 1] if i + 1 < len(argv) else None)
+            if path is not None:
+                for key in _recipe_keys(Path(path), leaves, parser):
+                    origins[key] = f"recipe {path}"
+        elif name[2:] in leaves or name[2:].replace("-", "_") in leaves:
+            origins[name[2:].replace("-", "_")] = name
+    return origins
+
+
+def _recipe_keys(path: Path, leaves: set[str], parser: Any) -> list[str]:
+    """The dotted field names a recipe file sets; a missing, unreadable or unknown one raises ``RecipeError``."""
     import yaml
 
-    path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe {path}: file not found; check the path")
     try:
@@ -99,163 +183,88 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         raise RecipeError(f"recipe {path}: not valid YAML ({err}); fix the line it names") from None
     if settings is None:
-        return {}
+        return []
     if not isinstance(settings, dict):
         raise RecipeError(f"recipe {path}: must be a mapping of 'field: value' lines, got a {type(settings).__name__}")
-    return settings
-
-
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["steps=300", "sizes=[30,100]"]`` → ``{"steps": 300, "sizes": [30, 100]}`` (values read as YAML)."""
-    import yaml
-
-    parsed: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise RecipeError(f"{_SET} {item!r}: expected KEY=VALUE, e.g. {_SET} seed=1")
-        try:
-            parsed[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as err:
-            raise RecipeError(f"{_SET} {item!r}: the value is not valid YAML ({err}); quote it") from None
-    return parsed
-
-
-def build_config(schema: type[T], settings: dict[str, Any], origins: dict[str, str] | None = None) -> T:
-    """``schema(**settings)`` after checking names and types; ``origins`` says where each value came from."""
-    origins = origins or {}
-    known = {f.name: f for f in dataclasses.fields(schema) if f.init}
-    _check_names(schema, settings, known, origins)
-    hints = _type_hints(schema)
-    values = {
-        name: _coerce(value, hints[name], name, origins.get(name, "recipe")) if name in hints else value
-        for name, value in settings.items()
-    }
-    try:
-        return schema(**values)
-    except (TypeError, ValueError) as err:
-        sources = sorted(set(origins.values())) or ["the defaults"]
-        raise RecipeError(f"{', '.join(sources)}: {err}") from None
-
-
-def _check_names(schema: type, settings: dict[str, Any], known: dict[str, Any], origins: dict[str, str]) -> None:
-    unknown = [name for name in settings if name not in known]
+    keys, unknown = [], []
+    _flatten(settings, "", leaves, keys, unknown)
     if unknown:
+        fields = sorted({k.partition(".")[0] for k in leaves})
         problems = []
         for name in unknown:
-            close = difflib.get_close_matches(name, known, n=2, cutoff=0.6)
+            group, _, last = name.rpartition(".")
+            siblings = {k.rpartition(".")[2] for k in leaves if k.rpartition(".")[0] == group}
+            close = [f"{group}.{c}" if group else c for c in difflib.get_close_matches(last, sorted(siblings), n=2)]
             hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-            problems.append(f"{origins.get(name, 'recipe')}: unknown field {name!r}{hint}")
-        raise RecipeError(f"{'; '.join(problems)}. Valid fields of {schema.__name__}: {', '.join(known)}")
-    missing = [
-        name
-        for name, f in known.items()
-        if name not in settings and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        example = " ".join(f"{name}=..." for name in missing)
-        raise RecipeError(
-            f"missing required field(s) {', '.join(missing)}: set them in the recipe or {_SET} {example}"
-        )
+            problems.append(f"unknown field {name!r}{hint}")
+        raise RecipeError(f"recipe {path}: {'; '.join(problems)}. Valid fields: {', '.join(fields)}")
+    return keys
 
 
-def _type_hints(schema: type) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(schema)
-    except Exception:  # an annotation that cannot be resolved at run time: leave the types to the dataclass
-        return {}
+def _flatten(settings: dict, prefix: str, leaves: set[str], keys: list[str], unknown: list[str]) -> None:
+    for name, value in settings.items():
+        key = f"{prefix}{name}"
+        if key in leaves:
+            keys.append(key)
+        elif isinstance(value, dict) and any(leaf.startswith(f"{key}.") for leaf in leaves):
+            _flatten(value, f"{key}.", leaves, keys, unknown)
+        else:
+            unknown.append(key)
 
 
-def _coerce(value: Any, hint: Any, name: str, origin: str) -> Any:
-    """``value`` checked against the annotation ``hint`` (numbers spelled as strings are parsed)."""
-    try:
-        return _convert(value, hint)
-    except _Mismatch as err:
-        raise RecipeError(f"{origin}: field {name!r} expects {err}, got {value!r}") from None
+# --- jsonargparse's messages, said again with the source and the expected type ------------------------------------
 
 
-class _Mismatch(Exception):
-    """Internal: a value does not fit an annotation; the message describes the expected type."""
+def _translate(message: str, schema: type, origins: dict[str, str]) -> RecipeError:
+    required = re.match(r"the following arguments are required: (.+)", message)
+    if required:
+        names = [n.strip() for n in required.group(1).split(",")]
+        example = " ".join(f"--{n} ..." for n in names)
+        return RecipeError(f"missing required field(s) {', '.join(names)}: set them in the recipe or {example}")
+    key = re.search(r'Parser key "([^"]+)"', message)
+    if key is None:
+        return RecipeError(message.strip().replace("\n", " "))
+    name = key.group(1)
+    got = re.findall(r"Got value: (.*)", message)
+    value = got[-1].strip() if got else "?"
+    hint = _field_hint(schema, name)
+    expected = _describe(hint) if hint is not None else "another value"
+    origin = origins.get(name, "recipe")
+    if name == "config":
+        return RecipeError(f"--config: {message.split(':', 1)[-1].strip()}")
+    return RecipeError(f"{origin}: field {name!r} expects {expected}, got {value!r}")
+
+
+def _field_hint(schema: type, dotted: str) -> Any:
+    """The annotation of ``a.b`` in ``schema`` (nested dataclasses), or None."""
+    hint: Any = schema
+    for part in dotted.split("."):
+        try:
+            hints = typing.get_type_hints(hint)
+        except Exception:  # not a dataclass, or an annotation that does not resolve at run time
+            return None
+        if part not in hints:
+            return None
+        hint = hints[part]
+    return hint
 
 
 def _describe(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
-def _convert(value: Any, hint: Any) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any or isinstance(hint, TypeVar):
-        return value
     if origin in (typing.Union, types.UnionType):
-        return _convert_union(value, args)
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
     if origin is typing.Literal:
-        if value not in args:
-            raise _Mismatch(f"one of {', '.join(map(repr, args))}")
-        return value
+        return f"one of {', '.join(map(repr, args))}"
     if hint is bool:
-        if not isinstance(value, bool):
-            raise _Mismatch("true or false")
-        return value
+        return "true or false"
     if hint is int:
-        return _to_int(value)
+        return "an integer"
     if hint is float:
-        return _to_float(value)
+        return "a number"
     if hint is str:
-        if not isinstance(value, str):
-            raise _Mismatch("a string (quote it)")
-        return value
+        return "a string"
     if origin in (list, tuple, Sequence) or hint in (list, tuple):
-        return _convert_sequence(value, origin or hint, args)
-    if (origin or hint) is dict and not isinstance(value, dict):
-        raise _Mismatch("a mapping {key: value}")
-    return value
-
-
-def _convert_union(value: Any, args: tuple[Any, ...]) -> Any:
-    if value is None:
-        if type(None) in args:
-            return None
-        raise _Mismatch(" or ".join(_describe(a) for a in args))
-    for arg in args:
-        if arg is type(None):
-            continue
-        try:
-            return _convert(value, arg)
-        except _Mismatch:
-            pass
-    raise _Mismatch(" or ".join(_describe(a) for a in args))
-
-
-def _to_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise _Mismatch("an integer")
-    if isinstance(value, int):
-        return value
-    try:
-        number = _to_float(value)
-    except _Mismatch:
-        raise _Mismatch("an integer") from None
-    if not number.is_integer():
-        raise _Mismatch("an integer")
-    return int(number)
-
-
-def _to_float(value: Any) -> float:
-    if isinstance(value, bool):
-        raise _Mismatch("a number")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    raise _Mismatch("a number")
-
-
-def _convert_sequence(value: Any, kind: Any, args: tuple[Any, ...]) -> Any:
-    if not isinstance(value, list | tuple):
-        raise _Mismatch("a list, e.g. [1, 2]")
-    item = args[0] if len(args) == 1 or (len(args) == 2 and args[1] is Ellipsis) else None
-    items = [_convert(v, item) for v in value] if item is not None else list(value)
-    return tuple(items) if kind is tuple else items
+        return "a list, e.g. [1, 2]"
+    if (origin or hint) is dict:
+        return "a mapping {key: value}"
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")

@@ -1,15 +1,22 @@
-"""Benchmark: PEBBLE-style PbRL with scripted labels vs SAC on the true reward, same env steps, same script.
+"""Benchmark suite: PEBBLE-style PbRL and its parts (SURF, RUNE, RIME, QPA, listwise) vs SAC on the true reward.
 
-For every (task, seed) it runs both methods (two processes at a time, one torch thread each), records the success
-curve, the wall-clock and the environment steps/s of each, and the raw simulator step rate as the ceiling. Results
-are written after every finished run (JSON + markdown + a success-curve PNG), so a cut-short benchmark still
-reports what it finished.
+For every task × seed it runs, with the same environment steps and evaluation schedule, each PbRL variant under each
+label setting, SAC on the true reward and a random policy (two processes at a time by default, one torch thread
+each). It records success curves, wall-clock, environment steps per CPU second and the CPU seconds spent in the
+preference machinery, and writes after every finished run (JSON + markdown + success-curve PNG), so a cut-short
+suite still reports what it finished.
 
-    OMP_NUM_THREADS=1 MUJOCO_GL=egl .venv/bin/python scripts/bench_pbrl.py --tasks drawer-close-v3 handle-press-v3 \
-        --seeds 0 1 2 --steps 20000
+Variants (``--variants``): ``pebble`` (no parts), ``surf``, ``rune``, ``rime``, ``qpa`` (with uniform sampling from
+the policy-aligned episodes, as in the paper), ``listwise`` (K = ``--list-size`` rankings, K − 1 labels each).
+Label settings (``--label-settings``): ``efficient`` (``--efficient-labels``, default 500, perfect teacher), ``full``
+(``--max-labels``, perfect teacher), ``noisy`` (``--max-labels`` with B-Pref's mistake rate ``--noise-eps``, 0.2).
 
-(defaults: the recipes' setting: a round every 2,000 steps from step 1,000, 70 reward updates per round, a
-state-only learned reward standardised over the buffer; ``--no-state-only-reward`` gives PEBBLE's r(o, a))
+    OMP_NUM_THREADS=1 MUJOCO_GL=egl .venv/bin/python scripts/bench_pbrl.py --tasks button-press-v3 window-open-v3 \\
+        --seeds 0 1 2 --steps 50000 --variants pebble surf rune rime qpa listwise \\
+        --label-settings efficient full noisy --processes 16
+
+(the PbRL defaults are the recipes' setting: rounds every 2,000 steps from step 1,000, 70 reward updates per round,
+a state-only learned reward standardised over the buffer; ``--no-state-only-reward`` gives PEBBLE's r(o, a)).
 """
 
 from __future__ import annotations
@@ -25,6 +32,16 @@ from typing import Any
 
 import numpy as np
 
+VARIANTS: dict[str, dict[str, Any]] = {
+    "pebble": {},
+    "surf": {"parts": ["surf"]},
+    "rune": {"parts": ["rune"]},
+    "rime": {"parts": ["rime"]},
+    "qpa": {"parts": ["qpa"], "query_method": "uniform"},
+    "listwise": {"parts": ["listwise"]},
+}
+LABEL = {"pebble": "PEBBLE", "surf": "+SURF", "rune": "+RUNE", "rime": "+RIME", "qpa": "+QPA", "listwise": "listwise"}
+
 
 def raw_step_rate(task: str, steps: int = 3000) -> float:
     from mmpref.control.envs import make_env
@@ -39,10 +56,41 @@ def raw_step_rate(task: str, steps: int = 3000) -> float:
     return steps / (time.perf_counter() - start)
 
 
+def run_random(job: dict[str, Any]) -> dict[str, Any]:
+    """A uniformly random policy, evaluated like the learners (success at any step of an episode)."""
+    from mmpref.control.envs import make_env
+
+    c = job["config"]
+    env = make_env(c["task"], seed=c["seed"] + 10_000)
+    env.action_space.seed(c["seed"])
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    history = []
+    for step in range(c["eval_every"], c["total_steps"] + 1, c["eval_every"]):
+        wins = 0
+        for episode in range(c["eval_episodes"]):
+            env.reset(seed=c["seed"] + 10_000 + step + episode)
+            for _ in range(500):
+                _, _, terminated, truncated, info = env.step(env.action_space.sample())
+                if info.get("success", 0.0) > 0:
+                    wins += 1
+                    break
+                if terminated or truncated:
+                    break
+        history.append({"steps": step, "success_rate": wins / c["eval_episodes"], "labels": 0})
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    return (
+        job
+        | {"history": history, "wall_s": wall, "cpu_s": cpu, "labels": 0, "steps_per_cpu_s": float("nan")}
+        | {"cpu_by_part_s": {"evaluate": cpu, "feedback_round": 0.0, "relabel": 0.0}}
+    )
+
+
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
+    if job["method"] == "random":
+        return run_random(job)
     from mmpref.control.pbrl.loop import PbRLConfig, PbRLLoop
     from mmpref.reward.trainers import quiet_lightning
 
@@ -50,7 +98,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     config = PbRLConfig(**job["config"])
     loop = PbRLLoop(config, progress=False)
     # CPU seconds of this (single-threaded) process, by part: robust to other jobs sharing the machine, unlike
-    # wall-clock; evaluation episodes are excluded from the steps/s of both methods.
+    # wall-clock; evaluation episodes are excluded from the steps/s of every method.
     spent = {"evaluate": 0.0, "feedback_round": 0.0, "relabel": 0.0}
 
     def timed(name: str):
@@ -70,164 +118,242 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     cpu0, wall0 = time.process_time(), time.perf_counter()
     history = loop.run()
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    steps = config.total_steps
-    return {
-        "task": config.task,
-        "seed": config.seed,
-        "reward": config.reward,
-        "config": job["config"],
+    return job | {
         "history": history,
         "wall_s": wall,
         "cpu_s": cpu,
         "cpu_by_part_s": spent,
-        "steps_per_cpu_s": steps / max(cpu - spent["evaluate"], 1e-9),
-        "steps_per_wall_s": steps / max(wall, 1e-9),
-        "labels": len(loop.labelled),
+        "steps_per_cpu_s": config.total_steps / max(cpu - spent["evaluate"], 1e-9),
+        "steps_per_wall_s": config.total_steps / max(wall, 1e-9),
+        "labels": loop.teacher.budget.labelled,
     }
 
 
-def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
-    table: dict[str, Any] = {}
+def _name(r: dict[str, Any]) -> str:
+    if r["method"] == "sac":
+        return "SAC (true reward)"
+    if r["method"] == "random":
+        return "random policy"
+    return f"{LABEL[r['variant']]}, {r['setting']}"
+
+
+def _mean(values: list[float]) -> float:
+    """Mean ignoring NaN (NaN when nothing is left, without numpy's empty-slice warning)."""
+    kept = [v for v in values if not np.isnan(v)]
+    return float(np.mean(kept)) if kept else float("nan")
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (task, method name): final and last-3 success over seeds, ratio to SAC, labels, speed vs SAC."""
+    table: dict[tuple[str, str], dict[str, Any]] = {}
     for r in results:
         row = table.setdefault(
-            r["task"],
-            {"true": [], "learned": [], "last3_true": [], "last3_learned": [], "sps_true": [], "sps_learned": []}
-            | {"labels": []},
+            (r["task"], _name(r)), {"final": [], "last3": [], "sps": [], "labels": [], "pref_cpu": []}
         )
         curve = [h["success_rate"] for h in r["history"]] or [0.0]
-        row[r["reward"]].append(curve[-1])
-        row[f"last3_{r['reward']}"].append(float(np.mean(curve[-3:])))
-        row[f"sps_{r['reward']}"].append(r["steps_per_cpu_s"])
-        if r["reward"] == "learned":
-            row["labels"].append(r["labels"])
-    for row in table.values():
-        sac, pbrl = (
-            np.mean(row["true"]) if row["true"] else float("nan"),
-            np.mean(row["learned"]) if row["learned"] else float("nan"),
+        row["final"].append(curve[-1])
+        row["last3"].append(float(np.mean(curve[-3:])))
+        row["sps"].append(r["steps_per_cpu_s"])
+        row["labels"].append(r["labels"])
+        row["pref_cpu"].append(
+            r["cpu_by_part_s"]["feedback_round"] / max(r["cpu_s"] - r["cpu_by_part_s"]["evaluate"], 1e-9)
         )
-        row["ratio"] = pbrl / sac if sac and sac > 0 else float("nan")
-        sac3, pbrl3 = (np.mean(row[k]) if row[k] else float("nan") for k in ("last3_true", "last3_learned"))
-        row["ratio_last3"] = pbrl3 / sac3 if sac3 and sac3 > 0 else float("nan")
-        row["speed_ratio"] = (
-            np.mean(row["sps_learned"]) / np.mean(row["sps_true"])
-            if row["sps_true"] and row["sps_learned"]
-            else float("nan")
-        )
+    for (task, _), row in table.items():
+        sac = table.get((task, "SAC (true reward)"))
+        sac_final = np.mean(sac["final"]) if sac else float("nan")
+        sac_last3 = np.mean(sac["last3"]) if sac else float("nan")
+        row["ratio"] = np.mean(row["final"]) / sac_final if sac and sac_final > 0 else float("nan")
+        row["ratio_last3"] = np.mean(row["last3"]) / sac_last3 if sac and sac_last3 > 0 else float("nan")
+        row["speed_ratio"] = _mean(row["sps"]) / _mean(sac["sps"]) if sac else float("nan")
     return table
+
+
+def retention(results: list[dict[str, Any]]) -> list[str]:
+    """Noisy vs noise-free success (same variant, same budget) for every variant run under both settings."""
+    lines = []
+    for task in sorted({r["task"] for r in results}):
+        for variant in VARIANTS:
+            runs = {
+                s: [r for r in results if r["task"] == task and r.get("variant") == variant and r.get("setting") == s]
+                for s in ("full", "noisy")
+            }
+            if runs["full"] and runs["noisy"]:
+                clean = np.mean([np.mean([h["success_rate"] for h in r["history"][-3:]]) for r in runs["full"]])
+                noisy = np.mean([np.mean([h["success_rate"] for h in r["history"][-3:]]) for r in runs["noisy"]])
+                kept = noisy / clean if clean > 0 else float("nan")
+                lines.append(f"| {task} | {LABEL[variant]} | {clean:.2f} | {noisy:.2f} | {kept:.2f} |")
+    return lines
 
 
 def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> None:
     from mmpref.data.io import atomic_write
 
+    out.mkdir(parents=True, exist_ok=True)
     table = summarise(results)
     lines = [
-        "# PbRL (scripted labels) vs SAC on the true reward",
+        "# PbRL suite: PEBBLE and its parts vs SAC on the true reward and a random policy",
         "",
         f"machine: {meta['machine']}",
         "",
-        f"steps per run: {meta['steps']}; label budget {meta['max_labels']}; seeds {meta['seeds']}; "
+        f"steps per run: {meta['steps']}; seeds {meta['seeds']}; label settings {meta['label_settings']}; "
         f"raw simulator steps/s: {meta['raw_steps_per_s']}",
         "",
         f"settings: {meta['settings']}",
         "",
-        "Steps/s are per CPU second of each single-threaded run (evaluation episodes excluded), so other jobs on the "
-        "machine do not skew the ratio; wall-clock per run is in the JSON.",
+        "Success is that of the deterministic policy (any step of an episode), 'last 3' the mean of the last three "
+        "evaluations. Steps/s are per CPU second of each single-threaded run (evaluation excluded); 'preference CPU' "
+        "is the share of a run's (non-evaluation) CPU time spent in feedback rounds (queries, labels, reward updates, "
+        "relabelling).",
         "",
-        "| task | SAC (true reward) final success | PbRL final success | PbRL / SAC | PbRL / SAC, last 3 evaluations "
-        "| labels used | SAC steps/CPU-s | PbRL steps/CPU-s | PbRL / SAC speed |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| task | method, labels | final success per seed | mean last 3 | / SAC final | / SAC last 3 | labels used "
+        "| steps/CPU-s | / SAC speed | preference CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for task, row in table.items():
+    for (task, name), row in sorted(table.items()):
         lines.append(
-            f"| {task} | {np.round(row['true'], 2).tolist()} | {np.round(row['learned'], 2).tolist()} | "
-            f"{row['ratio']:.2f} | {row['ratio_last3']:.2f} | {row['labels']} | "
-            f"{np.mean(row['sps_true'] or [np.nan]):.1f} | "
-            f"{np.mean(row['sps_learned'] or [np.nan]):.1f} | {row['speed_ratio']:.2f} |"
+            f"| {task} | {name} | {np.round(row['final'], 2).tolist()} | {np.mean(row['last3']):.2f} | "
+            f"{row['ratio']:.2f} | {row['ratio_last3']:.2f} | {row['labels']} | {_mean(row['sps']):.1f} | "
+            f"{row['speed_ratio']:.2f} | {np.mean(row['pref_cpu']):.0%} |"
         )
+    kept = retention(results)
+    if kept:
+        lines += [
+            "",
+            "Noise: mean of the last three evaluations with the perfect teacher vs with mistake rate "
+            f"ε = {meta['noise_eps']}, same budget:",
+            "",
+            "| task | variant | noise-free | noisy | kept |",
+            "|---|---|---|---|---|",
+            *kept,
+        ]
     lines += [
         "",
-        "Per run (success rate of the deterministic policy at each evaluation; 'last 3' is the mean of the last three "
-        "evaluations, less noisy than the final one; CPU seconds by part; reward learning = query selection + reward "
-        "updates + relabelling):",
+        "Per run:",
         "",
-        "| task | seed | method | final | last 3 | success curve | CPU s | reward learning CPU s | evaluation CPU s "
-        "| steps/CPU-s | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| task | seed | method | success curve | CPU s | feedback CPU s | evaluation CPU s | steps/CPU-s | wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(results, key=lambda r: (r["task"], r["seed"], r["reward"])):
-        curve = [h["success_rate"] for h in r["history"]]
-        method = "PbRL" if r["reward"] == "learned" else "SAC true reward"
+    for r in sorted(results, key=lambda r: (r["task"], r["seed"], _name(r))):
+        curve = " ".join(f"{h['success_rate']:.1f}" for h in r["history"])
         lines.append(
-            f"| {r['task']} | {r['seed']} | {method} | {curve[-1]:.1f} | {np.mean(curve[-3:]):.2f} | "
-            f"{' '.join(f'{c:.1f}' for c in curve)} | {r['cpu_s']:.0f} | {r['cpu_by_part_s']['feedback_round']:.0f} | "
-            f"{r['cpu_by_part_s']['evaluate']:.0f} | {r['steps_per_cpu_s']:.1f} | {r['wall_s']:.0f} |"
+            f"| {r['task']} | {r['seed']} | {_name(r)} | {curve} | {r['cpu_s']:.0f} | "
+            f"{r['cpu_by_part_s']['feedback_round']:.0f} | {r['cpu_by_part_s']['evaluate']:.0f} | "
+            f"{r['steps_per_cpu_s']:.1f} | {r['wall_s']:.0f} |"
         )
     with atomic_write(out / "bench_pbrl.json", "w") as handle:
         json.dump({"meta": meta, "results": results}, handle, indent=1)
     with atomic_write(out / "bench_pbrl.md", "w") as handle:
         handle.write("\n".join(lines) + "\n")
+    plot(results, out)
+
+
+def plot(results: list[dict[str, Any]], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from mmpref.data.io import atomic_write
+
     tasks = sorted({r["task"] for r in results})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
+    names = sorted({_name(r) for r in results})
+    colours = dict(zip(names, plt.cm.tab20(np.linspace(0, 1, max(len(names), 2))), strict=False))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
-        for reward, colour in (("true", "black"), ("learned", "tab:blue")):
-            runs = [r for r in results if r["task"] == task and r["reward"] == reward and r["history"]]
-            name = "SAC true reward" if reward == "true" else "PbRL"
-            for k, r in enumerate(runs):  # each seed thin and offset a little, so overlapping 0/1 curves stay visible
-                steps = np.array([h["steps"] for h in r["history"]])
-                offset = (k - 1) * 0.015 + (0.005 if reward == "learned" else -0.005)
-                curve = np.array([h["success_rate"] for h in r["history"]]) + offset
-                ax.plot(steps, curve, color=colour, alpha=0.3, lw=1)
-            if runs:
-                length = min(len(r["history"]) for r in runs)
-                steps = [h["steps"] for h in runs[0]["history"][:length]]
-                mean = np.mean([[h["success_rate"] for h in r["history"][:length]] for r in runs], axis=0)
-                ax.plot(steps, mean, color=colour, lw=2.5, marker="o", label=f"{name}, mean of {len(runs)} seeds")
+        for name in names:
+            runs = [r for r in results if r["task"] == task and _name(r) == name and r["history"]]
+            if not runs:
+                continue
+            length = min(len(r["history"]) for r in runs)
+            steps = [h["steps"] for h in runs[0]["history"][:length]]
+            mean = np.mean([[h["success_rate"] for h in r["history"][:length]] for r in runs], axis=0)
+            style = {"color": "black", "lw": 2.5} if name.startswith("SAC") else {"color": colours[name], "lw": 1.5}
+            if name == "random policy":
+                style = {"color": "grey", "lw": 1.5, "ls": "--"}
+            ax.plot(steps, mean, marker="o", ms=3, label=f"{name} ({len(runs)} seeds)", **style)
         ax.set_title(task)
         ax.set_xlabel("environment steps")
-        ax.set_ylabel("success rate")
+        ax.set_ylabel("success rate (mean over seeds)")
         ax.set_ylim(-0.05, 1.05)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     with atomic_write(out / "bench_pbrl.png", "wb") as handle:
         fig.savefig(handle, format="png", dpi=110)
     plt.close(fig)
 
 
+def build_jobs(args: argparse.Namespace, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every run of the suite: SAC and random per task × seed, then each variant under each label setting."""
+    budgets = {
+        "efficient": (args.efficient_labels, 0.0),
+        "full": (args.max_labels, 0.0),
+        "noisy": (args.max_labels, args.noise_eps),
+    }
+    rounds = len(range(args.feedback_start or args.feedback_every, args.steps, args.feedback_every))
+    jobs = []
+    for seed in args.seeds:
+        for task in args.tasks:
+            base = settings | {"task": task, "seed": seed}
+            if "sac" in args.baselines:
+                jobs.append({"method": "sac", "task": task, "seed": seed, "config": base | {"reward": "true"}})
+            if "random" in args.baselines:
+                jobs.append({"method": "random", "task": task, "seed": seed, "config": base})
+            for setting in args.label_settings:
+                labels, eps = budgets[setting]
+                per_round = args.queries_per_round or int(np.ceil(labels / max(rounds, 1)))
+                variants = args.noisy_variants if setting == "noisy" and args.noisy_variants else args.variants
+                for variant in variants:
+                    config = base | {"max_labels": labels, "teacher_eps": eps, "queries_per_round": per_round}
+                    config |= VARIANTS[variant] | ({"list_size": args.list_size} if variant == "listwise" else {})
+                    jobs.append(
+                        {"method": "pbrl", "variant": variant, "setting": setting, "task": task, "seed": seed}
+                        | {"config": config}
+                    )
+    return jobs
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=["drawer-close-v3", "handle-press-v3"])
+    parser.add_argument("--tasks", nargs="+", default=["button-press-v3", "window-open-v3"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=20_000)
+    parser.add_argument("--steps", type=int, default=50_000)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--label-settings", nargs="+", default=["efficient", "noisy"], choices=["efficient", "full", "noisy"]
+    )
+    parser.add_argument(
+        "--noisy-variants", nargs="+", default=None, choices=list(VARIANTS), help="variants of the noisy setting"
+    )
+    parser.add_argument("--baselines", nargs="*", default=["sac", "random"], choices=["sac", "random"])
+    parser.add_argument("--efficient-labels", type=int, default=500)
     parser.add_argument("--max-labels", type=int, default=2000)
+    parser.add_argument("--noise-eps", type=float, default=0.2)
+    parser.add_argument("--list-size", type=int, default=4)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--out-dir", type=Path, default=Path("runs/bench_pbrl"))
     parser.add_argument("--feedback-start", type=int, default=1000)
     parser.add_argument("--feedback-every", type=int, default=2000)
+    parser.add_argument("--learning-starts", type=int, default=1000)
+    parser.add_argument(
+        "--unsupervised-steps", type=int, default=0, help="PEBBLE pre-training (RIME warm-starts from it)"
+    )
     parser.add_argument("--reward-updates", type=int, default=70)
     parser.add_argument("--reward-batch-size", type=int, default=64)
     parser.add_argument("--reward-hidden", type=int, default=128)
     parser.add_argument("--reward-layers", type=int, default=2)
     parser.add_argument("--reward-scale", type=float, default=1.0)
     parser.add_argument("--reward-normalize", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--reward-pessimism", type=float, default=0.0)
     parser.add_argument("--state-only-reward", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--queries-per-round", type=int, default=None, help="default: the budget over the rounds")
+    parser.add_argument("--eval-every", type=int, default=2500)
     parser.add_argument("--eval-episodes", type=int, default=10)
-    parser.add_argument("--methods", nargs="+", default=["learned", "true"], choices=["learned", "true"])
     args = parser.parse_args(argv)
-    rounds = len(range(args.feedback_start or args.feedback_every, args.steps, args.feedback_every))
     settings = {
         "total_steps": args.steps,
-        "learning_starts": 1000,
+        "learning_starts": args.learning_starts,
+        "unsupervised_steps": args.unsupervised_steps,
         "feedback_start": args.feedback_start,
         "feedback_every": args.feedback_every,
-        "queries_per_round": args.queries_per_round or int(np.ceil(args.max_labels / max(rounds, 1))),
-        "max_labels": args.max_labels,
         "segment_length": 50,
         "reward_updates": args.reward_updates,
         "reward_batch_size": args.reward_batch_size,
@@ -235,17 +361,11 @@ def main(argv: list[str] | None = None) -> None:
         "reward_layers": args.reward_layers,
         "reward_scale": args.reward_scale,
         "reward_normalize": args.reward_normalize,
-        "reward_pessimism": args.reward_pessimism,
         "reward_use_actions": not args.state_only_reward,
-        "eval_every": 2500,
+        "eval_every": args.eval_every,
         "eval_episodes": args.eval_episodes,
     }
-    jobs = [
-        {"config": {**settings, "task": task, "seed": seed, "reward": reward}}
-        for seed in args.seeds
-        for task in args.tasks
-        for reward in args.methods
-    ]
+    jobs = build_jobs(args, settings)
     meta = {
         "machine": {
             "platform": platform.platform(),
@@ -254,17 +374,22 @@ def main(argv: list[str] | None = None) -> None:
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
         },
         "steps": args.steps,
-        "max_labels": args.max_labels,
         "seeds": args.seeds,
+        "label_settings": {
+            s: {"efficient": args.efficient_labels}.get(s, args.max_labels) for s in args.label_settings
+        },
+        "noise_eps": args.noise_eps,
         "raw_steps_per_s": {task: round(raw_step_rate(task)) for task in args.tasks},
         "settings": settings,
+        "command": "scripts/bench_pbrl.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
     }
+    print(f"{len(jobs)} runs of {args.steps} steps", flush=True)
     results: list[dict[str, Any]] = []
     with mp.get_context("spawn").Pool(args.processes) as pool:
         for result in pool.imap_unordered(run_one, jobs):
             results.append(result)
             print(
-                f"{result['task']} {result['reward']} seed {result['seed']}: final success "
+                f"{result['task']} seed {result['seed']} {_name(result)}: final success "
                 f"{result['history'][-1]['success_rate']:.2f}, {result['steps_per_cpu_s']:.0f} steps/CPU-s, "
                 f"{result['wall_s']:.0f} s wall",
                 flush=True,

@@ -226,8 +226,8 @@ def policy_target(target: str, n: int, episodes: int) -> tuple[dict[str, np.ndar
     seeds 10 000 + k on one goal-varying env, and returns the fraction of episodes that succeeded.
     """
     from mmpref.control.envs import make_env
-    from mmpref.control.segments import rollout
     from mmpref.control.pearl.data import load_or_generate
+    from mmpref.control.segments import rollout
 
     t = side(target, 1, n, 0)
     data = load_or_generate(target, CACHE, 35, 200, 0)
@@ -288,7 +288,8 @@ def filtered_bc_rows(
 
 
 def stage_policy(results: dict[str, Any], n: int, episodes: int, top_fraction: float, bc_seeds: list[int]) -> None:
-    from mmpref.control.policies import GaussianPolicy, behaviour_cloning
+    from mmpref.control.bc import behaviour_cloning
+    from mmpref.control.policies import GaussianPolicy
 
     rows = {}
     for _, target in EVAL_PAIRS:
@@ -343,8 +344,8 @@ def stage_policy_scarce(
     filtered BC (:func:`mmpref.control.pearl.reward.clone_trajectories`): BC on all of it, and a random filter (a
     random subset of the filtered size drawn with ``default_rng(bc_seed)``).
     """
-    from mmpref.control.pearl.reward import clone_trajectories
     from mmpref.control.pearl.data import BEHAVIOURS
+    from mmpref.control.pearl.reward import clone_trajectories
 
     thinned = tuple(BEHAVIOURS.index(b) for b in thin)
     rows = {}

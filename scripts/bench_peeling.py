@@ -35,16 +35,10 @@ def run_seed(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
-    from mmpref.control.peeling.finetune import FusedTrajectoryScorer
-    from mmpref.control.peeling.pipeline import (
-        PeelingConfig,
-        collect_demonstrations,
-        held_out_results,
-        rate_bc_rollouts,
-        stage_one,
-        stage_two,
-        training_pool,
-    )
+    from mmpref.control.peeling.config import PeelingConfig
+    from mmpref.control.peeling.evaluation import held_out_results, training_pool
+    from mmpref.control.peeling.fused_reward import FusedTrajectoryScorer
+    from mmpref.control.peeling.pipeline import collect_demonstrations, rate_bc_rollouts, stage_one, stage_two
     from mmpref.control.policies import load_policy, save_policy
     from mmpref.reward.system import RewardModelSystem
 

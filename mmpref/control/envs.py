@@ -98,3 +98,12 @@ class ExpertPolicy:
         if self.noise > 0:
             action = action + self.noise * self.rng.standard_normal(action.shape)
         return np.clip(action, -1.0, 1.0)
+
+
+def wrapper_chain(env: object) -> list[object]:
+    """The wrapper chain of ``env``, from the outermost wrapper to the raw Meta-World env (for saving its state)."""
+    chain, layer = [], env
+    while layer is not None:
+        chain.append(layer)
+        layer = getattr(layer, "env", None)
+    return chain

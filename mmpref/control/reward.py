@@ -26,7 +26,7 @@ from mmpref.losses import LossName, is_listwise
 from mmpref.reward.datamodule import DictDataset
 from mmpref.reward.networks import mlp_blocks
 from mmpref.reward.system import RewardModelSystem
-from mmpref.reward.trainers import quick_trainer
+from mmpref.reward.trainers import TrainerSettings, quick_trainer
 
 QueryMethod = Literal["uniform", "disagreement", "entropy"]
 
@@ -130,6 +130,7 @@ class RewardEnsemble:
         seed: seed of the initialisation, the bootstrap counts and the minibatch order.
         use_actions: r̂(o, a) (PEBBLE) or a state-only r̂(o). A state-only reward cannot be raised by the action
             alone, which removes one way for the policy to exploit a reward learned from few labels.
+        trainer: where the reward updates train (default: :class:`~mmpref.reward.trainers.TrainerSettings`).
     """
 
     def __init__(
@@ -144,6 +145,7 @@ class RewardEnsemble:
         lr: float = 3e-4,
         seed: int = 0,
         use_actions: bool = True,
+        trainer: TrainerSettings | None = None,
     ):
         if members < 1:
             raise ValueError(f"an ensemble needs >= 1 member, got {members}")
@@ -157,14 +159,28 @@ class RewardEnsemble:
         self.rng = np.random.default_rng(seed)
         self.bootstrap = np.zeros((0, members), np.float32)  # counts per labelled pair (rows) and member
         self.obs_dim, self.act_dim, self.use_actions = obs_dim, act_dim, use_actions
+        self.trainer = trainer
 
     @property
     def scorer(self) -> SegmentReturnScorer:
         """The fused segment scorer: ``[B, H, o + a]`` → ``[M, B]``."""
         return self.system.scorer
 
+    def add_bootstrap(self, count: int) -> None:
+        """Draw Poisson(1) bootstrap counts for labelled pairs beyond the first ``len(self.bootstrap)``."""
+        new = count - len(self.bootstrap)
+        if new > 0:
+            self.bootstrap = np.concatenate([self.bootstrap, self.rng.poisson(1.0, (new, self.members))]).astype(
+                np.float32
+            )
+
     def fit(
-        self, pairs: Sequence[SegmentPair], epochs: int = 20, batch_size: int = 128, updates: int | None = None
+        self,
+        pairs: Sequence[SegmentPair],
+        epochs: int = 20,
+        batch_size: int = 128,
+        updates: int | None = None,
+        rows: np.ndarray | None = None,
     ) -> None:
         """Train the members on their bootstrap weights of the labelled pairs (warm-started from the last fit).
 
@@ -174,21 +190,24 @@ class RewardEnsemble:
             batch_size: pairs per minibatch.
             updates: if given, exactly this many minibatch updates (drawn with replacement) instead of epochs:
                 a fixed cost per reward update however many labels have been collected.
+            rows: if given, train only on these rows of ``pairs`` (each keeping its bootstrap counts), e.g. the
+                pairs a sample-selection rule trusts.
         """
         if not pairs:
             raise ValueError("no labelled pairs to learn a reward from")
-        new = len(pairs) - len(self.bootstrap)
-        if new > 0:
-            self.bootstrap = np.concatenate([self.bootstrap, self.rng.poisson(1.0, (new, self.members))]).astype(
-                np.float32
-            )
+        self.add_bootstrap(len(pairs))
+        weights = self.bootstrap[: len(pairs)]
+        if rows is not None:
+            pairs, weights = [pairs[i] for i in rows], weights[np.asarray(rows)]
+            if not pairs:
+                raise ValueError("rows selects no labelled pairs to learn a reward from")
         x_a, x_b = segment_features(pairs, self.use_actions)
         labels = np.array([p.label for p in pairs], np.float32)
         dataset = DictDataset(
             x_a=torch.from_numpy(x_a),
             x_b=torch.from_numpy(x_b),
             label=torch.from_numpy(labels),
-            weight=torch.from_numpy(self.bootstrap[: len(pairs)]),
+            weight=torch.from_numpy(weights),
         )
         generator = torch.Generator().manual_seed(int(self.rng.integers(2**62)))
         if updates is None:
@@ -198,7 +217,7 @@ class RewardEnsemble:
             sampler = RandomSampler(dataset, replacement=True, num_samples=updates * batch_size, generator=generator)
             max_epochs = 1
         loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler)
-        quick_trainer(max_epochs).fit(self.system, train_dataloaders=loader)
+        quick_trainer(max_epochs, self.trainer).fit(self.system, train_dataloaders=loader)
 
     @torch.inference_mode()
     def step_reward(self, observations: np.ndarray, actions: np.ndarray, pessimism: float = 0.0) -> np.ndarray:

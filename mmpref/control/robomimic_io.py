@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -106,60 +107,187 @@ def write_robomimic(
     return path
 
 
+_DEMO_NAME = re.compile(r"demo_(\d+)")
+_FIX = "re-write the file with mmpref.control.robomimic_io.write_robomimic (or fix it with h5py)"
+_DAMAGED = (OSError, KeyError, RuntimeError, TypeError, ValueError)  # what h5py raises for broken objects/links
+
+
 def _open(path: Path):  # noqa: ANN202
     import h5py
 
+    if path.is_dir():
+        raise DataError(path, ["is a folder, not an HDF5 file; pass the robomimic .hdf5 file itself"])
     if not path.is_file():
         raise DataError(path, ["file not found; check the path"])
     try:
         handle = h5py.File(path, "r")
-    except OSError as err:
-        raise DataError(path, [f"not a readable HDF5 file ({err}); re-write it with write_robomimic"]) from None
-    if "data" not in handle:
+    except _DAMAGED as err:
+        raise DataError(path, [f"not a readable HDF5 file ({err}); {_FIX}"]) from None
+    if not isinstance(handle.get("data"), h5py.Group):
         handle.close()
-        raise DataError(path, ["no 'data' group: not a robomimic dataset"])
+        raise DataError(path, ["no 'data' group: not a robomimic dataset (data/demo_<i>/obs, actions, rewards)"])
     return handle
 
 
+def _demo_names(path: Path, data) -> list[tuple[int, str]]:  # noqa: ANN001
+    """``(number, name)`` of every ``data/demo_<int>`` group in number order; anything else is a ``DataError``."""
+    import h5py
+
+    numbered, problems = {}, []
+    for name in data.keys():
+        match = _DEMO_NAME.fullmatch(name)
+        if match is None:
+            problems.append(f"data/{name}: not named demo_<int>; rename it (robomimic's layout) or remove it")
+        elif not isinstance(data.get(name), h5py.Group):
+            problems.append(f"data/{name}: not a group (need data/{name}/obs, actions, rewards); {_FIX}")
+        elif int(match.group(1)) in numbered:
+            problems.append(f"data/{name}: same number as data/{numbered[int(match.group(1))]}; rename one of them")
+        else:
+            numbered[int(match.group(1))] = name
+    if not numbered and not problems:
+        problems.append("the 'data' group holds no demos; write at least one data/demo_<i>")
+    if problems:
+        raise DataError(path, problems)
+    return sorted(numbered.items())
+
+
+def _array(group, field: str, where: str, ndim: tuple[int, ...], problems: list[str]) -> np.ndarray | None:  # noqa: ANN001
+    """``group[field]`` as float32 after checking it is a numeric dataset of ``ndim`` dims with finite values."""
+    import h5py
+
+    item = group.get(field)
+    if not isinstance(item, h5py.Dataset):
+        what = "missing" if item is None else "a group, not a dataset"
+        problems.append(f"{where}/{field}: {what}; {_FIX}")
+        return None
+    if item.dtype.kind not in "biuf":
+        problems.append(f"{where}/{field}: dtype {item.dtype} is not numeric; store numbers (float32)")
+        return None
+    if item.ndim not in ndim:
+        want = " or ".join(f"{n}-D" for n in ndim)
+        problems.append(f"{where}/{field}: shape {item.shape} is {item.ndim}-D, expected {want} ([T] steps first)")
+        return None
+    value = item[()].astype(np.float32)
+    if value.ndim == 2 and ndim == (1, 2):  # rewards stored as [T, 1]
+        if value.shape[1] != 1:
+            problems.append(f"{where}/{field}: shape {value.shape}; expected [T] or [T, 1]")
+            return None
+        value = value[:, 0]
+    bad = ~np.isfinite(value)
+    if bad.any():
+        step = int(np.argwhere(bad)[0][0])
+        problems.append(
+            f"{where}/{field}: {int(bad.sum())} NaN/inf value(s) (first at step {step}, or beyond float32's range); "
+            "clean or drop this demo"
+        )
+        return None
+    return value
+
+
+def _read_demo(demo, name: str, obs_key: str | None, problems: list[str]) -> Episode | None:  # noqa: ANN001
+    """One demo as an :class:`Episode`, or ``None`` with its problems (field and fix) appended."""
+    import h5py
+
+    where = f"data/{name}"
+    obs_group = demo.get("obs")
+    if not isinstance(obs_group, h5py.Group):
+        problems.append(f"{where}/obs: {'missing' if obs_group is None else 'not a group'}; {_FIX}")
+        return None
+    keys = list(obs_group.keys())
+    key = obs_key or (keys[0] if len(keys) == 1 else None)
+    if key is None or key not in obs_group:
+        problems.append(f"{where}/obs: choose obs_key among {keys}" if keys else f"{where}/obs: holds no observation")
+        return None
+    obs = _array(obs_group, key, f"{where}/obs", (2,), problems)
+    actions = _array(demo, "actions", where, (2,), problems)
+    rewards = _array(demo, "rewards", where, (1, 2), problems)
+    next_obs = None
+    if "next_obs" in demo:
+        next_group = demo.get("next_obs")
+        if isinstance(next_group, h5py.Group):
+            next_obs = _array(next_group, key, f"{where}/next_obs", (2,), problems)
+        else:
+            problems.append(f"{where}/next_obs: not a group; {_FIX}")
+            return None
+    if obs is None or actions is None or rewards is None or ("next_obs" in demo and next_obs is None):
+        return None
+    steps = len(actions)
+    if steps == 0:
+        problems.append(f"{where}/actions: the demo has 0 steps; drop it")
+        return None
+    lengths = {f"obs/{key}": len(obs), "rewards": len(rewards)}
+    if next_obs is not None:
+        lengths[f"next_obs/{key}"] = len(next_obs)
+        if next_obs.shape[1:] != obs.shape[1:]:
+            problems.append(f"{where}/next_obs/{key}: shape {next_obs.shape} does not match obs/{key} {obs.shape}")
+            return None
+    wrong = {field: n for field, n in lengths.items() if n != steps}
+    if wrong:
+        problems.append(
+            f"{where}: {steps} actions but "
+            + ", ".join(f"{n} {field}" for field, n in wrong.items())
+            + "; every per-step field needs one row per action (T)"
+        )
+        return None
+    try:
+        success = float(np.asarray(demo.attrs.get("success", 0.0)).reshape(-1)[0])
+    except (TypeError, ValueError, IndexError):
+        problems.append(f"{where}: attribute 'success' = {demo.attrs.get('success')!r} is not a number or bool")
+        return None
+    if next_obs is None:
+        next_obs = np.concatenate([obs[1:], obs[-1:]])
+    return Episode(obs, actions, rewards, next_obs, np.full(steps, success, np.float32), source=name)
+
+
 def read_robomimic(path: str | Path, obs_key: str | None = None, filter_key: str | None = None) -> list[Episode]:
-    """Read the episodes of a robomimic file (any writer), in demo-number order.
+    """Read the episodes of a robomimic file (any writer), in demo-number order, checking everything first.
+
+    Every demo must be a group named ``demo_<int>`` with numeric ``obs/<obs_key>`` ``[T, o]``, ``actions``
+    ``[T, a]`` and ``rewards`` ``[T]`` (and ``next_obs/<obs_key>`` ``[T, o]`` if present), all finite and of one
+    length ``T >= 1``.
 
     Args:
         path: the HDF5 file.
         obs_key: the low-dim observation to read (default: the only one, else an error listing them).
         filter_key: read only the demos listed in ``mask/<filter_key>``.
+
+    Raises:
+        DataError: naming the file and, for each bad demo (up to 20 listed), the field and the fix.
     """
     path = Path(path)
     with _open(path) as f:
-        demos = sorted(f["data"].keys(), key=lambda name: int(name.split("_")[-1]))
+        demos = _demo_names(path, f["data"])
         if filter_key is not None:
-            if f"mask/{filter_key}" not in f:
-                raise DataError(path, [f"no filter 'mask/{filter_key}'; available: {list(f.get('mask', {}))}"])
-            wanted = {n.decode() if isinstance(n, bytes) else n for n in f[f"mask/{filter_key}"][()]}
-            demos = [d for d in demos if d in wanted]
-        episodes = []
-        for name in demos:
-            demo = f["data"][name]
-            keys = list(demo["obs"].keys())
-            key = obs_key or (keys[0] if len(keys) == 1 else None)
-            if key is None or key not in demo["obs"]:
-                raise DataError(path, [f"{name}: choose obs_key among {keys}"])
+            demos = _filtered(path, f, filter_key, demos)
+        episodes, problems = [], []
+        for _, name in demos:
             try:
-                obs = demo["obs"][key][()]
-                next_obs = demo["next_obs"][key][()] if "next_obs" in demo else np.concatenate([obs[1:], obs[-1:]])
-                episodes.append(
-                    Episode(
-                        obs.astype(np.float32),
-                        demo["actions"][()].astype(np.float32),
-                        demo["rewards"][()].astype(np.float32),
-                        next_obs.astype(np.float32),
-                        np.full(len(obs), float(demo.attrs.get("success", 0.0)), np.float32),
-                        source=name,
-                    )
-                )
-            except (KeyError, OSError) as err:
-                raise DataError(path, [f"{name}: damaged or incomplete ({err})"]) from None
+                episode = _read_demo(f["data"][name], name, obs_key, problems)
+            except _DAMAGED as err:
+                problems.append(f"data/{name}: damaged or incomplete ({err.__class__.__name__}: {err}); {_FIX}")
+                continue
+            if episode is not None:
+                episodes.append(episode)
+    if problems:
+        raise DataError(path, problems)
     return episodes
+
+
+def _filtered(path: Path, f, filter_key: str, demos: list[tuple[int, str]]) -> list[tuple[int, str]]:  # noqa: ANN001
+    import h5py
+
+    mask = f.get(f"mask/{filter_key}") if isinstance(f.get("mask"), h5py.Group) else None
+    if not isinstance(mask, h5py.Dataset):
+        available = list(f["mask"].keys()) if isinstance(f.get("mask"), h5py.Group) else []
+        raise DataError(path, [f"no filter 'mask/{filter_key}'; available: {available}"])
+    try:
+        wanted = {n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(mask[()]).reshape(-1)}
+    except _DAMAGED as err:
+        raise DataError(path, [f"mask/{filter_key}: unreadable ({err}); store demo names as bytes"]) from None
+    unknown = sorted(wanted - {name for _, name in demos})
+    if unknown:
+        raise DataError(path, [f"mask/{filter_key} names demos that are not in data/: {unknown[:10]}; fix the mask"])
+    return [(n, name) for n, name in demos if name in wanted]
 
 
 def read_env_name(path: str | Path) -> str | None:
@@ -186,31 +314,78 @@ def resolve_env_name(path: str | Path, expected: str | None) -> str | None:
     return expected or recorded
 
 
-def read_preference_pairs(path: str | Path, obs_key: str | None = None) -> list[SegmentPair]:
-    """The segment pairs stored in ``preferences/``, rebuilt from the episodes they index."""
-    path = Path(path)
-    episodes = read_robomimic(path, obs_key)
-    with _open(path) as f:
-        if "preferences" not in f:
-            raise DataError(path, ["no 'preferences' group: this file holds no segment-pair labels"])
-        group = f["preferences"]
-        fields = {k: group[k][()] for k in ("demo_a", "start_a", "demo_b", "start_b", "length", "label")}
-        teacher = str(group.attrs.get("teacher", ""))
+_PAIR_FIELDS = ("demo_a", "start_a", "demo_b", "start_b", "length")
 
-    def segment(demo: int, start: int, length: int) -> Segment:
+
+def _preference_fields(path: Path, f) -> tuple[dict[str, np.ndarray], str]:  # noqa: ANN001
+    """The ``preferences/`` columns, checked: 1-D, one length, integer indices, finite labels in [0, 1]."""
+    import h5py
+
+    group = f.get("preferences")
+    if not isinstance(group, h5py.Group):
+        raise DataError(path, ["no 'preferences' group: this file holds no segment-pair labels"])
+    fields, problems = {}, []
+    for name in (*_PAIR_FIELDS, "label"):
+        item = group.get(name)
+        if not isinstance(item, h5py.Dataset) or item.ndim != 1:
+            what = "missing" if item is None else f"not a 1-D dataset ({getattr(item, 'shape', 'a group')})"
+            problems.append(f"preferences/{name}: {what}; {_FIX}")
+        elif item.dtype.kind not in ("iu" if name != "label" else "biuf"):
+            want = "integers" if name != "label" else "P(a > b) as float32"
+            problems.append(f"preferences/{name}: dtype {item.dtype}; store {want}")
+        else:
+            fields[name] = item[()]
+    if not problems and len({len(v) for v in fields.values()}) > 1:
+        sizes = {k: len(v) for k, v in fields.items()}
+        problems.append(f"preferences: columns of different lengths {sizes}; one entry per pair in each")
+    if not problems and len(fields["label"]) == 0:
+        problems.append("preferences: holds 0 pairs; label some segment pairs or leave the group out")
+    if problems:
+        raise DataError(path, problems)
+    return fields, str(group.attrs.get("teacher", ""))
+
+
+def read_preference_pairs(path: str | Path, obs_key: str | None = None) -> list[SegmentPair]:
+    """The segment pairs stored in ``preferences/``, rebuilt from the episodes they index.
+
+    ``demo_a``/``demo_b`` are demo numbers (``data/demo_<n>``); each segment ``[start, start + length)`` must lie
+    inside its demo, and ``label`` (P(a ≻ b)) must be finite and in [0, 1].
+
+    Raises:
+        DataError: naming the file, the pair (its index in ``preferences/``), the field and the fix.
+    """
+    path = Path(path)
+    episodes = {int(e.source.rsplit("_", 1)[1]): e for e in read_robomimic(path, obs_key)}
+    with _open(path) as f:
+        try:
+            fields, teacher = _preference_fields(path, f)
+        except _DAMAGED as err:
+            raise DataError(path, [f"preferences: damaged or incomplete ({err}); {_FIX}"]) from None
+    problems: list[str] = []
+
+    def segment(k: int, side: str) -> Segment | None:
+        demo, start, length = (int(fields[n][k]) for n in (f"demo_{side}", f"start_{side}", "length"))
+        where = f"preferences pair {k}: demo_{side}"
+        if demo not in episodes:
+            problems.append(f"{where} = {demo}, but data/demo_{demo} does not exist; fix the index or add the demo")
+            return None
         ep = episodes[demo]
-        end = start + length
-        if end > len(ep):
-            raise DataError(path, [f"preferences index demo_{demo}[{start}:{end}] beyond its {len(ep)} steps"])
+        if length < 1 or start < 0 or start + length > len(ep):
+            problems.append(
+                f"{where}: steps [{start}:{start + length}] (start_{side}, length) outside demo_{demo}'s "
+                f"{len(ep)} steps; need 0 <= start, length >= 1, start + length <= {len(ep)}"
+            )
+            return None
         return episode_segment(ep, start, length, f"demo_{demo}:{start}")
 
-    return [
-        SegmentPair(
-            id=f"pair{k}",
-            a=segment(int(fields["demo_a"][k]), int(fields["start_a"][k]), int(fields["length"][k])),
-            b=segment(int(fields["demo_b"][k]), int(fields["start_b"][k]), int(fields["length"][k])),
-            label=float(fields["label"][k]),
-            teacher=teacher,
-        )
-        for k in range(len(fields["label"]))
-    ]
+    pairs = []
+    for k in range(len(fields["label"])):
+        label = float(fields["label"][k])
+        a, b = segment(k, "a"), segment(k, "b")
+        if not (0.0 <= label <= 1.0):  # also catches NaN
+            problems.append(f"preferences pair {k}: label = {label}; P(a > b) must be in [0, 1] (0.5 = tie)")
+        elif a is not None and b is not None:
+            pairs.append(SegmentPair(id=f"pair{k}", a=a, b=b, label=label, teacher=teacher))
+    if problems:
+        raise DataError(path, problems)
+    return pairs

@@ -27,14 +27,18 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mmpref.data.media import MediaError, check_image, resolve_media_path
+from mmpref.data.media import check_media as _check_media_file
 from mmpref.data.records import PreferenceList, PreferencePair, Rating, RecordError
+from mmpref.errors import MmprefError
 
 Record = PreferencePair | PreferenceList | Rating
 TiePolicy = Literal["keep", "drop"]
 _MAX_LISTED = 20
+_ADD_RECORDS = '; add one JSON object per line, e.g. {"type": "pair", "a": "1.png", "b": "2.png", "label": 1}'
 
 
-class DataError(ValueError):
+class DataError(MmprefError):
     """Bad input data: the message names the file, the rows, the fields and how to fix them."""
 
     def __init__(self, path: str | Path, problems: Sequence[str]):
@@ -92,83 +96,146 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def check_image(data: bytes | Path) -> str | None:
-    """Return ``None`` if ``data`` (bytes or a path) decodes as an image, else the reason it does not."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
-            image.load()  # verify() misses truncated files; a full decode does not
-    except FileNotFoundError:
-        return "missing (file not found)"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        return f"not a readable image ({err.__class__.__name__}: {err})"
-    return None
+MediaRoot = str | Path | Sequence[str | Path] | None
 
 
-_MEDIA_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+def _roots(media_root: MediaRoot, default: Path) -> list[Path]:
+    """The folders media may resolve into: ``media_root`` (one or several) if given, else ``default``."""
+    if media_root is None:
+        return [default]
+    if isinstance(media_root, (str, Path)):
+        return [Path(media_root)]
+    return [Path(r) for r in media_root]
 
 
-def _resolve_item(value: Any, root: Path, where: str, field: str, problems: list[str], check_media: bool) -> Any:
-    """Turn a manifest item into a record item: paths resolved against ``root`` and checked."""
+class _MediaChecker:
+    """Resolves and checks media paths for one file being read; each distinct file is checked once."""
+
+    def __init__(self, base: Path, roots: list[Path], check: bool, images_only: bool = False):
+        self.base, self.roots, self.check, self.images_only = base, roots, check, images_only
+        self.seen: dict[Path, str | None] = {}
+
+    def __call__(self, value: str, where: str, problems: list[str]) -> str:
+        """The resolved path (as text); a problem (containment, missing, not media) is appended to ``problems``."""
+        try:
+            path = resolve_media_path(value, self.base, self.roots)
+        except MediaError as err:
+            problems.append(f"{where} = {value!r}: {err.reason}")
+            return value
+        if path not in self.seen:
+            self.seen[path] = self._problem(path)
+        if self.seen[path]:
+            problems.append(f"{where}: file {str(path)!r} is {self.seen[path]}")
+        return str(path)
+
+    def _problem(self, path: Path) -> str | None:
+        try:
+            exists = path.exists()
+        except OSError as err:  # e.g. a name longer than the file system allows
+            return f"an unusable path ({err.strerror or err}); fix the path"
+        if not exists:
+            return f"missing (file not found); fix the path (relative paths resolve against {str(self.base)!r})"
+        if not self.check:
+            return None
+        try:
+            kind = _check_media_file(path).kind
+        except MediaError as err:
+            return err.reason
+        if self.images_only and kind != "image":
+            return f"a {kind}, not an image; this column holds images"
+        return None
+
+
+def _resolve_item(value: Any, where: str, field: str, problems: list[str], media: _MediaChecker) -> Any:
+    """Turn a manifest item into a record item: an inline feature vector, or a media path resolved and checked."""
     if isinstance(value, list):  # an inline feature vector
-        array = np.asarray(value, dtype=np.float32)
-        if not np.isfinite(array).all():
-            problems.append(f"{where}: field '{field}' holds NaN or inf features; clean them or drop the row")
+        try:
+            array = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError):
+            problems.append(f"{where}: field '{field}' must be a path or a flat list of numbers")
+            return value
+        if array.ndim != 1 or not np.isfinite(array).all():
+            problems.append(
+                f"{where}: field '{field}' must be a flat list of finite numbers (no NaN, inf or nesting); "
+                "clean it or drop the row"
+            )
         return array
     if not isinstance(value, str) or not value:
         problems.append(f"{where}: field '{field}' must be a path or a list of numbers, got {value!r}")
         return value
-    path = Path(value) if os.path.isabs(value) else root / value
-    if not path.exists():
-        problems.append(
-            f"{where}: field '{field}': file {str(path)!r} not found; fix the path (relative paths "
-            f"resolve against {str(root)!r})"
-        )
-    elif check_media and path.suffix.lower() in _MEDIA_SUFFIXES:
-        reason = check_image(path)
-        if reason:
-            problems.append(f"{where}: field '{field}': {str(path)!r} is {reason}; replace or remove the file")
-    return str(path)
+    return media(value, f"{where}: field '{field}'", problems)
 
 
-def _record_from_json(obj: dict[str, Any], root: Path, where: str, problems: list[str], check_media: bool) -> Record:
+def _number(obj: dict[str, Any], key: str) -> Any:
+    """A JSON number field (``true``/``false`` and strings are refused: they are not numbers)."""
+    value = obj[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RecordError(f"field '{key}' must be a number, got {value!r}")
+    return value
+
+
+def _numbers(obj: dict[str, Any], key: str, length: int | None = None) -> tuple[float, ...]:
+    value = obj[key]
+    if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+        raise RecordError(f"field '{key}' must be a list of numbers, got {value!r}")
+    if length is not None and len(value) != length:
+        raise RecordError(f"field '{key}' must hold {length} numbers, got {len(value)}")
+    return tuple(value)
+
+
+def _record_from_json(obj: dict[str, Any], where: str, problems: list[str], media: _MediaChecker) -> Record:
     kind = obj.get("type") or (
         "pair" if "a" in obj else "list" if "items" in obj else "rating" if "item" in obj else None
     )
+    for key in ("prompt", "user_id"):
+        if obj.get(key) is not None and not isinstance(obj[key], str):
+            raise RecordError(f"field '{key}' must be a string, got {obj[key]!r}")
     common = {k: obj[k] for k in ("prompt", "user_id") if obj.get(k) is not None}
+    if "id" in obj and (isinstance(obj["id"], bool) or not isinstance(obj["id"], (str, int))):
+        raise RecordError(f"field 'id' must be a string (or an integer), got {obj['id']!r}")
     common["id"] = str(obj["id"]) if "id" in obj else ""
     meta = obj.get("meta", {})
+    if not isinstance(meta, dict):
+        raise RecordError(f"field 'meta' must be an object, got {meta!r}")
     if kind == "pair":
         for key in ("a", "b", "label"):
             if key not in obj:
                 raise RecordError(f"field '{key}' is missing; a pair needs 'a', 'b' and 'label' (P(a preferred))")
-        a = _resolve_item(obj["a"], root, where, "a", problems, check_media)
-        b = _resolve_item(obj["b"], root, where, "b", problems, check_media)
-        return PreferencePair(a=a, b=b, label=obj["label"], meta=meta, **common)
+        label = _number(obj, "label")
+        a = _resolve_item(obj["a"], where, "a", problems, media)
+        b = _resolve_item(obj["b"], where, "b", problems, media)
+        return PreferencePair(a=a, b=b, label=label, meta=meta, **common)
     if kind == "list":
         if "items" not in obj or "scores" not in obj:
             raise RecordError("a list needs fields 'items' and 'scores' (higher = better)")
-        items = tuple(
-            _resolve_item(v, root, where, f"items[{i}]", problems, check_media) for i, v in enumerate(obj["items"])
-        )
-        return PreferenceList(items=items, scores=tuple(obj["scores"]), meta=meta, **common)
+        if not isinstance(obj["items"], list):
+            raise RecordError(f"field 'items' must be a list of paths or feature vectors, got {obj['items']!r}")
+        scores = _numbers(obj, "scores")
+        items = tuple(_resolve_item(v, where, f"items[{i}]", problems, media) for i, v in enumerate(obj["items"]))
+        return PreferenceList(items=items, scores=scores, meta=meta, **common)
     if kind == "rating":
         for key in ("item", "rating"):
             if key not in obj:
                 raise RecordError(f"field '{key}' is missing; a rating needs 'item' and 'rating'")
-        item = _resolve_item(obj["item"], root, where, "item", problems, check_media)
-        scale = tuple(obj.get("scale", (1.0, 5.0)))
-        return Rating(item=item, rating=obj["rating"], scale=scale, meta=meta, **common)  # type: ignore[arg-type]
+        rating = _number(obj, "rating")
+        scale = _numbers(obj, "scale", 2) if "scale" in obj else (1.0, 5.0)
+        item = _resolve_item(obj["item"], where, "item", problems, media)
+        return Rating(item=item, rating=rating, scale=scale, meta=meta, **common)  # type: ignore[arg-type]
     raise RecordError(f"field 'type' = {obj.get('type')!r} is not one of 'pair', 'list', 'rating'")
 
 
-def read_jsonl_manifest(path: str | Path, *, check_media: bool = True) -> list[Record]:
+def read_jsonl_manifest(path: str | Path, *, check_media: bool = True, media_root: MediaRoot = None) -> list[Record]:
     """Read a JSONL manifest of pairs, lists and ratings.
 
+    Media paths resolve against the manifest's folder (unless absolute) and, after following symlinks, must lie
+    inside the media root: the manifest's folder, or ``media_root``.
+
     Args:
-        path: the manifest file, one JSON object per line (blank lines and lines starting with ``#`` are skipped).
-        check_media: also decode every referenced image, so an unreadable one is reported now, not mid-training.
+        path: the manifest file, UTF-8, one JSON object per line (blank lines and lines starting with ``#`` are
+            skipped).
+        check_media: also decode every referenced image and probe every video (:func:`mmpref.data.media.check_media`),
+            so an unreadable or non-media file is reported now, not mid-training.
+        media_root: the folder (or folders) media may live in; default: the manifest's folder.
 
     Returns:
         The records in file order.
@@ -179,36 +246,52 @@ def read_jsonl_manifest(path: str | Path, *, check_media: bool = True) -> list[R
     path = Path(path)
     if not path.is_file():
         raise DataError(path, ["file not found; check the path (it is read relative to the current folder)"])
-    root = path.parent
+    media = _MediaChecker(path.parent, _roots(media_root, path.parent), check_media)
     records: list[Record] = []
     problems: list[str] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            where = f"line {line_no}"
-            try:
-                obj = json.loads(line, parse_constant=lambda c: float(c))  # NaN/Infinity reach the checks below
-            except json.JSONDecodeError as err:
-                problems.append(f"{where}: not valid JSON ({err.msg} at column {err.colno}); one object per line")
-                continue
-            if not isinstance(obj, dict):
-                problems.append(f"{where}: expected a JSON object, got {type(obj).__name__}")
-                continue
-            try:
-                record = _record_from_json(obj, root, where, problems, check_media)
-            except RecordError as err:
-                problems.append(f"{where}: {err}")
-                continue
-            if record.id in seen:
-                problems.append(
-                    f"{where}: duplicate id {record.id!r} (first on line {seen[record.id]}); ids must be unique"
-                )
-            seen.setdefault(record.id, line_no)
-            records.append(record)
+    try:
+        raw_lines = path.read_bytes().splitlines()
+    except OSError as err:
+        raise DataError(path, [f"cannot be read ({err.strerror or err}); check its permissions"]) from None
+    for line_no, raw in enumerate(raw_lines, start=1):
+        where = f"line {line_no}"
+        try:
+            line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+        except UnicodeDecodeError as err:
+            problems.append(
+                f"{where}: not UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1}); save as UTF-8"
+            )
+            continue
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            obj = json.loads(line, parse_constant=lambda c: float(c))  # NaN/Infinity reach the checks below
+        except json.JSONDecodeError as err:
+            problems.append(f"{where}: not valid JSON ({err.msg} at column {err.colno}); one object per line")
+            continue
+        except RecursionError:
+            problems.append(f"{where}: JSON nested too deeply; one flat object per line")
+            continue
+        if not isinstance(obj, dict):
+            problems.append(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            continue
+        try:
+            record = _record_from_json(obj, where, problems, media)
+        except RecordError as err:
+            problems.append(f"{where}: {err}")
+            continue
+        if record.id in seen:
+            problems.append(
+                f"{where}: duplicate id {record.id!r} (first on line {seen[record.id]}); ids must be unique"
+            )
+        seen.setdefault(record.id, line_no)
+        records.append(record)
     if problems:
         raise DataError(path, problems)
+    if not records:
+        what = "holds no records (only blank or '#' lines)" if raw_lines else "the file is empty"
+        raise DataError(path, [what + _ADD_RECORDS])
     return records
 
 
@@ -280,11 +363,13 @@ def _read_table(path: Path, required: Sequence[str], kind: str, parquet_only: bo
 
     if not path.is_file():
         raise DataError(path, ["file not found; check the path"])
+    formats = "Parquet" if parquet_only else "CSV or Parquet"
+    if path.stat().st_size == 0:
+        raise DataError(path, [f"the file is empty (0 bytes); {kind} needs a {formats} table with {list(required)}"])
     try:
         csv = not parquet_only and path.suffix.lower() == ".csv"
         frame = pd.read_csv(path) if csv else pd.read_parquet(path)
     except Exception as err:  # pandas/pyarrow raise several types for a corrupt file
-        formats = "Parquet" if parquet_only else "CSV or Parquet"
         raise DataError(path, [f"not a readable {formats} file ({err.__class__.__name__}: {err})"]) from None
     missing = [c for c in required if c not in frame.columns]
     if missing:
@@ -295,6 +380,8 @@ def _read_table(path: Path, required: Sequence[str], kind: str, parquet_only: bo
                 f"{list(required)} (rename columns to match)"
             ],
         )
+    if len(frame) == 0:
+        raise DataError(path, [f"the table has its columns but no rows; {kind} needs at least one row"])
     return frame
 
 
@@ -307,6 +394,7 @@ def read_pickapic_parquet(
     ties: TiePolicy,
     check_images: bool = True,
     image_root: str | Path | None = None,
+    media_root: MediaRoot = None,
 ) -> list[PreferencePair]:
     """Read Pick-a-Pic-style preference pairs from Parquet.
 
@@ -320,6 +408,7 @@ def read_pickapic_parquet(
             Diffusion-DPO recipe drops them).
         check_images: decode every image now, so a broken one is reported with its row.
         image_root: folder that relative image paths resolve against (default: the Parquet file's folder).
+        media_root: folder(s) image paths must resolve into, after symlinks (default: ``image_root``).
 
     Returns:
         The pairs, with ``a`` = jpg_0, ``b`` = jpg_1 and ``label`` = label_0.
@@ -332,6 +421,7 @@ def read_pickapic_parquet(
     path = Path(path)
     frame = _read_table(path, PICKAPIC_REQUIRED, "a Pick-a-Pic-style file", parquet_only=True)
     root = Path(image_root) if image_root is not None else path.parent
+    media = _MediaChecker(root, _roots(media_root, root), check_images, images_only=True)
     id_column = next((c for c in ("ranking_id", "id") if c in frame.columns), None)
     problems: list[str] = []
     pairs: list[PreferencePair] = []
@@ -348,7 +438,14 @@ def read_pickapic_parquet(
             and values["label_1"] is not None
             and not (isinstance(values["label_1"], float) and math.isnan(values["label_1"]))
         ):
-            if abs(float(values["label_1"]) - (1.0 - float(label))) > 1e-6:
+            try:
+                mismatch = abs(float(values["label_1"]) - (1.0 - float(label))) > 1e-6
+            except (TypeError, ValueError):
+                problems.append(
+                    f"{where}: 'label_0' and 'label_1' must be numbers, got {label!r}, {values['label_1']!r}"
+                )
+                continue
+            if mismatch:
                 problems.append(
                     f"{where}: 'label_1' = {values['label_1']} is not 1 − label_0 = {1 - float(label)}; "
                     "fix one of them"
@@ -363,11 +460,7 @@ def read_pickapic_parquet(
                 if reason:
                     problems.append(f"{where}: column '{column}' is {reason}; re-encode or drop the row")
             elif isinstance(value, str) and value:
-                full = Path(value) if os.path.isabs(value) else root / value
-                reason = check_image(full) if check_images else (None if full.exists() else "missing (file not found)")
-                if reason:
-                    problems.append(f"{where}: column '{column}': {str(full)!r} is {reason}; fix the path or file")
-                value = str(full)
+                value = media(value, f"{where}: column '{column}'", problems)
             else:
                 problems.append(
                     f"{where}: column '{column}' must hold image bytes or a path, got {type(value).__name__}"
@@ -382,13 +475,16 @@ def read_pickapic_parquet(
             continue
         seen[record_id] = row_index
         user = values.get("user_id")
+        caption = values["caption"]
         try:
             pair = PreferencePair(
                 id=record_id,
                 a=items[0],
                 b=items[1],
                 label=label,
-                prompt=str(values["caption"]),
+                prompt=None
+                if caption is None or (isinstance(caption, float) and math.isnan(caption))
+                else str(caption),
                 user_id=None if user is None or (isinstance(user, float) and math.isnan(user)) else str(user),
             )
         except RecordError as err:
@@ -399,6 +495,8 @@ def read_pickapic_parquet(
         pairs.append(pair)
     if problems:
         raise DataError(path, problems)
+    if not pairs:
+        raise DataError(path, [f"all {len(frame)} row(s) are ties (label_0 = 0.5) and ties='drop'; nothing is left"])
     return pairs
 
 
@@ -441,6 +539,7 @@ def read_ratings_table(
     scale: tuple[float, float] = (1.0, 5.0),
     check_images: bool = True,
     image_root: str | Path | None = None,
+    media_root: MediaRoot = None,
 ) -> list[Rating]:
     """Read a ratings table (CSV or Parquet) with columns ``image``, ``user``, ``rating`` [, ``prompt``, ``id``].
 
@@ -449,6 +548,7 @@ def read_ratings_table(
         scale: (low, high) of the rating scale; ratings outside it are errors, not clipped.
         check_images: decode every referenced image now.
         image_root: folder relative image paths resolve against (default: the table's folder).
+        media_root: folder(s) image paths must resolve into, after symlinks (default: ``image_root``).
 
     Returns:
         One :class:`Rating` per row, with ``user_id`` set.
@@ -459,6 +559,7 @@ def read_ratings_table(
     path = Path(path)
     frame = _read_table(path, RATINGS_REQUIRED, "a ratings table")
     root = Path(image_root) if image_root is not None else path.parent
+    media = _MediaChecker(root, _roots(media_root, root), check_images, images_only=True)
     problems: list[str] = []
     ratings: list[Rating] = []
     seen: dict[str, int] = {}
@@ -468,15 +569,16 @@ def read_ratings_table(
         if not isinstance(image, str) or not image:
             problems.append(f"{where}: column 'image' must be a path, got {image!r}")
             continue
-        full = Path(image) if os.path.isabs(image) else root / image
-        reason = check_image(full) if check_images else (None if full.exists() else "missing (file not found)")
-        if reason:
-            problems.append(f"{where}: column 'image': {str(full)!r} is {reason}; fix the path or file")
+        full = media(image, f"{where}: column 'image'", problems)
         record_id = str(row["id"]) if "id" in row and row["id"] is not None else f"row{row_index}"
         if record_id in seen:
             problems.append(f"{where}: duplicate id {record_id!r} (first at row {seen[record_id]})")
             continue
         seen[record_id] = row_index
+        user = row["user"]
+        if user is None or (isinstance(user, float) and math.isnan(user)) or user == "":
+            problems.append(f"{where}: column 'user' is empty; every rating needs the id of the user who gave it")
+            continue
         prompt = row.get("prompt")
         try:
             ratings.append(

@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from mmpref.errors import MmprefError
+
 Item = str | bytes | np.ndarray
 
 
-class RecordError(ValueError):
+class RecordError(MmprefError):
     """A record that breaks a rule: the message names the field, the bad value and the fix."""
 
 

@@ -2,7 +2,9 @@
 
 Security model: every API call and every media request needs an annotator token (``Authorization: Bearer`` or the
 HttpOnly cookie set by ``/api/login``); an annotator sees and writes only their own labels; files are served only
-by integer media id from the store's registered paths, never by a path from the request; request targets with
+by integer media id from the store's registered paths, never by a path from the request, and only when the file
+passed the store's media check (an image or a video, see :mod:`mmpref.data.media`) and still has the checked
+type at its checked, symlink-free path (ids that fit no SQL integer are 404); request targets with
 ``..``, backslashes or absolute-path tricks are refused before routing; request bodies over ``max_body_bytes`` are
 refused (413) whether or not they announce their length.
 """
@@ -10,13 +12,15 @@ refused (413) whether or not they announce their length.
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from mmpref.feedback.store import LabelStore, StoreError, Task
+from mmpref.data.media import sniff_mime
+from mmpref.feedback.store import MAX_ID, LabelStore, StoreError, Task
 
 COOKIE = "mmpref_token"
 
@@ -30,7 +34,7 @@ class LoginBody(BaseModel):
 class LabelBody(BaseModel):
     """``POST /api/labels``: one answer to one task, with a client-made id that makes retries safe."""
 
-    task_id: int = Field(ge=1)
+    task_id: int = Field(ge=1, le=MAX_ID)
     label_uuid: str = Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     answer: dict[str, Any]
     response_ms: float | None = Field(default=None, ge=0, lt=1e9)
@@ -153,10 +157,20 @@ def create_app(store: LabelStore, max_body_bytes: int = 64 * 1024) -> FastAPI:
 
     @app.get("/media/{media_id}")
     def media_file(media_id: int, who: tuple[int, str] = Depends(annotator)) -> FileResponse:
-        path = store.media_path(media_id)
-        if path is None or not path.is_file():
+        row = store.media_row(media_id)  # None for an unknown id, or one no SQL integer holds
+        if row is None or row.mime is None:  # unknown, or registered by an older store and failing the check
             raise HTTPException(status_code=404, detail="no such media")
-        return FileResponse(path)
+        path = Path(row.path)
+        try:  # still the file that passed the check: no symlink put in its way, a regular file, the same type
+            same = path.resolve() == path and path.is_file()
+            if same:
+                with open(path, "rb") as handle:
+                    same = sniff_mime(handle.read(64)) == row.mime
+        except (OSError, RuntimeError):
+            same = False
+        if not same:
+            raise HTTPException(status_code=404, detail="media changed since it was registered; re-import it")
+        return FileResponse(path, media_type=row.mime)
 
     app.add_middleware(_GuardMiddleware, max_body_bytes=max_body_bytes)
     return app

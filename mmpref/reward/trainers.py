@@ -1,12 +1,62 @@
-"""Small, quiet CPU trainers for demos, tests and benchmarks (real runs use ``mmpref fit`` and its recipes)."""
+"""The Trainer settings every mmpref job's recipe carries, and small quiet trainers built from them.
+
+``mmpref fit`` configures its Trainer through LightningCLI; mmpref's own jobs (PbRL and PEARL reward updates, BC,
+CPL, peeling, Diffusion-DPO, the demo) train through :func:`quick_trainer`, which takes a :class:`TrainerSettings`
+(a recipe's ``trainer:`` group, ``--trainer.accelerator cpu`` on the command line).
+"""
 
 from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
+
+
+@dataclass
+class TrainerSettings:
+    """Where and how a job's Lightning training runs (the Trainer arguments of the same names).
+
+    Args:
+        accelerator: ``"auto"`` (a GPU when there is one, else the CPU), ``"cpu"``, ``"gpu"``/``"cuda"``, ``"mps"``.
+        devices: devices per fit; 1 by default because mmpref's own jobs fit many small models in a loop, where
+            several devices would cost a process launch each time.
+        precision: Lightning's precision, e.g. ``"32-true"`` (the default: float32, CPU-runnable), ``"bf16-mixed"``.
+        strategy: Lightning's strategy (``"auto"``; e.g. ``"ddp"`` with several devices).
+        logger: keep Lightning's default logger (metrics under ``root_dir``/lightning_logs); off by default.
+        root_dir: the Trainer's ``default_root_dir`` (None: the working directory).
+        quiet: no progress bar, model summary nor Lightning's banner lines.
+    """
+
+    accelerator: str = "auto"
+    devices: int | str = 1
+    precision: str = "32-true"
+    strategy: str = "auto"
+    logger: bool = False
+    root_dir: str | None = None
+    quiet: bool = True
+
+    @classmethod
+    def of(cls, value: TrainerSettings | dict[str, Any] | None) -> TrainerSettings:
+        """Settings from a mapping (a recipe read without jsonargparse, a checkpoint's JSON); None: the defaults."""
+        if value is None:
+            return cls()
+        return value if isinstance(value, cls) else cls(**value)
+
+    def trainer_kwargs(self) -> dict[str, Any]:
+        """The ``lightning.Trainer`` arguments these settings stand for."""
+        return {
+            "accelerator": self.accelerator,
+            "devices": self.devices,
+            "precision": self.precision,
+            "strategy": self.strategy,
+            "logger": self.logger,
+            "default_root_dir": self.root_dir,
+            "enable_progress_bar": not self.quiet,
+            "enable_model_summary": not self.quiet,
+        }
 
 
 def quiet_lightning() -> None:
@@ -17,14 +67,13 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
-def quick_trainer(max_epochs: int, **overrides: Any) -> L.Trainer:
-    """A CPU ``Trainer`` with no logger, checkpoints, progress bar or model summary; ``overrides`` win."""
-    settings: dict[str, Any] = {
-        "max_epochs": max_epochs,
-        "accelerator": "cpu",
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-    }
-    return L.Trainer(**(settings | overrides))
+def quick_trainer(max_epochs: int, settings: TrainerSettings | None = None, **overrides: Any) -> L.Trainer:
+    """A ``Trainer`` on ``settings`` (default :class:`TrainerSettings`: auto accelerator, quiet), no checkpoints.
+
+    ``overrides`` (any Trainer argument) win over the settings.
+    """
+    settings = settings or TrainerSettings()
+    if settings.quiet:
+        quiet_lightning()
+    kwargs = settings.trainer_kwargs() | {"max_epochs": max_epochs, "enable_checkpointing": False}
+    return L.Trainer(**(kwargs | overrides))

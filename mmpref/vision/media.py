@@ -1,8 +1,9 @@
 """Reading images and videos robustly: one clear error per unreadable file, bounded memory for huge inputs.
 
 Images: anything Pillow decodes (PNG, JPEG, WebP, GIF first frame, ...), from a path or from bytes; greyscale,
-palette and alpha images become RGB. Very large images are reduced while decoding (JPEG draft mode) or right after,
-so a 10,000 px photo costs one decode, not an encoder pass at full size.
+palette and alpha images become RGB. The pixel limit and the bounded decoding live in :mod:`mmpref.data.media`
+(one limit for every reader: ``MMPREF_MAX_PIXELS``, 200 M pixels by default); a 10,000 px photo costs one decode at
+a reduced scale, not an RGB copy at full size.
 
 Videos: MP4/WebM/AVI/MOV (through imageio's ffmpeg plugin), animated GIF, or a folder of frames (sorted by name).
 Frames are sampled evenly down to ``max_frames``.
@@ -10,27 +11,24 @@ Frames are sampled evenly down to ``max_frames``.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+from mmpref.data.media import (  # noqa: F401  (MediaError and max_pixels are part of this module's API)
+    DEFAULT_MAX_PIXELS,
+    MediaError,
+    decode_image,
+    max_pixels,
+    open_image,
+    probe_video,
+)
 from mmpref.data.video import save_video  # noqa: F401  (writing lives in data: control uses it too)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".webm", ".avi", ".mov", ".mkv", ".gif"})
-# Pillow refuses images above ~179 M pixels as decompression bombs; a 10,000 × 10,000 photo (100 M) is legitimate
-# input here, so the limit is raised to 400 M pixels (about 1.2 GB decoded) and images are shrunk right away.
-MAX_PIXELS = 400_000_000
-
-
-class MediaError(ValueError):
-    """An image or video that cannot be read: the message names the file and what to do."""
-
-
-def _name(source: str | Path | bytes) -> str:
-    return "<bytes>" if isinstance(source, bytes) else str(source)
+MAX_PIXELS = DEFAULT_MAX_PIXELS  # the default; the limit in force is max_pixels() (MMPREF_MAX_PIXELS)
 
 
 def load_image(source: str | Path | bytes, max_side: int | None = 1024) -> Image.Image:
@@ -41,40 +39,20 @@ def load_image(source: str | Path | bytes, max_side: int | None = 1024) -> Image
         max_side: shrink (keeping the aspect ratio) so that the longer side is at most this; ``None`` keeps it.
 
     Raises:
-        MediaError: the file is missing, not an image, truncated, or beyond ``MAX_PIXELS``.
+        MediaError: the file is missing, not an image, truncated, or beyond the pixel limit (the message says the
+            limit and how to raise it).
     """
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-    name = _name(source)
-    try:
-        handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
-    except FileNotFoundError:
-        raise MediaError(f"{name}: file not found; check the path") from None
-    except IsADirectoryError:
-        raise MediaError(f"{name}: is a folder, not an image") from None
-    try:
-        with handle, Image.open(handle) as image:
-            if max_side is not None and image.format == "JPEG":
-                image.draft("RGB", (max_side, max_side))  # decode at a reduced scale: fast and small
-            image = ImageOps.exif_transpose(image)
-            image.load()
-            rgb = image.convert("RGB")
-    except Image.DecompressionBombError as err:
-        raise MediaError(f"{name}: larger than {MAX_PIXELS:,} pixels ({err}); downscale it first") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise MediaError(
-            f"{name}: not a readable image ({err.__class__.__name__}: {err}); re-encode or remove it"
-        ) from None
-    if rgb.width < 1 or rgb.height < 1:
-        raise MediaError(f"{name}: image has no pixels")
-    if max_side is not None and max(rgb.size) > max_side:
-        rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-    return rgb
+    return decode_image(source, max_side)
 
 
 def is_video(path: str | Path) -> bool:
     """Whether a path is a video: a video file suffix, or a folder holding image frames."""
     path = Path(path)
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError:  # an unusable path: not a video; the image reader says what is wrong with it
+        return False
+    if is_dir:
         return any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())
     return path.suffix.lower() in VIDEO_SUFFIXES
 
@@ -92,32 +70,67 @@ def load_video(path: str | Path, max_frames: int = 16, max_side: int | None = 25
         MediaError: missing, unreadable or empty.
     """
     path = Path(path)
-    if not path.exists():
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as err:  # e.g. a name longer than the file system allows
+        raise MediaError(f"{path}: an unusable path ({err.strerror or err}); fix the path") from None
+    if not exists:
         raise MediaError(f"{path}: file not found; check the path")
-    if path.is_dir():
+    if is_dir:
         frames = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not frames:
             raise MediaError(f"{path}: folder holds no image frames ({', '.join(sorted(IMAGE_SUFFIXES))})")
         return [load_image(frames[i], max_side) for i in _even_indices(len(frames), max_frames)]
+    if path.suffix.lower() == ".gif":
+        return _gif_frames(path, max_frames, max_side)
+    probe_video(path, decode=False)  # box structure and frame size against the pixel limit, before decoding
     try:
-        import imageio.v3 as iio
+        import imageio.v2 as imageio
 
-        array = iio.imread(path, index=None)  # [T, H, W, C] (a GIF, or a video through ffmpeg)
+        reader = imageio.get_reader(path, format="FFMPEG")
     except Exception as err:  # imageio raises plugin-specific errors
         raise MediaError(
             f"{path}: not a readable video ({err.__class__.__name__}: {err}); re-encode it as MP4 "
             "(H.264) or GIF, or give a folder of frames"
         ) from None
-    array = np.asarray(array)
-    if array.ndim == 3:  # a single frame (or a greyscale stack read as one image)
-        array = array[None]
-    if array.ndim != 4 or array.shape[0] == 0:
-        raise MediaError(f"{path}: decoded to shape {array.shape}, expected frames [T, H, W, C]")
     frames = []
-    for i in _even_indices(array.shape[0], max_frames):
-        frame = Image.fromarray(np.ascontiguousarray(array[i, ..., :3] if array.shape[-1] >= 3 else array[i, ..., 0]))
-        frame = frame.convert("RGB")
-        if max_side is not None and max(frame.size) > max_side:
-            frame.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-        frames.append(frame)
+    try:
+        count = reader.count_frames()
+        wanted = set(_even_indices(count, max_frames))
+        for index, array in enumerate(reader):  # one frame in memory at a time, not the whole clip
+            if index in wanted:
+                frames.append(_frame_image(np.asarray(array), max_side))
+            if len(frames) == len(wanted):
+                break
+    except Exception as err:
+        raise MediaError(
+            f"{path}: frames could not be decoded ({err.__class__.__name__}: {err}); re-encode it"
+        ) from None
+    finally:
+        reader.close()
+    if not frames:
+        raise MediaError(f"{path}: the video holds no frames; re-export it")
+    return frames
+
+
+def _frame_image(array: np.ndarray, max_side: int | None) -> Image.Image:
+    frame = Image.fromarray(np.ascontiguousarray(array[..., :3] if array.ndim == 3 else array)).convert("RGB")
+    if max_side is not None and max(frame.size) > max_side:
+        frame.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    return frame
+
+
+def _gif_frames(path: Path, max_frames: int, max_side: int | None) -> list[Image.Image]:
+    """Frames of an animated GIF, decoded one at a time (the pixel limit applies to the frame size)."""
+    frames = []
+    with open_image(path) as image:
+        try:
+            for index in _even_indices(getattr(image, "n_frames", 1), max_frames):
+                image.seek(index)
+                frame = image.convert("RGB")
+                if max_side is not None and max(frame.size) > max_side:
+                    frame.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+                frames.append(frame)
+        except Exception as err:  # a truncated or corrupt frame
+            raise MediaError(f"{path}: not a readable GIF ({err.__class__.__name__}: {err}); re-encode it") from None
     return frames

@@ -55,7 +55,9 @@ def test_demo_writes_metrics_and_plot(tmp_path, monkeypatch):
     # a relative output folder, as in the README's `mmpref demo` (default runs/demo): the labels manifest it writes
     # must resolve its image paths against its own folder
     monkeypatch.chdir(tmp_path.parent)
-    assert main(["demo", "--out", tmp_path.name, "--epochs", "2"]) == 0
+    # the diffusion and control parts have their own tests (tests/vision/diffusion, tests/control), on tiny settings
+    for job in ("reward", "taste"):
+        assert main(["demo", "--job", job, "--out", tmp_path.name, "--epochs", "2"]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert [r["loss"] for r in metrics["results"]] == ["bradley_terry", "plackett_luce", "ranklist"]
     assert (tmp_path / "reliability.png").read_bytes()[:4] == b"\x89PNG"

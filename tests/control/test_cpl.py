@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from mmpref.control.bc import behaviour_cloning
 from mmpref.control.cpl.algorithm import CPLSystem, oriented_pairs, train_cpl
-from mmpref.control.policies import GaussianPolicy, behaviour_cloning
+from mmpref.control.policies import GaussianPolicy
 from mmpref.data import Segment, SegmentPair
 
 

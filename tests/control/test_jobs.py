@@ -10,12 +10,12 @@ import pytest
 
 from mmpref.cli import main
 from mmpref.control.cpl.job import CPLJobConfig
-from mmpref.control.pearl.job import PearlConfig
+from mmpref.control.pearl.config import PearlConfig
 from mmpref.control.policies import load_policy
 from mmpref.control.regret.job import RegretConfig
 from mmpref.control.robomimic_io import read_env_name, read_preference_pairs, write_robomimic
 from mmpref.control.segments import Episode
-from mmpref.recipe import load_recipe
+from mmpref.recipe import job_parser, parse_job
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "control"
 JOB_RECIPES = {
@@ -24,8 +24,11 @@ JOB_RECIPES = {
     "pearl": (RECIPES / "pearl" / "window_open_to_close.yaml", PearlConfig),
 }
 # a tiny PEARL problem: 7 trajectories of 40 steps per task, 10-step segments, 12 segments per side
-TINY_PEARL = ["per_behaviour=1", "steps=40", "length=10", "segments=12", "restarts=1", "write_pairs=40"]
-TINY_CPL = ["warmup_steps=5", "steps=5", "hidden=32", "batch_size=8"]
+TINY_PEARL = [
+    *("--per_behaviour", "1", "--steps", "40", "--length", "10"),
+    *("--segments", "12", "--restarts", "1", "--write_pairs", "40"),
+]
+TINY_CPL = ["--warmup_steps", "5", "--steps", "5", "--hidden", "32", "--batch_size", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +36,7 @@ def pearl_run(tmp_path_factory):
     """One tiny generated transfer window-open -> window-close (its rollouts cached for the other tests)."""
     root = tmp_path_factory.mktemp("pearl")
     recipe = str(JOB_RECIPES["pearl"][0])
-    argv = ["pearl", "--config", recipe, "--set", *TINY_PEARL, f"cache={root / 'cache'}", "--out", str(root / "run")]
+    argv = ["pearl", "--config", recipe, *TINY_PEARL, "--cache", str(root / "cache"), "--out", str(root / "run")]
     assert main(argv) == 0
     return root
 
@@ -47,7 +50,7 @@ def _no_pairs_file(path: Path) -> Path:
 @pytest.mark.parametrize("job", sorted(JOB_RECIPES))
 def test_recipes_load_into_their_configs(job):
     recipe, schema = JOB_RECIPES[job]
-    config = load_recipe(schema, recipe)
+    config, _ = parse_job(job_parser(schema, f"mmpref {job}"), schema, ["--config", str(recipe)])
     assert isinstance(config, schema)
     assert recipe.read_text().startswith("# ")  # the header: paper, what it runs, the measured figure
     assert "docs/benchmarks" in recipe.read_text()
@@ -55,8 +58,8 @@ def test_recipes_load_into_their_configs(job):
 
 def test_regret_job_writes_a_table_with_both_models(tmp_path, capsys):
     recipe = str(JOB_RECIPES["regret"][0])
-    tiny = ["instances=2", "sizes=[8, 16]", "steps=25", "height=4", "width=4"]
-    assert main(["regret", "--config", recipe, "--set", *tiny, "--out", str(tmp_path)]) == 0
+    tiny = ["--instances", "2", "--sizes", "[8, 16]", "--steps", "25", "--height", "4", "--width", "4"]
+    assert main(["regret", "--config", recipe, *tiny, "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["cells"]) == {"regret", "partial_return"}
     for by_size in results["cells"].values():
@@ -94,7 +97,8 @@ def test_pearl_job_writes_transferred_labels(pearl_run):
 
 def test_cpl_job_trains_on_pearl_labels_and_evaluates(pearl_run, tmp_path, capsys):
     dataset = pearl_run / "run" / "target.hdf5"
-    argv = ["cpl", "--set", f"dataset={dataset}", *TINY_CPL, "eval_episodes=1", "horizon=30", "--out", str(tmp_path)]
+    tiny = [*TINY_CPL, "--eval_episodes", "1", "--horizon", "30"]
+    argv = ["cpl", "--dataset", str(dataset), *tiny, "--out", str(tmp_path)]
     assert main(argv) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["task"] == "window-close-v3"  # taken from the file
@@ -108,8 +112,9 @@ def test_cpl_job_trains_on_pearl_labels_and_evaluates(pearl_run, tmp_path, capsy
 
 
 def test_cpl_job_builds_the_benchmark_dataset(tmp_path):
-    tiny = ["task=reach-v3", "episodes=3", "horizon=20", "length=10", "pairs=12", "value_horizon=5", "eval_episodes=0"]
-    assert main(["cpl", "--set", *tiny, *TINY_CPL, "--out", str(tmp_path)]) == 0
+    tiny = [*("--task", "reach-v3", "--episodes", "3", "--horizon", "20", "--length", "10", "--pairs", "12")]
+    tiny += ["--value_horizon", "5", "--eval_episodes", "0"]
+    assert main(["cpl", *tiny, *TINY_CPL, "--out", str(tmp_path)]) == 0
     pairs = read_preference_pairs(tmp_path / "dataset.hdf5")
     assert len(pairs) == 12 and pairs[0].teacher == "regret"
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -119,8 +124,9 @@ def test_cpl_job_builds_the_benchmark_dataset(tmp_path):
 
 def test_pearl_job_transfers_from_a_labelled_file(pearl_run, tmp_path):
     source = pearl_run / "run" / "target.hdf5"  # window-close-v3 with 40 transferred pairs: a labelled source
-    tiny = [*TINY_PEARL, f"cache={pearl_run / 'cache'}", f"source_data={source}", "target=window-open-v3"]
-    assert main(["pearl", "--set", *tiny, "--out", str(tmp_path)]) == 0
+    tiny = [*TINY_PEARL, "--cache", str(pearl_run / "cache"), "--source_data", str(source)]
+    tiny += ["--target", "window-open-v3"]
+    assert main(["pearl", *tiny, "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["source"]["task"] == "window-close-v3" and summary["source"]["labelled_pairs"] <= 40
     assert summary["transfer"]["accuracy"] is not None and 0 <= summary["transfer"]["accuracy"] <= 1
@@ -141,44 +147,44 @@ def test_unknown_recipe_field_names_the_file_and_the_valid_fields(job, tmp_path,
 
 
 def test_override_typos_and_bad_types_are_named(tmp_path, capsys):
-    assert main(["regret", "--set", "instancez=3", "--out", str(tmp_path)]) == 2
-    assert "did you mean instances" in capsys.readouterr().err
-    assert main(["regret", "--set", "steps=many", "--out", str(tmp_path)]) == 2
-    assert "--set steps: field 'steps' expects an integer, got 'many'" in capsys.readouterr().err
-    assert main(["pearl", "--set", "target=window-close-v3", "--out", str(tmp_path)]) == 2
+    assert main(["regret", "--instancez", "3", "--out", str(tmp_path)]) == 2
+    assert "unknown option --instancez (did you mean --instances?)" in capsys.readouterr().err
+    assert main(["regret", "--steps", "many", "--out", str(tmp_path)]) == 2
+    assert "--steps: field 'steps' expects an integer, got 'many'" in capsys.readouterr().err
+    assert main(["pearl", "--target", "window-close-v3", "--out", str(tmp_path)]) == 2
     assert "set source=<Meta-World task>" in capsys.readouterr().err
 
 
 def test_cpl_rejects_a_missing_file(tmp_path, capsys):
     missing = tmp_path / "nope.hdf5"
-    assert main(["cpl", "--set", f"dataset={missing}", "--out", str(tmp_path / "out")]) == 2
+    assert main(["cpl", "--dataset", str(missing), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "field 'dataset'" in err and str(missing) in err and "file not found" in err
 
 
 def test_cpl_rejects_a_file_without_preference_labels(tmp_path, capsys):
     path = _no_pairs_file(tmp_path / "demos.hdf5")
-    assert main(["cpl", "--set", f"dataset={path}", "--out", str(tmp_path / "out")]) == 2
+    assert main(["cpl", "--dataset", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert str(path) in err and "no 'preferences' group" in err and "pairs=" in err
 
 
 def test_pearl_rejects_missing_and_unlabelled_source_files(tmp_path, capsys):
     missing = tmp_path / "nope.hdf5"
-    assert main(["pearl", "--set", f"source_data={missing}", "target=reach-v3", "--out", str(tmp_path)]) == 2
+    assert main(["pearl", "--source_data", str(missing), "--target", "reach-v3", "--out", str(tmp_path)]) == 2
     assert "field 'source_data'" in capsys.readouterr().err
     path = _no_pairs_file(tmp_path / "demos.hdf5")
-    assert main(["pearl", "--set", f"source_data={path}", "target=reach-v3", "--out", str(tmp_path)]) == 2
+    assert main(["pearl", "--source_data", str(path), "--target", "reach-v3", "--out", str(tmp_path)]) == 2
     assert "no 'preferences' group" in capsys.readouterr().err
 
 
 def test_unknown_task_names_suggest_the_closest(pearl_run, tmp_path, capsys):
-    assert main(["cpl", "--set", "task=button-pres-v3", "--out", str(tmp_path)]) == 2
+    assert main(["cpl", "--task", "button-pres-v3", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "field 'task'" in err and "did you mean button-press-v3" in err
-    assert main(["pearl", "--set", "source=window-open-v3", "target=window-clos-v3", "--out", str(tmp_path)]) == 2
+    assert main(["pearl", "--source", "window-open-v3", "--target", "window-clos-v3", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "field 'target'" in err and "window-close-v3" in err
     dataset = pearl_run / "run" / "target.hdf5"
-    assert main(["cpl", "--set", f"dataset={dataset}", "task=reach-v3", "--out", str(tmp_path)]) == 2
+    assert main(["cpl", "--dataset", str(dataset), "--task", "reach-v3", "--out", str(tmp_path)]) == 2
     assert "recorded on 'window-close-v3', not 'reach-v3'" in capsys.readouterr().err

@@ -11,29 +11,23 @@ from mmpref.cli import main
 from mmpref.control.envs import ExpertPolicy
 from mmpref.control.pbrl.loop import PbRLConfig
 from mmpref.control.video import record_policy
+from mmpref.recipe import job_parser, parse_job
 
 CONTROL_RECIPES = sorted(Path(__file__).resolve().parents[2].joinpath("recipes", "control").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("recipe", CONTROL_RECIPES, ids=lambda p: p.name)
 def test_control_recipes_parse(recipe):
-    config = PbRLConfig(**yaml.safe_load(recipe.read_text()))
+    config, _ = parse_job(job_parser(PbRLConfig, "mmpref pbrl"), PbRLConfig, ["--config", str(recipe)])
+    assert config == PbRLConfig(**yaml.safe_load(recipe.read_text()))  # jsonargparse reads what YAML says
     assert config.max_labels <= 2000 and config.task.endswith("-v3")
 
 
 def test_pbrl_job_runs_resumes_and_writes_its_outputs(tmp_path, capsys):
     tiny = [
-        "total_steps=600",
-        "learning_starts=200",
-        "feedback_start=0",
-        "feedback_every=300",
-        "reward_updates=null",
-        "eval_every=300",
-        "eval_episodes=1",
-        "queries_per_round=20",
-        "reward_epochs=2",
-        "segment_length=20",
-        "task=reach-v3",
+        *("--total_steps", "600", "--learning_starts", "200", "--feedback_start", "0", "--feedback_every", "300"),
+        *("--reward_updates", "null", "--eval_every", "300", "--eval_episodes", "1", "--queries_per_round", "20"),
+        *("--reward_epochs", "2", "--segment_length", "20", "--task", "reach-v3"),
     ]
     out = tmp_path / "run"
     assert (
@@ -42,9 +36,9 @@ def test_pbrl_job_runs_resumes_and_writes_its_outputs(tmp_path, capsys):
                 "pbrl",
                 "--config",
                 str(CONTROL_RECIPES[0]),
-                "--set",
                 *tiny,
-                "total_steps=300",
+                "--total_steps",
+                "300",
                 "--out",
                 str(out),
                 "--no-video",
@@ -60,11 +54,11 @@ def test_pbrl_job_runs_resumes_and_writes_its_outputs(tmp_path, capsys):
 
 
 def test_bad_settings_fail_clearly(tmp_path, capsys):
-    assert main(["pbrl", "--set", "max_labels=0", "--out", str(tmp_path)]) == 2
+    assert main(["pbrl", "--max_labels", "0", "--out", str(tmp_path)]) == 2
     assert "label budget" in capsys.readouterr().err
-    assert main(["pbrl", "--set", "task=button-pres-v3", "--out", str(tmp_path)]) == 2
+    assert main(["pbrl", "--task", "button-pres-v3", "--out", str(tmp_path)]) == 2
     assert "did you mean button-press-v3" in capsys.readouterr().err
-    assert main(["pbrl", "--set", "colour=red", "--out", str(tmp_path)]) == 2
+    assert main(["pbrl", "--colour", "red", "--out", str(tmp_path)]) == 2
 
 
 def test_policy_video_is_rendered_offscreen(tmp_path):

@@ -7,15 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from mmpref.control.pearl.coupling import fused_gw_coupling, gw_coupling, nearest_coupling, random_coupling
 from mmpref.control.pearl.transfer import (
     FeatureBradleyTerry,
     borda,
     distance_matrix,
-    fused_gw_coupling,
-    gw_coupling,
     label_matrix,
-    nearest_coupling,
-    random_coupling,
     robust_coupling,
     summary_features,
     transfer_accuracy,
@@ -189,8 +186,8 @@ def test_errors_name_the_problem():
 def test_robust_transfer_learns_window_open_to_window_close(tmp_path):
     # Real Meta-World rollouts (7 behaviours × 6 trajectories per task); source labels from the source's returns, the
     # target's returns only score. pearl-notes: WO→WC is the one pair plain GW also handles, so this is a floor.
-    from mmpref.control.pearl.transfer import flat_features, zscore
     from mmpref.control.pearl.data import load_or_generate, segment_arrays
+    from mmpref.control.pearl.transfer import flat_features, zscore
 
     torch.set_num_threads(1)
     source = segment_arrays(load_or_generate("window-open-v3", tmp_path, 6, 200, 0))

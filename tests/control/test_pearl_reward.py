@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from mmpref.control.pearl.transfer import label_matrix, transfer_accuracy
 from mmpref.control.pearl.reward import (
     GaussianRewardSystem,
     GaussianStepReward,
@@ -16,6 +15,7 @@ from mmpref.control.pearl.reward import (
     reward_filtered_bc,
     sample_pairs,
 )
+from mmpref.control.pearl.transfer import label_matrix, transfer_accuracy
 
 
 def test_one_step_gives_a_finite_loss_and_changes_parameters():

@@ -10,31 +10,33 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal, TanhTransform, TransformedDistribution
 
-from mmpref.control.peeling.finetune import (
+from mmpref.control.peeling.dpo import (
     FinetuneConfig,
-    FinetuneLog,
-    FusedTrajectoryScorer,
-    RewardRefit,
     by_window,
     credit_to_go,
     finetune_loss,
-    fit_fused_reward,
     frozen_copy,
     group_dpo_loss,
     group_finetune_loss,
-    metric_scores,
-    outcome,
-    preference_finetune,
-    progress_steps,
     rank_pairs,
     round_objective,
-    score_trajectories,
-    segment_metric,
     trajectory_dpo_loss,
-    trajectory_features,
     trajectory_score,
+)
+from mmpref.control.peeling.finetune import FinetuneLog, preference_finetune, validation_score
+from mmpref.control.peeling.fused_reward import (
+    FusedTrajectoryScorer,
+    RewardRefit,
+    fit_fused_reward,
+    score_trajectories,
+    trajectory_features,
+)
+from mmpref.control.peeling.metric import (
+    metric_scores,
+    outcome,
+    progress_steps,
+    segment_metric,
     true_return_scores,
-    validation_score,
     window_edges,
     window_episodes,
 )

@@ -11,17 +11,20 @@ import yaml
 
 from mmpref.cli import main
 from mmpref.control.peeling import pipeline as peeling_pipeline
-from mmpref.control.peeling.finetune import FinetuneConfig
-from mmpref.control.peeling.pipeline import PeelingConfig, evaluate_policy
+from mmpref.control.peeling.config import PeelingConfig
+from mmpref.control.peeling.dpo import FinetuneConfig
+from mmpref.control.peeling.evaluation import evaluate_policy
 from mmpref.control.policies import GaussianPolicy, load_policy
 from mmpref.control.segments import rollout
+from mmpref.recipe import job_parser, parse_job
 
 RECIPES = sorted(Path(__file__).resolve().parents[2].joinpath("recipes", "control", "peeling").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_peeling_recipes_parse(recipe):
-    config = PeelingConfig(**yaml.safe_load(recipe.read_text()))
+    config, _ = parse_job(job_parser(PeelingConfig, "mmpref peeling"), PeelingConfig, ["--config", str(recipe)])
+    assert config == PeelingConfig(**yaml.safe_load(recipe.read_text()))  # jsonargparse reads what YAML says
     assert config.finetune().nll_weight == config.nll_weight
 
 
@@ -68,16 +71,17 @@ def test_config_errors_name_the_field():
 
 
 def test_job_rejects_unknown_recipe_fields(tmp_path, capsys):
-    assert main(["peeling", "--set", "demoz=50", "--out", str(tmp_path)]) == 2
+    assert main(["peeling", "--demoz", "50", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "demoz" in err and "demos" in err
 
 
 @pytest.mark.slow
 def test_job_runs_end_to_end_on_a_tiny_setting(tmp_path):
-    settings = "demos=3 max_steps=20 bc_epochs=1 pool=2 rated=8 iterations=1 groups=1 group_size=2 eval_episodes=1"
-    settings += " refit_rated=2 noise_correlation=0.5 censored=true validation=1 select_best=true track_rounds=true"
-    assert main(["peeling", "--set", *settings.split(), "--out", str(tmp_path)]) == 0
+    settings = "--demos 3 --max_steps 20 --bc_epochs 1 --pool 2 --rated 8 --iterations 1 --groups 1 --group_size 2"
+    settings += " --eval_episodes 1 --refit_rated 2 --noise_correlation 0.5 --censored true --validation 1"
+    settings += " --select_best true --track_rounds true"
+    assert main(["peeling", *settings.split(), "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     log = summary["results"]["finetune_log"]
     assert log["refits"] == 1 and len(log["validation"]) == 2 and log["kept_round"] in (0, 1)

@@ -8,14 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mmpref.control.policies import (
-    GaussianPolicy,
-    ResidualPolicy,
-    behaviour_cloning,
-    censored_copy,
-    load_policy,
-    save_policy,
-)
+from mmpref.control.bc import behaviour_cloning
+from mmpref.control.policies import GaussianPolicy, ResidualPolicy, censored_copy, load_policy, save_policy
 from mmpref.data import DataError
 
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from mmpref.control.regret.model import (
+from mmpref.control.regret.continuous import (
     ExpertValueOracle,
     SegmentRegretTeacher,
     rollout_with_values,

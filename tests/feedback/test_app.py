@@ -91,3 +91,61 @@ def test_oversized_bodies_are_refused(client):
         "/api/labels", content=chunks(), headers={**auth("ann"), "Content-Type": "application/json"}
     )
     assert response.status_code == 413
+
+
+def test_a_path_outside_the_media_root_is_refused_at_import(store, tmp_path):
+    from mmpref.data import DataError
+    from mmpref.feedback.exchange import import_manifest
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("root:x:0:0\n")
+    (tmp_path / "img" / "link.png").symlink_to(outside / "secret.txt")
+    tasks_before = store.progress(0)["total"]
+    for escape in ("../../../../../../etc/passwd", "../outside/secret.txt", "link.png", str(outside / "secret.txt")):
+        manifest = tmp_path / "img" / "m.jsonl"
+        manifest.write_text(
+            '{"type": "pair", "id": "ok", "a": "item0.png", "b": "item1.png", "label": 1}\n'
+            f'{{"type": "rating", "id": "bad", "item": "{escape}", "rating": 3}}\n'
+        )
+        with pytest.raises(DataError, match="line 2: field 'item'.*outside the media root"):
+            import_manifest(store, manifest)
+    assert store.progress(0)["total"] == tasks_before  # all or nothing: the good first line added nothing either
+
+
+def test_non_media_is_never_served_even_if_an_older_store_registered_it(tmp_path, images):
+    import sqlite3
+
+    from mmpref.feedback.store import LabelStore
+
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    db = tmp_path / "v2.sqlite"
+    conn = sqlite3.connect(db)  # the version-2 layout: media registered without any check
+    conn.executescript(f"""
+        CREATE TABLE schema_info (version INTEGER NOT NULL); INSERT INTO schema_info VALUES (2);
+        CREATE TABLE media (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, kind VARCHAR(16) NOT NULL);
+        CREATE TABLE tasks (id INTEGER PRIMARY KEY, kind VARCHAR(16) NOT NULL, media_ids TEXT NOT NULL,
+                            prompt TEXT, source TEXT, created_at FLOAT NOT NULL);
+        CREATE TABLE annotators (id INTEGER PRIMARY KEY, name VARCHAR(128) NOT NULL UNIQUE,
+                                 token_hash VARCHAR(64) NOT NULL UNIQUE);
+        CREATE TABLE labels (id INTEGER PRIMARY KEY, label_uuid VARCHAR(64) NOT NULL UNIQUE, task_id INTEGER NOT NULL,
+                             annotator_id INTEGER NOT NULL, answer TEXT NOT NULL, response_ms FLOAT,
+                             created_at FLOAT NOT NULL, "repeat" INTEGER NOT NULL DEFAULT 0);
+        INSERT INTO media (path, kind) VALUES ('{secret}', 'image'), ('{images[0]}', 'image');
+        INSERT INTO tasks (kind, media_ids, created_at) VALUES ('pair', '[1, 2]', 0);
+    """)
+    conn.commit()
+    conn.close()
+    old = LabelStore(db)  # migrated: every registered file is checked now
+    old.add_annotator("ann", "token-ann-123")
+    client = TestClient(create_app(old))
+    response = client.get("/media/1", headers=auth("ann"))
+    assert response.status_code == 404 and b"root:" not in response.content
+    assert client.get("/media/2", headers=auth("ann")).status_code == 200
+    assert client.get("/api/next", headers=auth("ann")).json() == {"done": True}  # its task is not queued
+
+
+@pytest.mark.parametrize("media_id", ["99999999999999999999999", str(2**63), "0", "-1"])
+def test_media_ids_no_integer_holds_are_404(client, media_id):
+    assert client.get(f"/media/{media_id}", headers=auth("ann")).status_code == 404

@@ -13,6 +13,8 @@ def test_literal_names_equal_registry_keys():
     assert set(get_args(losses.PairwiseLossName)) == set(losses.PAIRWISE_LOSSES)
     assert set(get_args(losses.ListwiseLossName)) == set(losses.LISTWISE_LOSSES)
     assert not set(losses.PAIRWISE_LOSSES) & set(losses.LISTWISE_LOSSES)
+    assert set(get_args(losses.PointwiseLossName)) == set(losses.POINTWISE_LOSSES)
+    assert not set(losses.POINTWISE_LOSSES) & (set(losses.PAIRWISE_LOSSES) | set(losses.LISTWISE_LOSSES))
 
 
 def test_get_loss_finds_every_name_and_explains_unknown_ones():

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from mmpref.control.policies import GaussianPolicy
 from mmpref.data import SegmentPair
 from mmpref.losses import bradley_terry
-from mmpref.reward.trainers import quick_trainer, quiet_lightning
+from mmpref.reward.trainers import TrainerSettings, quick_trainer, quiet_lightning
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ def train_cpl(
     steps: int,
     batch_size: int = 32,
     seed: int = 0,
+    trainer: TrainerSettings | None = None,
     **system_kwargs: float,
 ) -> dict[str, float]:
     """Train ``policy`` in place with CPL for ``steps`` gradient steps; returns the last logged train metrics.
@@ -151,6 +152,7 @@ def train_cpl(
         steps: optimiser steps.
         batch_size: pairs per step.
         seed: seeds the shuffling.
+        trainer: where to train (default :class:`~mmpref.reward.trainers.TrainerSettings`: the accelerator there is).
         **system_kwargs: :class:`CPLSystem` arguments (``alpha``, ``conservative_bias``, ``bc_weight``, ``lr``...).
     """
     if steps < 1:
@@ -159,8 +161,8 @@ def train_cpl(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
     system = CPLSystem(policy, **system_kwargs)
     quiet_lightning()
-    trainer = quick_trainer(max_epochs=-1, max_steps=steps)
+    fit = quick_trainer(-1, trainer, max_steps=steps)
     policy.train()
-    trainer.fit(system, train_dataloaders=loader)
+    fit.fit(system, train_dataloaders=loader)
     policy.eval()
-    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return {k: float(v) for k, v in fit.callback_metrics.items()}

@@ -11,12 +11,10 @@ episode (the task instance is fixed by the seed) and the sampling policy over ``
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +24,8 @@ import torch
 from mmpref.control.policies import GaussianPolicy, save_policy
 from mmpref.control.segments import Episode
 from mmpref.data import SegmentPair, atomic_write
-from mmpref.recipe import RecipeError, add_recipe_arguments, blame, load_recipe, require_at_least
+from mmpref.recipe import blame, out_option, require_at_least, run_job
+from mmpref.reward.trainers import TrainerSettings
 
 BIAS_OFFSET = np.array([0.5, -0.5, 0.5, 0.0])  # the "biased" expert's constant action offset (it fails the task)
 
@@ -57,6 +56,7 @@ class CPLJobConfig:
         conservative_bias: λ multiplying the loser's score (paper: 0.5).
         bc_weight: weight of an extra behaviour-cloning term during CPL (0 = off).
         eval_episodes: sampling-policy evaluation episodes; 0 skips evaluation (then ``task`` is not needed).
+        trainer: Lightning settings of the CPL training (accelerator, devices, precision...).
     """
 
     dataset: str | None = None
@@ -79,8 +79,10 @@ class CPLJobConfig:
     conservative_bias: float = 0.5
     bc_weight: float = 0.0
     eval_episodes: int = 10
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)
 
     def __post_init__(self) -> None:
+        self.trainer = TrainerSettings.of(self.trainer)
         if self.dataset is None and self.task is None:
             raise ValueError(
                 "set dataset=<file.hdf5> (a robomimic file with preference pairs) or task=<Meta-World task> to build "
@@ -111,7 +113,7 @@ def build_mixed_dataset(config: CPLJobConfig, path: Path) -> dict[str, Any]:
     datasets with this function, one per seed).
     """
     from mmpref.control.envs import ExpertPolicy, make_env
-    from mmpref.control.regret.model import (
+    from mmpref.control.regret.continuous import (
         ExpertValueOracle,
         SegmentRegretTeacher,
         rollout_with_values,
@@ -270,6 +272,7 @@ def train(
         alpha=config.alpha,
         conservative_bias=config.conservative_bias,
         bc_weight=config.bc_weight,
+        trainer=config.trainer,
     )
     metrics = {
         "pair_accuracy_warmup": pair_accuracy(warm, pairs, config.alpha),
@@ -305,19 +308,15 @@ def run_cpl(argv: Sequence[str]) -> int:
 
     Writes ``<out>/policy.safetensors`` and ``summary.json`` (and ``dataset.hdf5`` when it builds the data).
     """
-    parser = argparse.ArgumentParser(prog="mmpref cpl", description=run_cpl.__doc__)
-    add_recipe_arguments(parser, CPLJobConfig)
-    parser.add_argument("--out", default=None, help="output folder (default runs/cpl/<task or file>-seed<seed>)")
-    args = parser.parse_args(argv)
+    options = out_option("runs/cpl/<task or file>-seed<seed>")
+    return run_job("mmpref cpl", CPLJobConfig, argv, _run, options, run_cpl.__doc__)
+
+
+def _run(config: CPLJobConfig, args: Any) -> int:
     torch.set_num_threads(1)  # small MLP, small batches: one thread is fastest on a shared CPU
-    try:
-        config = load_recipe(CPLJobConfig, args.config, args.set)
-        name = config.task or Path(config.dataset or "data").stem
-        out = Path(args.out or f"runs/cpl/{name}-seed{config.seed}")
-        task, episodes, pairs, data = prepare(config, out)
-    except RecipeError as err:
-        print(f"mmpref cpl: {err}", file=sys.stderr)
-        return 2
+    name = config.task or Path(config.dataset or "data").stem
+    out = Path(args.out or f"runs/cpl/{name}-seed{config.seed}")
+    task, episodes, pairs, data = prepare(config, out)
     warm, policy, metrics = train(config, episodes, pairs)
     save_policy(policy, out / "policy.safetensors")
     summary: dict[str, Any] = {"config": asdict(config), "task": task, "data": data, "training": metrics}

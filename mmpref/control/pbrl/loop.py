@@ -19,135 +19,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import gymnasium as gym
 import numpy as np
 import torch
 
 from mmpref.control.envs import make_env
+from mmpref.control.pbrl.env import PreferenceEnv, RewardSource
+from mmpref.control.pbrl.parts import PartName, build_parts, hook, validate_parts
+from mmpref.control.pbrl.state import env_state, monitor_state, set_env_state, set_monitor_state, silence_logger
 from mmpref.control.reward import QueryMethod, RewardEnsemble, select_queries
 from mmpref.control.segments import Episode, cut_segments, random_pairs
 from mmpref.control.teachers import Budget, ScriptedTeacher
 from mmpref.data import SegmentPair
 from mmpref.data.io import atomic_write
-
-
-class RewardSource:
-    """What the policy is trained on: the true reward, the learned reward, or the state-entropy bonus."""
-
-    def __init__(
-        self,
-        mode: Literal["true", "learned", "entropy"] = "true",
-        ensemble: RewardEnsemble | None = None,
-        k: int = 5,
-        memory: int = 10_000,
-        scale: float = 1.0,
-        pessimism: float = 0.0,
-    ):
-        self.mode = mode
-        self.ensemble = ensemble
-        # learned reward given to the policy = (r̂ − shift) · scale, r̂ = members' mean − pessimism · std; the loop
-        # refits shift and scale after each reward update when it standardises the reward
-        self.shift, self.scale, self.pessimism = 0.0, scale, pessimism
-        self.k = k
-        self.states: deque[np.ndarray] = deque(maxlen=memory)
-
-    def __call__(self, obs: np.ndarray, action: np.ndarray, next_obs: np.ndarray, true_reward: float) -> float:
-        """The reward of one transition under the current mode."""
-        if self.mode == "true":
-            return true_reward
-        if self.mode == "learned":
-            return float(self.learned(obs[None], action[None])[0])
-        # PEBBLE's unsupervised phase: the distance to the k-th nearest recent state (a state-entropy estimate)
-        self.states.append(np.asarray(next_obs, np.float32))
-        if len(self.states) <= self.k:
-            return 0.0
-        distances = np.linalg.norm(np.asarray(self.states)[:-1] - next_obs, axis=1)
-        return float(np.log(1.0 + np.partition(distances, self.k - 1)[self.k - 1]))
-
-    def raw_learned(self, observations: np.ndarray, actions: np.ndarray, chunk: int = 4096) -> np.ndarray:
-        """r̂ of transitions ``[N, o]``, ``[N, a]`` → ``[N]`` before the affine map (in chunks, for whole buffers)."""
-        parts = [
-            self.ensemble.step_reward(observations[i : i + chunk], actions[i : i + chunk], self.pessimism)
-            for i in range(0, len(observations), chunk)
-        ]
-        return np.concatenate(parts)
-
-    def affine(self, raw: np.ndarray) -> np.ndarray:
-        """(r̂ − shift) · scale: what the policy gets for raw learned rewards."""
-        return (raw - self.shift) * self.scale
-
-    def learned(self, observations: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """The learned reward the policy gets for transitions ``[N, o]``, ``[N, a]`` → ``[N]``."""
-        return self.affine(self.raw_learned(observations, actions))
-
-
-class PreferenceEnv(gym.Wrapper):
-    """Gives the policy the reward of a :class:`RewardSource` and records true-reward transitions for queries."""
-
-    def __init__(self, env: gym.Env, source: RewardSource, memory_steps: int = 20_000):
-        super().__init__(env)
-        self.source = source
-        self.episodes: deque[Episode] = deque()
-        self.memory_steps = memory_steps
-        self._current: dict[str, list] = {}
-        self._obs: np.ndarray | None = None
-        self.true_returns: list[float] = []
-        self.successes: list[bool] = []
-
-    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict]:
-        """Reset the env and start recording a new episode."""
-        obs, info = self.env.reset(**kwargs)
-        self._obs = obs
-        self._current = {k: [] for k in ("obs", "act", "rew", "next", "succ")}
-        return obs, info
-
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
-        """Step with the source's reward; the true reward stays in ``info["true_reward"]``."""
-        obs, true_reward, terminated, truncated, info = self.env.step(action)
-        reward = self.source(self._obs, np.asarray(action, np.float32), obs, float(true_reward))
-        for key, value in (
-            ("obs", self._obs),
-            ("act", action),
-            ("rew", true_reward),
-            ("next", obs),
-            ("succ", info.get("success", 0.0)),
-        ):
-            self._current[key].append(value)
-        self._obs = obs
-        info = dict(info, true_reward=float(true_reward))
-        if terminated or truncated:
-            self._finish()
-        return obs, reward, terminated, truncated, info
-
-    def _episode_so_far(self) -> Episode | None:
-        c = self._current
-        if not c.get("act"):
-            return None
-        return Episode(
-            np.asarray(c["obs"], np.float32),
-            np.asarray(c["act"], np.float32),
-            np.asarray(c["rew"], np.float32),
-            np.asarray(c["next"], np.float32),
-            np.asarray(c["succ"], np.float32),
-            source="rollout",
-        )
-
-    def recent_episodes(self) -> list[Episode]:
-        """Finished episodes in memory plus the one in progress (queries need not wait for an episode's end)."""
-        current = self._episode_so_far()
-        return list(self.episodes) + ([current] if current is not None else [])
-
-    def _finish(self) -> None:
-        c = self._current
-        episode = self._episode_so_far()
-        if episode is None:
-            return
-        self.episodes.append(episode)
-        self.true_returns.append(float(episode.rewards.sum()))
-        self.successes.append(episode.succeeded)
-        while sum(len(e) for e in self.episodes) > self.memory_steps:
-            self.episodes.popleft()
-        self._current = {k: [] for k in c}
+from mmpref.losses import ListwiseLossName
+from mmpref.reward.trainers import TrainerSettings
 
 
 @dataclass
@@ -185,6 +70,28 @@ class PbRLConfig:
         eval_every: steps between success-rate evaluations.
         eval_episodes: episodes per evaluation.
         sac_kwargs: extra arguments of stable-baselines3's SAC.
+        device: stable-baselines3's device for SAC: ``"auto"`` (CUDA when there is a GPU), ``"cpu"``, ``"cuda"``.
+        trainer: Lightning settings of the reward updates (accelerator, devices, precision...).
+        teacher_eps: the scripted teacher's mistake rate ε (B-Pref: each label flipped with probability ε).
+        parts: optional parts by name (:mod:`mmpref.control.pbrl.parts`): ``surf``, ``rune``, ``rime``, ``qpa``,
+            ``listwise``; none by default (plain PEBBLE). ``surf``, ``rime`` and ``listwise`` exclude each other.
+        surf_tau: SURF's confidence threshold τ for pseudo-labels.
+        surf_lambda: SURF's weight λ of the pseudo-label loss.
+        surf_mu: SURF's unlabelled pairs per labelled pair in a minibatch.
+        surf_unlabelled_ratio: SURF's unlabelled pairs gathered per label asked.
+        surf_window: SURF's margin w: stored segments are ``segment_length + 2w`` steps.
+        surf_crop: SURF's crop range c: crops are ``segment_length ± c`` steps.
+        rune_beta0: RUNE's initial bonus weight β₀.
+        rune_decay: RUNE's decay ρ per environment step (β_t = β₀(1 − ρ)^t).
+        rime_alpha: RIME's α in τ_lower = −ln ρ + αρ + β_t s_KL.
+        rime_beta_max: RIME's β_t at the first reward update.
+        rime_beta_min: RIME's floor of β_t.
+        rime_decay_updates: reward updates over which RIME's β_t falls from max to min.
+        rime_warm_start_updates: RIME's warm-start regression steps after pre-training (needs unsupervised_steps).
+        qpa_recent_episodes: QPA's N: queries come from the N most recent episodes.
+        qpa_hybrid_ratio: QPA's ω: share of each SAC minibatch from those episodes' transitions (0: off).
+        list_size: K, segments per listwise query (costs K − 1 labels).
+        listwise_loss: the listwise loss of the core for ``listwise``.
     """
 
     task: str = "reach-v3"
@@ -212,8 +119,34 @@ class PbRLConfig:
     eval_every: int = 5_000
     eval_episodes: int = 5
     sac_kwargs: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    teacher_eps: float = 0.0
+    parts: list[PartName] = field(default_factory=list)
+    surf_tau: float = 0.95
+    surf_lambda: float = 1.0
+    surf_mu: int = 1
+    surf_unlabelled_ratio: int = 10
+    surf_window: int = 5
+    surf_crop: int = 5
+    rune_beta0: float = 0.05
+    rune_decay: float = 1e-5
+    rime_alpha: float = 0.5
+    rime_beta_max: float = 3.0
+    rime_beta_min: float = 1.0
+    rime_decay_updates: int = 30
+    rime_warm_start_updates: int = 500
+    qpa_recent_episodes: int = 10
+    qpa_hybrid_ratio: float = 0.5
+    list_size: int = 4
+    listwise_loss: ListwiseLossName = "plackett_luce"
 
     def __post_init__(self) -> None:
+        self.parts = list(self.parts)
+        self.trainer = TrainerSettings.of(self.trainer)  # a mapping when read back from a checkpoint
+        validate_parts(self.parts)
+        if not 0 <= self.teacher_eps <= 1:
+            raise ValueError(f"teacher_eps is a mistake probability and must lie in [0, 1], got {self.teacher_eps}")
         if self.reward == "learned" and self.max_labels < 1:
             raise ValueError(
                 f"max_labels is the label budget and must be >= 1 for a learned reward, got {self.max_labels}"
@@ -267,23 +200,34 @@ class PbRLLoop:
             layers=config.reward_layers,
             seed=config.seed,
             use_actions=config.reward_use_actions,
+            trainer=config.trainer,
         )
-        self.teacher = teacher or ScriptedTeacher(seed=config.seed, budget=Budget(limit=config.max_labels))
+        self.teacher = teacher or ScriptedTeacher(
+            seed=config.seed, eps=config.teacher_eps, budget=Budget(limit=config.max_labels)
+        )
         self.fragmenter = fragmenter or self._random_pairs
+        self.parts = build_parts(config)
         mode = "true" if config.reward == "true" else ("entropy" if config.unsupervised_steps > 0 else "learned")
         self.source = RewardSource(mode, self.ensemble, scale=config.reward_scale, pessimism=config.reward_pessimism)
+        self.source.bonus = hook(self.parts, "bonus")
         self.env = PreferenceEnv(base, self.source)
-        sac_kwargs = {
-            "learning_starts": config.learning_starts,
-            "batch_size": 256,
-            "train_freq": 1,
-            "gradient_steps": 1,
-            "policy_kwargs": {"net_arch": [256, 256]},
-            "verbose": 0,
-            "device": "cpu",
-        } | config.sac_kwargs
+        part_sac = hook(self.parts, "sac_kwargs")
+        episode_length = getattr(base.spec, "max_episode_steps", None) or 500
+        sac_kwargs = (
+            {
+                "learning_starts": config.learning_starts,
+                "batch_size": 256,
+                "train_freq": 1,
+                "gradient_steps": 1,
+                "policy_kwargs": {"net_arch": [256, 256]},
+                "verbose": 0,
+                "device": config.device,
+            }
+            | (part_sac(episode_length) if part_sac else {})
+            | config.sac_kwargs
+        )
         self.model = SAC("MlpPolicy", self.env, seed=config.seed, **sac_kwargs)
-        _silence(self.model)
+        silence_logger(self.model)
         self.eval_env = make_env(config.task, seed=config.seed + 10_000)
         self.labelled: list[SegmentPair] = []
         self.steps = 0
@@ -292,16 +236,27 @@ class PbRLLoop:
         self.reward_learned = False
 
     def _random_pairs(self, episodes: list[Episode], n: int, rng: np.random.Generator) -> list[SegmentPair]:
-        segments = cut_segments(episodes, self.config.segment_length, stride=self.config.segment_length // 2)
+        length = self.config.segment_length
+        stored = hook(self.parts, "segment_length")  # SURF stores longer segments than the teacher sees
+        segments = cut_segments(episodes, stored(length) if stored else length, stride=length // 2)
         return random_pairs(segments, n, rng) if len(segments) >= 2 else []
+
+    def query_episodes(self) -> list[Episode]:
+        """Episodes queries are drawn from: all recent ones, or a part's choice (QPA: the newest N)."""
+        episodes = self.env.recent_episodes()
+        choose = hook(self.parts, "query_episodes")
+        return choose(episodes) if choose else episodes
 
     # --- the parts of one round -------------------------------------------------------------------------------------
 
     def feedback_round(self) -> int:
         """Ask a round of queries, update the reward, relabel the replay buffer; returns the labels obtained."""
+        whole_round = hook(self.parts, "feedback_round")  # listwise queries replace the pairwise round
+        if whole_round:
+            return whole_round(self)
         c = self.config
         room = int(min(c.queries_per_round, self.teacher.budget.remaining))
-        episodes = self.env.recent_episodes()
+        episodes = self.query_episodes()
         if room <= 0 or not episodes:
             return 0
         candidates = self.fragmenter(episodes, room * 10, self.rng)
@@ -309,12 +264,17 @@ class PbRLLoop:
             return 0
         method = c.query_method if self.reward_learned else "uniform"  # nothing to disagree about yet
         queries = select_queries(candidates, room, method, self.rng, self.ensemble)
-        new = self.teacher.label_pairs(queries)
+        label = hook(self.parts, "label")
+        new = label(self, queries) if label else self.teacher.label_pairs(queries)
         self.labelled += new
         if self.labelled:
-            self.ensemble.fit(
-                self.labelled, epochs=c.reward_epochs, batch_size=c.reward_batch_size, updates=c.reward_updates
-            )
+            update = hook(self.parts, "update_reward")  # SURF, RIME
+            if update:
+                update(self, new)
+            else:
+                self.ensemble.fit(
+                    self.labelled, epochs=c.reward_epochs, batch_size=c.reward_batch_size, updates=c.reward_updates
+                )
             self.reward_learned = True
             self.source.mode = "learned"
             self.relabel()
@@ -332,7 +292,7 @@ class PbRLLoop:
         if self.config.reward_normalize:
             self.source.shift = float(raw.mean())
             self.source.scale = self.config.reward_scale / max(float(raw.std()), 1e-6)
-        rewards = self.source.affine(raw)
+        rewards = self.source.affine(raw) + self.source.exploration(obs, actions)
         buffer.rewards[:size] = rewards.reshape(buffer.rewards[:size].shape)
 
     def evaluate(self) -> float:
@@ -391,7 +351,7 @@ class PbRLLoop:
                 row = {
                     "steps": self.steps,
                     "success_rate": self.evaluate(),
-                    "labels": len(self.labelled),
+                    "labels": self.teacher.budget.labelled,
                     "queries": self.teacher.budget.asked,
                     "train_true_return": float(np.mean(self.env.true_returns[-5:] or [0.0])),
                 }
@@ -420,6 +380,8 @@ class PbRLLoop:
             "reward_learned": self.reward_learned,
             "source_mode": self.source.mode,
             "source_affine": (self.source.shift, self.source.scale),
+            "source_steps": self.source.steps,
+            "parts": {name: part.state_dict() for name, part in self.parts.items()},
             "rng": self.rng,
             "teacher": {"budget": self.teacher.budget, "rng": self.teacher.rng},
             "episodes": list(self.env.episodes),
@@ -427,11 +389,11 @@ class PbRLLoop:
             "env_obs": self.env._obs,
             "true_returns": self.env.true_returns,
             "successes": self.env.successes,
-            "env_state": _env_state(self.env),
-            "eval_env_state": _env_state(self.eval_env),
+            "env_state": env_state(self.env),
+            "eval_env_state": env_state(self.eval_env),
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": np.random.get_state(),
-            "monitor": _monitor_state(self.model),
+            "monitor": monitor_state(self.model),
             "last_obs": self.model._last_obs,
             "last_original_obs": getattr(self.model, "_last_original_obs", None),
         }
@@ -447,90 +409,48 @@ class PbRLLoop:
         folder = Path(folder)
         if not (folder / "loop.pkl").is_file():
             raise FileNotFoundError(f"{folder}: no PbRL checkpoint (loop.pkl) here")
-        with open(folder / "loop.pkl", "rb") as handle:
-            state = pickle.load(handle)
-        loop = cls(PbRLConfig(**state["config"]), progress=progress)
-        loop.model = SAC.load(folder / "sac.zip", env=loop.env, device="cpu")
-        _silence(loop.model)
-        loop.model.load_replay_buffer(folder / "replay_buffer.pkl")
+        import zipfile
+
+        from mmpref.errors import ModelFolderError
+
+        fix = "the checkpoint is damaged (an interrupted copy?): run again without --resume, or restore the folder"
+        try:
+            with open(folder / "loop.pkl", "rb") as handle:
+                state = pickle.load(handle)
+            config = PbRLConfig(**state["config"])
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, KeyError, TypeError, IndexError) as err:
+            raise ModelFolderError(
+                folder / "loop.pkl", f"cannot be read ({err.__class__.__name__}: {err})", fix
+            ) from None
+        loop = cls(config, progress=progress)
+        for name in ("sac.zip", "replay_buffer.pkl"):
+            if not (folder / name).is_file():
+                raise ModelFolderError(folder / name, "is missing", fix)
+        try:
+            loop.model = SAC.load(folder / "sac.zip", env=loop.env, device=loop.config.device)
+            silence_logger(loop.model)
+            loop.model.load_replay_buffer(folder / "replay_buffer.pkl")
+        except (pickle.UnpicklingError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            what = f"sac.zip or replay_buffer.pkl cannot be read ({err.__class__.__name__})"
+            raise ModelFolderError(folder, what, fix) from None
         loop.steps, loop.history, loop.labelled = state["steps"], state["history"], state["labelled"]
         loop.ensemble.load_state_dict(state["ensemble"])
         loop.ensemble.rng = state["ensemble_rng"]
         loop.reward_learned, loop.source.mode, loop.rng = state["reward_learned"], state["source_mode"], state["rng"]
         loop.source.shift, loop.source.scale = state.get("source_affine", (0.0, loop.config.reward_scale))
+        loop.source.steps = state.get("source_steps", 0)
+        for name, part_state in state.get("parts", {}).items():
+            loop.parts[name].load_state_dict(part_state)
         loop.teacher.budget, loop.teacher.rng = state["teacher"]["budget"], state["teacher"]["rng"]
         loop.env.episodes = deque(state["episodes"])
         loop.env._current, loop.env._obs = state["env_current"], state["env_obs"]
         loop.env.true_returns, loop.env.successes = state["true_returns"], state["successes"]
-        _set_env_state(loop.env, state["env_state"])
-        _set_env_state(loop.eval_env, state["eval_env_state"])
+        set_env_state(loop.env, state["env_state"])
+        set_env_state(loop.eval_env, state["eval_env_state"])
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])
-        _set_monitor_state(loop.model, state["monitor"])
+        set_monitor_state(loop.model, state["monitor"])
         loop.model._last_obs = state["last_obs"]
         if state["last_original_obs"] is not None:
             loop.model._last_original_obs = state["last_original_obs"]
         return loop
-
-
-def _silence(model: Any) -> None:
-    """A logger with no outputs: stable-baselines3's default one makes an empty log folder per ``learn()`` call."""
-    from stable_baselines3.common.logger import Logger
-
-    model.set_logger(Logger(folder=None, output_formats=[]))
-
-
-_MONITOR_FIELDS = ("rewards", "needs_reset", "episode_returns", "episode_lengths", "episode_times", "total_steps")
-
-
-def _monitor_state(model: Any) -> dict[str, Any]:
-    """The episode bookkeeping of stable-baselines3's Monitor around the training env."""
-    monitor = model.env.envs[0]
-    return {name: getattr(monitor, name) for name in _MONITOR_FIELDS}
-
-
-def _set_monitor_state(model: Any, state: dict[str, Any]) -> None:
-    monitor = model.env.envs[0]
-    for name, value in state.items():
-        setattr(monitor, name, value)
-
-
-def _layers(env: gym.Env) -> list[Any]:
-    """The wrapper chain from the outermost wrapper to the raw Meta-World env."""
-    chain, layer = [], env
-    while layer is not None:
-        chain.append(layer)
-        layer = getattr(layer, "env", None)
-    return chain
-
-
-def _env_state(env: gym.Env) -> dict[str, Any]:
-    """Simulator state plus every wrapper's small attributes (step counters, reset flags, random generators)."""
-    data = env.unwrapped.data
-    return {
-        "qpos": data.qpos.copy(),
-        "qvel": data.qvel.copy(),
-        "mocap_pos": data.mocap_pos.copy(),
-        "mocap_quat": data.mocap_quat.copy(),
-        "layers": [{k: v for k, v in vars(layer).items() if _plain(v)} for layer in _layers(env)],
-    }
-
-
-def _set_env_state(env: gym.Env, state: dict[str, Any]) -> None:
-    import mujoco
-
-    for layer, attributes in zip(_layers(env), state["layers"], strict=True):
-        for key, value in attributes.items():
-            setattr(layer, key, value)
-    unwrapped = env.unwrapped
-    unwrapped.data.qpos[:] = state["qpos"]
-    unwrapped.data.qvel[:] = state["qvel"]
-    unwrapped.data.mocap_pos[:] = state["mocap_pos"]
-    unwrapped.data.mocap_quat[:] = state["mocap_quat"]
-    mujoco.mj_forward(unwrapped.model, unwrapped.data)
-
-
-def _plain(value: Any) -> bool:
-    """Picklable, small pieces of env state (numbers, arrays, random generators), not models or renderers."""
-    plain = (int, float, bool, str, np.ndarray, np.random.Generator, tuple, list, deque)
-    return value is None or (isinstance(value, plain) and not isinstance(value, gym.Env))

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mmpref.control.policies import GaussianPolicy, behaviour_cloning
+from mmpref.control.bc import behaviour_cloning
+from mmpref.control.policies import GaussianPolicy
 from mmpref.losses import gaussian_bradley_terry, gaussian_kl_standard, gaussian_segment_return
 from mmpref.reward.datamodule import pair_dataset
 from mmpref.reward.metrics import pairwise_accuracy

@@ -1,363 +1,42 @@
-"""The whole peeling-style pipeline for one Meta-World task and seed, and the ``mmpref peeling`` job.
+"""The whole peeling-style pipeline for one Meta-World task and seed (``mmpref peeling`` runs it).
 
 Stage 1: scripted-expert demonstrations with Gaussian action noise drawn per episode from
 [``noise_low``, ``noise_high``] (so the demonstrations' quality varies, as in robomimic's mixed-quality sets), written
 to and read back from a robomimic HDF5 file, then behaviour cloning. Stage 2: stochastic rollouts of the BC policy
 from fixed-goal environments are rated 1..``rating_levels`` on their true return by a
 :class:`~mmpref.control.teachers.RatingTeacher` (trajectory level); the fused reward (object-to-goal progress per step
-+ a learned step reward, :mod:`mmpref.control.peeling.finetune`) is trained on those ratings; then online trajectory DPO
-against the frozen BC policy (whole policy or a residual on it; rollouts ranked window by window with ``windows`` >
-1). Both policies are evaluated on the same held-out goals, sampled and with the mean
-action. ``scripts/bench_peeling.py`` runs this for several seeds.
++ a learned step reward, :mod:`mmpref.control.peeling.fused_reward`) is trained on those ratings; then online
+trajectory DPO (:mod:`mmpref.control.peeling.finetune`) against the frozen BC policy (whole policy or a residual on it;
+rollouts ranked window by window with ``windows`` > 1). Both policies are evaluated on the same held-out goals,
+sampled and with the mean action (:mod:`mmpref.control.peeling.evaluation`). ``scripts/bench_peeling.py`` runs this
+for several seeds.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
+from mmpref.control.bc import behaviour_cloning
 from mmpref.control.envs import ExpertPolicy, make_env
-from mmpref.control.peeling.finetune import (
-    GOAL_SLICE,
-    OBJECT_SLICE,
-    FinetuneConfig,
-    FinetuneLog,
-    Outcome,
-    RewardRefit,
-    WindowCredit,
-    fit_fused_reward,
-    frozen_copy,
-    mean_total,
-    metric_scores,
-    outcome,
-    preference_finetune,
-    score_trajectories,
-    trajectory_totals,
-    true_return_scores,
-    validation_rollouts,
-)
-from mmpref.control.policies import (
-    GaussianPolicy,
-    ResidualPolicy,
-    Squash,
-    behaviour_cloning,
-    censored_copy,
-    copy_policy,
-    save_policy,
-)
+from mmpref.control.peeling.config import PeelingConfig
+from mmpref.control.peeling.dpo import frozen_copy
+from mmpref.control.peeling.evaluation import RoundTracker, evaluate_held_out, held_out_results, validation_pool
+from mmpref.control.peeling.finetune import FinetuneLog, mean_total, preference_finetune, validation_rollouts
+from mmpref.control.peeling.fused_reward import RewardRefit, fit_fused_reward, score_trajectories
+from mmpref.control.peeling.metric import metric_scores, true_return_scores
+from mmpref.control.policies import GaussianPolicy, ResidualPolicy, censored_copy, copy_policy
 from mmpref.control.robomimic_io import read_robomimic, write_robomimic
 from mmpref.control.segments import Episode, rollout
 from mmpref.control.teachers import RatingTeacher
-from mmpref.data import atomic_write
-from mmpref.losses import LossName
-from mmpref.recipe import RecipeError, add_recipe_arguments, load_recipe, require_at_least
 from mmpref.reward.system import RewardModelSystem
-
-SelectOn = Literal["fused", "metric"]
-
-
-@dataclass
-class PeelingConfig:
-    """One pipeline run (a recipe's fields).
-
-    Args:
-        task: a Meta-World v3 task whose object is moved to a goal (the progress metric reads slots 4:7 and 36:39).
-        seed: seeds demonstrations, initialisation, rollouts and the environments' goals.
-        demos: number of demonstrations (the paper: 50–200).
-        noise_low: smallest per-episode action-noise standard deviation of the scripted expert.
-        noise_high: largest one.
-        max_steps: steps per episode (all episodes share it).
-        squash: policy squashing, ``"clip"`` or ``"tanh"``.
-        hidden: policy width.
-        bc_epochs: behaviour-cloning epochs.
-        pool: fixed-goal training environments for stage 2.
-        rated: BC rollouts rated for the fused reward.
-        rating_levels: rating scale 1..levels (edges at the quantiles of the rated returns).
-        rating_noise: standard deviation of the rater's noise on the return.
-        smoothness: jerk weight λ of the metric.
-        log_floor: ε of the metric's log-distance form (:func:`~mmpref.control.peeling.finetune.progress_steps`; 0: linear
-            progress 1 − d_T/d_0). It counts the last centimetres to the goal more, where the success radius is.
-        reward_epochs: epochs of the fused reward.
-        iterations: finetuning rounds (16: on push-v3 the fused reward's validation score still rose after 8).
-        groups: start states per round.
-        group_size: rollouts per start state.
-        beta: DPO β.
-        loss: the core loss of stage 2: pairwise (``bradley_terry`` ...: best-vs-worst pairs of each group) or
-            listwise (``plackett_luce`` ...: each group's whole ranking).
-        explore_temperature: σ multiplier of the finetuning rollouts (1: the policy's own samples; 0.5 measured better
-            on push-v3, `docs/benchmarks/bench_peeling_variants_cpu.md`).
-        lr: finetuning learning rate.
-        epochs: passes per round.
-        nll_weight: weight of the winners' NLL (RPO).
-        demo_weight: weight of the offline term on the demonstrations ranked by the fused reward (0: off).
-        residual_hidden: 0 finetunes the whole BC policy; > 0 freezes it and trains a residual MLP of this width on
-            top (:class:`~mmpref.control.policies.ResidualPolicy`), starting exactly at BC.
-        windows: rank and pair the rollouts of a group window by window (this many consecutive windows, each scored
-            by its share of the fused reward; 1: whole rollouts; 5 measured better on push-v3).
-        window_credit: ``"own"`` ranks a window by its own share of the fused reward, ``"to_go"`` by its share plus
-            every later window's (measured better on push-v3: a reach pays off in the later windows).
-        noise_correlation: ρ of the finetuning rollouts' AR(1) exploration noise (0: independent per step; 0.97,
-            ~30 steps, measured better on push-v3).
-        replay_rounds: each round's DPO objective also takes the ranked groups of this many previous rounds (0:
-            the round's own groups only; :class:`~mmpref.control.peeling.finetune.FinetuneConfig`; 3 measured worse on
-            push-v3, ``docs/benchmarks/bench_peeling_replay3_cpu.md``).
-        lr_decay: the finetuning learning rate is multiplied by this after every round (1: constant;
-            :class:`~mmpref.control.peeling.finetune.FinetuneConfig`).
-        round_average: λ of the exponential average of the rounds' weights that is validated, chosen and returned
-            instead of each round's own weights (0: off; :class:`~mmpref.control.peeling.finetune.RoundAverage`; 0.7 measured
-            worse on push-v3, ``docs/benchmarks/bench_peeling_round_average_cpu.md``).
-        censored: finetune with the censored clip likelihood (:func:`~mmpref.control.policies.censored_copy`:
-            actions on the ±1 bounds scored by the Gaussian mass beyond them) for the policy and its reference;
-            BC itself is trained as before. Ignored with ``squash`` = ``"tanh"`` (it never reaches ±1).
-        validation: fixed-goal validation environments (goals differ from the training pool's and the
-            evaluation's) on which each round's mean-action policy is scored (``select_on``; 0: none).
-        select_best: keep the round (BC = round 0) that scores best there instead of the last one.
-        select_on: what scores the validation rollouts: ``"fused"``, the fused reward (task metric + the learned
-            rating part), or ``"metric"``, the task metric alone (final progress, :func:`~mmpref.control.peeling
-            .metric_scores`; the rating part is learned from BC rollouts and may not rank a finetuned policy's).
-        eval_episodes: held-out goals per evaluation, each a distinct start state (at most 50, the goals a Meta-World
-            task draws from; :func:`evaluate_policy`).
-        refit_rated: 0 fits the fused reward once, on rated BC rollouts; > 0 rates this many rollouts of every
-            finetuning round with the same teacher and refits the reward on all ratings so far before the next
-            round (:class:`~mmpref.control.peeling.finetune.RewardRefit`; labels: ``rated + iterations · refit_rated``).
-        oracle: rank stage 2's rollouts (and choose the round) by the environment's true return instead of the
-            fused reward: the upper bound of what a perfect reward model gives, for diagnosing whether the reward or
-            the finetuning limits the gain (it reads the simulator's reward, which a human-rated task does not have).
-        track_rounds: after every round (and before the first, BC) also roll out the mean-action policy on the
-            held-out goals and on ``max(validation, 16)`` validation goals (the first ``validation`` of them are the
-            ones the round is chosen on) and keep per goal its success, final progress and (validation) fused score,
-            in ``results["rounds"]``. For diagnosis only (how good was each round; how would another rule for
-            choosing the round have fared): nothing is chosen on it. Costs about one more rollout per held-out and
-            validation goal per round.
-        restarts: run stage 2 this many times from the same BC policy and fused reward, each with its own
-            exploration (:func:`restart_seed`), and keep the run whose kept round scores best on the validation
-            goals (:func:`best_restart`; needs ``validation`` >= 1). Costs ``restarts`` times stage 2; what it buys
-            is a second chance where one run's few start states per round led it astray.
-        first_restart: index of the first restart run (restart r explores with :func:`restart_seed` (seed, r)), so
-            restarts can be split across runs or machines: a run with ``first_restart: 1`` adds restart 1 to an
-            earlier run of restart 0, and :func:`best_restart` over their validation scores keeps what one run with
-            ``restarts: 2`` would.
-        restart_validation: goals the restarts are chosen on (0: the ``validation`` goals, the kept round's own
-            score). With n > 0 each restart's kept policy is rolled out (mean action) on the first n fixed-goal
-            validation environments (:func:`validation_pool`; they start with the ``validation`` ones), scored as
-            the rounds are (``select_on``), and :func:`best_restart` compares those scores: 8 goals chose rounds
-            well enough but left restarts whose scores differ by a few hundredths to which goals were drawn.
-            Each restart's score is kept in ``results["restarts"]`` (``choice``), so restarts split across runs
-            combine as before. Costs n rollouts per restart.
-    """
-
-    task: str = "push-v3"
-    seed: int = 0
-    demos: int = 50
-    noise_low: float = 0.1
-    noise_high: float = 0.6
-    max_steps: int = 150
-    squash: Squash = "clip"
-    hidden: int = 256
-    bc_epochs: int = 100
-    pool: int = 16
-    rated: int = 64
-    rating_levels: int = 5
-    rating_noise: float = 0.0
-    smoothness: float = 0.0
-    log_floor: float = 0.0
-    reward_epochs: int = 30
-    iterations: int = 16
-    groups: int = 4
-    group_size: int = 8
-    beta: float = 0.1
-    loss: LossName = "bradley_terry"
-    explore_temperature: float = 0.5
-    lr: float = 1e-4
-    epochs: int = 4
-    nll_weight: float = 1.0
-    demo_weight: float = 0.0
-    windows: int = 5
-    residual_hidden: int = 0
-    window_credit: WindowCredit = "to_go"
-    noise_correlation: float = 0.97
-    replay_rounds: int = 0
-    lr_decay: float = 1.0
-    round_average: float = 0.0
-    censored: bool = True
-    validation: int = 0
-    select_best: bool = False
-    select_on: SelectOn = "fused"
-    eval_episodes: int = 30
-    refit_rated: int = 0
-    oracle: bool = False
-    track_rounds: bool = False
-    restarts: int = 1
-    first_restart: int = 0
-    restart_validation: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.noise_low <= self.noise_high:
-            raise ValueError(f"need 0 <= noise_low <= noise_high, got {self.noise_low} and {self.noise_high}")
-        counts = ("demos", "max_steps", "bc_epochs", "pool", "reward_epochs", "iterations", "eval_episodes")
-        require_at_least(self, (*counts, "restarts"))
-        if self.eval_episodes > 50:
-            raise ValueError(
-                f"eval_episodes must be <= 50 (a Meta-World task has 50 distinct goals), got {self.eval_episodes}"
-            )
-        if self.log_floor < 0:
-            raise ValueError(f"log_floor must be >= 0 (0: linear progress), got {self.log_floor}")
-        if self.refit_rated < 0:
-            raise ValueError(f"refit_rated must be >= 0 (0: fit the fused reward once), got {self.refit_rated}")
-        if self.refit_rated > self.groups * self.group_size:
-            raise ValueError(
-                f"refit_rated ({self.refit_rated}) cannot exceed a round's rollouts (groups × group_size = "
-                f"{self.groups * self.group_size})"
-            )
-        if self.oracle and self.refit_rated > 0:
-            raise ValueError("oracle ranks by the true return: there is no fused reward to refit; set refit_rated=0")
-        if self.residual_hidden < 0:
-            raise ValueError(f"residual_hidden must be >= 0 (0: finetune BC itself), got {self.residual_hidden}")
-        if self.rated < 8:
-            raise ValueError(f"rated must be >= 8 (the fused reward trains on lists of 8), got {self.rated}")
-        if self.select_on not in ("fused", "metric"):
-            raise ValueError(f"select_on must be 'fused' or 'metric', got {self.select_on!r}")
-        if self.select_best and self.validation < 1:
-            raise ValueError("select_best needs validation >= 1 environments to choose the round on")
-        if self.first_restart < 0:
-            raise ValueError(f"first_restart must be >= 0 (0: start with the plain run), got {self.first_restart}")
-        if self.restarts > 1 and self.validation < 1:
-            raise ValueError("restarts > 1 needs validation >= 1 environments to choose the restart on")
-        if self.restart_validation < 0:
-            raise ValueError(
-                f"restart_validation must be >= 0 (0: choose the restart on the validation goals), "
-                f"got {self.restart_validation}"
-            )
-        if self.restarts > 1 and self.refit_rated > 0:
-            raise ValueError(
-                "restarts > 1 compares the restarts' validation scores, which a refit scores with each restart's own "
-                "reward: set refit_rated=0 or restarts=1"
-            )
-        self.finetune()  # checks the stage-2 fields (loss name, temperature)
-        if self.groups > self.pool:
-            raise ValueError(f"groups ({self.groups}) cannot exceed the pool of environments ({self.pool})")
-
-    def finetune(self) -> FinetuneConfig:
-        """The stage-2 settings: every field this config shares with :class:`FinetuneConfig`, by name."""
-        return FinetuneConfig(
-            **{f.name: getattr(self, f.name) for f in fields(FinetuneConfig) if hasattr(self, f.name)}
-        )
-
-
-def evaluate_policy(
-    policy: GaussianPolicy,
-    task: str,
-    seed: int,
-    episodes: int,
-    max_steps: int,
-    deterministic: bool,
-    temperature: float = 1.0,
-) -> dict[str, Any]:
-    """Success rate, mean final progress and jerk over ``episodes`` distinct goals of a fresh env seeded ``seed``.
-
-    A fresh env per call gives every policy the same goal sequence (so two policies' ``goal_success`` lists, 0/1 per
-    goal, pair up); ``temperature`` scales σ of sampled actions. A Meta-World task draws its goals from a fixed set
-    of 50 (with replacement: 30 draws hold only ~22 distinct start states), so an episode whose object and goal
-    positions were already evaluated is dropped and another drawn: each goal counts once.
-    """
-    env = make_env(task, seed=seed, goal_variation=True)
-    act = policy.numpy_policy(deterministic=deterministic, seed=seed, temperature=temperature)
-    results: list[Outcome] = []
-    seen: set[tuple[float, ...]] = set()
-    draws = 0
-    while len(results) < episodes:
-        if draws == 20 * episodes:
-            raise ValueError(
-                f"{task}: only {len(results)} distinct goals in {draws} draws (env seed {seed}); a Meta-World task "
-                f"has at most 50: lower eval_episodes to <= {len(results)}"
-            )
-        draws += 1
-        episode = rollout(env, act, max_steps=max_steps)
-        start = tuple(np.round(episode.observations[0, np.r_[OBJECT_SLICE, GOAL_SLICE]], 4).tolist())
-        if start not in seen:
-            seen.add(start)
-            results.append(outcome(episode))
-    return {
-        "success": float(np.mean([r.success for r in results])),
-        "progress": float(np.mean([r.progress for r in results])),
-        "jerk": float(np.mean([r.jerk for r in results])),
-        "goal_success": [int(r.success) for r in results],
-        "draws": draws,
-    }
-
-
-def evaluate_held_out(
-    policy: GaussianPolicy, config: PeelingConfig, deterministic: bool, temperature: float = 1.0
-) -> dict[str, Any]:
-    """:func:`evaluate_policy` on the run's held-out goals (env seed 30 000 + seed, ``eval_episodes`` of them)."""
-    return evaluate_policy(
-        policy, config.task, 30_000 + config.seed, config.eval_episodes, config.max_steps, deterministic, temperature
-    )
-
-
-def held_out_results(policy: GaussianPolicy, config: PeelingConfig, prefix: str) -> dict[str, dict[str, Any]]:
-    """The policy sampled and with its mean action on the held-out goals: ``{prefix}_sample``, ``{prefix}_mean``."""
-    return {
-        f"{prefix}_{mode}": evaluate_held_out(policy, config, det) for mode, det in (("sample", False), ("mean", True))
-    }
-
-
-def training_pool(config: PeelingConfig) -> list[gym.Env]:
-    """The fixed-goal environments of stage 2 (their goals differ from the evaluation's)."""
-    return [make_env(config.task, seed=20_000 + 100 * config.seed + g) for g in range(config.pool)]
-
-
-def validation_pool(config: PeelingConfig, size: int | None = None) -> list[gym.Env]:
-    """Fixed-goal environments for choosing the finetuning round (goals differ from the pool's and evaluation's).
-
-    ``size`` (default ``config.validation``) goals; a larger pool starts with the same ones.
-    """
-    count = config.validation if size is None else size
-    return [make_env(config.task, seed=50_000 + 100 * config.seed + g) for g in range(count)]
-
-
-class RoundTracker:
-    """``config.track_rounds``' record of every round's mean-action policy (an ``on_round`` hook).
-
-    Per round, ``held_out``: success, mean final progress and per-goal success on the held-out goals (the same as
-    the final evaluation's); ``validation``: per goal, the ranker's whole-trajectory score (``rank``: the fused
-    reward of stage 1, or the true return with ``oracle``; with a refit not the round's own reward), final progress
-    and success on ``max(config.validation, 16)`` validation goals.
-    """
-
-    def __init__(self, config: PeelingConfig, rank: Callable[[Sequence[Episode]], np.ndarray]) -> None:
-        self.config, self.rank = config, rank
-        self.validation = validation_pool(config, max(config.validation, 16))
-        self.held_out: list[dict[str, Any]] = []
-        self.scores: list[dict[str, list[float]]] = []
-
-    def __call__(self, round_index: int, policy: GaussianPolicy) -> None:
-        """Record round ``round_index`` (``policy`` is not changed)."""
-        held_out = evaluate_held_out(policy, self.config, deterministic=True)
-        self.held_out.append({k: held_out[k] for k in ("success", "progress", "goal_success")})
-        episodes = validation_rollouts(policy, self.validation, self.config.max_steps)
-        results = [outcome(e) for e in episodes]
-        self.scores.append(
-            {
-                "fused": [float(x) for x in trajectory_totals(self.rank(episodes))],
-                "progress": [float(r.progress) for r in results],
-                "success": [float(r.success) for r in results],
-            }
-        )
-
-    def record(self) -> dict[str, Any]:
-        """The per-round lists, for a results dict."""
-        return {"held_out": self.held_out, "validation": self.scores}
 
 
 def collect_demonstrations(config: PeelingConfig, dataset: Path) -> list[Episode]:
@@ -436,6 +115,7 @@ def stage_one(config: PeelingConfig, pool: Sequence[gym.Env], dataset: Path) -> 
         epochs=config.bc_epochs,
         lr=1e-3,
         seed=seed,
+        trainer=config.trainer,
     )
     timings["bc_s"] = time.perf_counter() - start
 
@@ -449,6 +129,7 @@ def stage_one(config: PeelingConfig, pool: Sequence[gym.Env], dataset: Path) -> 
         epochs=config.reward_epochs,
         seed=seed,
         log_floor=config.log_floor,
+        trainer=config.trainer,
     )
     timings["reward_s"] = time.perf_counter() - start
     # how well the fused reward orders 16 fresh rollouts (the same sampler, drawing on) by their true return
@@ -555,6 +236,7 @@ def stage_two(
                 config.reward_epochs,
                 seed,  # the restart's own choice of rated rollouts too (restart 0: config.seed)
                 config.log_floor,
+                config.trainer,
             )
         tracker = RoundTracker(config, rank) if config.track_rounds else None
         log = preference_finetune(
@@ -594,40 +276,3 @@ def stage_two(
     if config.explore_temperature != 1.0:  # the baseline that finetuning at a lower σ must beat: BC sampled there
         results["bc_tempered_sample"] = evaluate_held_out(reference, config, False, config.explore_temperature)
     return results, policy
-
-
-def run_peeling(argv: Sequence[str]) -> int:
-    """``mmpref peeling``: BC from noisy demonstrations, then preference finetuning (trajectory DPO).
-
-    Writes ``<out>/demos.hdf5``, ``bc_policy.safetensors``, ``finetuned_policy.safetensors`` and ``summary.json``.
-    """
-    parser = argparse.ArgumentParser(prog="mmpref peeling", description=run_peeling.__doc__)
-    add_recipe_arguments(parser, PeelingConfig)
-    parser.add_argument("--out", default=None, help="output folder (default runs/peeling/<task>-seed<seed>)")
-    args = parser.parse_args(argv)
-    try:
-        config = load_recipe(PeelingConfig, args.config, args.set)
-    except RecipeError as err:
-        print(f"mmpref peeling: {err}", file=sys.stderr)
-        return 2
-    torch.set_num_threads(1)  # many small ops: one thread is faster than several on a shared CPU
-    out = Path(args.out or f"runs/peeling/{config.task}-seed{config.seed}")
-    pool = training_pool(config)
-    first = stage_one(config, pool, out / "demos.hdf5")
-    results, timings = first.results, first.timings
-    save_policy(first.policy, out / "bc_policy.safetensors")
-    finetuned, policy = stage_two(config, first.policy, first.reward, pool, first.demonstrations, first.rated)
-    results |= finetuned
-    save_policy(policy, out / "finetuned_policy.safetensors")
-    summary = {"config": asdict(config), "results": results, "timings": timings}
-    with atomic_write(out / "summary.json", "w") as handle:
-        json.dump(summary, handle, indent=1)
-    bc, ft = results["bc_mean"]["success"], results["ft_mean"]["success"]
-    bc_sample, ft_sample = results["bc_sample"]["success"], results["ft_sample"]["success"]
-    tempered = results.get("bc_tempered_sample")
-    baseline = f" (BC sampled at {config.explore_temperature}·σ: {tempered['success']:.2f})" if tempered else ""
-    print(
-        f"success (mean action) BC {bc:.2f} -> finetuned {ft:.2f}; sampled {bc_sample:.2f} -> {ft_sample:.2f}"
-        f"{baseline}; {out}"
-    )
-    return 0

@@ -16,9 +16,7 @@ bootstrap interval, and the paired difference regret − partial return with a 9
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -36,7 +34,7 @@ from mmpref.control.regret.model import (
     sample_segments,
 )
 from mmpref.data import atomic_write
-from mmpref.recipe import RecipeError, add_recipe_arguments, load_recipe, require_at_least
+from mmpref.recipe import out_option, require_at_least, run_job
 
 MODELS: tuple[str, ...] = ("regret", "partial_return")  # the learner's preference models, both always fitted
 
@@ -273,15 +271,17 @@ def run_regret(argv: Sequence[str]) -> int:
 
     Writes ``<out>/results.json``, ``results.md`` and ``near_optimal.png``, and prints the table.
     """
-    parser = argparse.ArgumentParser(prog="mmpref regret", description=run_regret.__doc__)
-    add_recipe_arguments(parser, RegretConfig)
-    parser.add_argument("--out", default=None, help="output folder (default runs/regret/gridworld-seed<seed>)")
-    args = parser.parse_args(argv)
-    try:
-        config = load_recipe(RegretConfig, args.config, args.set)
-    except RecipeError as err:
-        print(f"mmpref regret: {err}", file=sys.stderr)
-        return 2
+    return run_job(
+        "mmpref regret",
+        RegretConfig,
+        argv,
+        _run,
+        out_option("runs/regret/gridworld-seed<seed>"),
+        run_regret.__doc__,
+    )
+
+
+def _run(config: RegretConfig, args: Any) -> int:
     import torch
 
     torch.set_num_threads(1)  # tiny full-batch problems: one thread is fastest on a shared CPU

@@ -183,9 +183,43 @@ def load_diffusion(folder: str | Path | None = None) -> DigitDiffusion:
             f"{folder}: no diffusion model here (expected unet/config.json); train one with "
             "scripts/train_digit_diffusion.py or pass the folder of a saved model"
         )
+    meta = _check_folder(folder)
     diffusers = _diffusers()
-    unet = diffusers.UNet2DConditionModel.from_pretrained(folder / "unet")
-    scheduler = diffusers.DDPMScheduler.from_pretrained(folder / "scheduler")
-    meta_path = folder / "mmpref.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    try:
+        unet = diffusers.UNet2DConditionModel.from_pretrained(folder / "unet")
+        scheduler = diffusers.DDPMScheduler.from_pretrained(folder / "scheduler")
+    except Exception as err:  # diffusers raises OSError/ValueError/TypeError for configs it cannot use
+        from mmpref.errors import ModelFolderError
+
+        first = (str(err).splitlines() or [err.__class__.__name__])[0][:300]
+        raise ModelFolderError(
+            folder, f"diffusers cannot load it ({err.__class__.__name__}: {first})", _REBUILD
+        ) from None
     return DigitDiffusion(unet.eval(), scheduler, PromptEncoder(folder / "prompt_embeddings.safetensors"), meta)
+
+
+_REBUILD = (
+    "rebuild it (scripts/train_digit_diffusion.py writes the base model, `mmpref dpo --out DIR` a fine-tuned one) "
+    "or copy the whole folder again"
+)
+
+
+def _check_folder(folder: Path) -> dict[str, Any]:
+    """Check every file of a model folder before diffusers reads it; returns ``mmpref.json`` (or ``{}``).
+
+    Raises:
+        ModelFolderError: naming the damaged file (non-JSON config, truncated or NaN weights) and how to rebuild it.
+    """
+    from mmpref.errors import ModelFolderError
+    from mmpref.modelfiles import load_safetensors, read_json_object
+
+    read_json_object(folder / "unet" / "config.json", _REBUILD)
+    for required in ("scheduler/scheduler_config.json", "unet/diffusion_pytorch_model.safetensors"):
+        if not (folder / required).is_file():
+            raise ModelFolderError(folder / required, "is missing", _REBUILD)
+    read_json_object(folder / "scheduler" / "scheduler_config.json", _REBUILD)
+    load_safetensors(folder / "unet" / "diffusion_pytorch_model.safetensors", _REBUILD)
+    if (folder / "prompt_embeddings.safetensors").is_file():
+        load_safetensors(folder / "prompt_embeddings.safetensors", _REBUILD)
+    meta_path = folder / "mmpref.json"
+    return read_json_object(meta_path, _REBUILD) if meta_path.is_file() else {}

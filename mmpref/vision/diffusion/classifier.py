@@ -73,10 +73,13 @@ def save_classifier(model: DigitClassifier, path: str | Path) -> Path:
 
 def load_classifier(path: str | Path) -> DigitClassifier:
     """Load a classifier written by :func:`save_classifier`."""
-    from safetensors.torch import load_file
+    from mmpref.modelfiles import check_shapes, load_safetensors
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no digit classifier; scripts/train_digit_diffusion.py writes one")
+    fix = "rebuild it with scripts/train_digit_diffusion.py or copy it again from the base model folder"
+    state = load_safetensors(path, fix)
     model = DigitClassifier()
-    model.load_state_dict(load_file(str(path)))
+    check_shapes(path, state, {k: tuple(v.shape) for k, v in model.state_dict().items()}, fix)
+    model.load_state_dict(state)
     return model.eval()

@@ -1,4 +1,4 @@
-"""CLI jobs: ``mmpref sample``, ``mmpref dpo`` (digits default or a local SD pipeline) and ``mmpref dpo-eval``."""
+"""CLI jobs: ``mmpref sample``, ``mmpref dpo`` (digits default or a local pipeline), ``dpo-cache``, ``dpo-eval``."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mmpref.data.io import atomic_write
 
 if TYPE_CHECKING:
+    from mmpref.vision.diffusion.pipelines import PipelineDPOConfig
     from mmpref.vision.diffusion.train import DPOConfig
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ def run_sample(argv: Sequence[str]) -> int:
 
 def run_dpo(argv: Sequence[str]) -> int:
     """``mmpref dpo``: Diffusion-DPO on the digits default (simulated taste) or on a local SD pipeline."""
+    if any(a == "--pipeline" or a.startswith("--pipeline=") for a in argv):
+        return run_pipeline_dpo(argv)
     parser = argparse.ArgumentParser(prog="mmpref dpo", description=run_dpo.__doc__)
     parser.add_argument("--out", required=True, help="output folder (a model folder, LoRA weights or a pipeline)")
     parser.add_argument("--model", default=None, help="digits model folder (default: the shipped base)")
@@ -75,32 +78,10 @@ def run_dpo(argv: Sequence[str]) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="on-policy rounds (digits; 1)")
     parser.add_argument("--per-prompt", type=int, default=None, help="on-policy samples per prompt (digits; 50)")
     parser.add_argument("--stop-on-collapse", action="store_true", help="stop and keep the last good weights")
-    parser.add_argument("--pipeline", default=None, help="a local SD-format pipeline folder instead of the digits")
-    parser.add_argument("--pairs", default=None, help="Pick-a-Pic Parquet pairs (with --pipeline)")
-    parser.add_argument("--ties", choices=("drop", "error"), default=None, help="tie policy (with --pipeline)")
-    parser.add_argument("--mode", choices=("lora", "full"), default="lora", help="with --pipeline")
     parser.add_argument("--seed", type=int, default=0)
+    parser.epilog = "a real pipeline: mmpref dpo --pipeline DIR --pairs F.parquet --ties drop --out DIR (--help there)"
     args = parser.parse_args(list(argv))
     _threads()
-    if args.pipeline:
-        from mmpref.vision.diffusion.pipelines import finetune_pipeline
-
-        if not args.pairs or not args.ties:
-            parser.error("--pipeline needs --pairs FILE.parquet and --ties drop|error")
-        out = finetune_pipeline(
-            args.pipeline,
-            args.pairs,
-            args.out,
-            ties=args.ties,
-            mode=args.mode,
-            steps=args.steps or 130,
-            beta=args.beta or 5000.0,
-            lr=args.lr or 1e-4,
-            loss=args.loss or "bradley_terry",
-            seed=args.seed,
-        )
-        _say(f"wrote {out}")
-        return 0
     from mmpref.vision.diffusion.base import DEFAULT_ASSET, load_diffusion, save_diffusion
     from mmpref.vision.diffusion.train import DPOConfig, train_dpo
 
@@ -127,6 +108,78 @@ def run_dpo(argv: Sequence[str]) -> int:
         shutil.copyfile(source / "classifier.safetensors", out / "classifier.safetensors")
     _say(f"wrote {out}; DPO took {report['dpo_seconds']} s; last metrics: {report['rounds'][-1]['metrics']}")
     return 0
+
+
+def _prepare(cfg: PipelineDPOConfig) -> tuple[Any, Any]:
+    """Check the pipeline folder, then build or refresh the cache; input errors name their field (exit 2)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    from mmpref.recipe import blame
+    from mmpref.vision.diffusion.pipelines import detect_family, load_family, prepare_cache
+
+    diffusers_logging.disable_progress_bar()  # one line per job, not a bar per loaded part
+    transformers_logging.disable_progress_bar()
+    with blame("pipeline"):
+        detect_family(cfg.pipeline)
+        family = load_family(cfg.pipeline)
+    with blame("pairs"):
+        return prepare_cache(cfg, family)
+
+
+def _cache_line(cache: Any) -> str:
+    return (
+        f"cache {cache.folder}: {cache.pairs} pairs, {cache.encoded} encoded, {cache.reused} already cached, "
+        f"{cache.seconds} s"
+    )
+
+
+def run_pipeline_dpo(argv: Sequence[str]) -> int:
+    """``mmpref dpo --pipeline DIR --pairs F.parquet --ties drop --out DIR``: Diffusion-DPO on a local pipeline.
+
+    SD 1.x/2.x, SDXL or SD3-class flow (read from model_index.json); LoRA weights (diffusers format) or a full
+    pipeline are written to --out. Settings: fields of PipelineDPOConfig, from --config recipes/diffusion/<family>.yaml
+    and/or --FIELD VALUE.
+    """
+    from mmpref.recipe import RecipeError, run_job
+    from mmpref.vision.diffusion.pipelines import PipelineDPOConfig, save_finetuned, train
+
+    def body(cfg: PipelineDPOConfig, options: Any) -> int:
+        if not options.out:
+            raise RecipeError("--out is required: the folder the LoRA weights or the tuned pipeline go to")
+        _threads()
+        prepared = _prepare(cfg)
+        _say(_cache_line(prepared[1]))
+        family, system, report = train(cfg, prepared=prepared)
+        out = save_finetuned(family, system, cfg.mode, options.out, cfg.pipeline)
+        with atomic_write(Path(f"{out}.report.json"), "w") as handle:
+            json.dump(report, handle, indent=2, default=str)
+        metrics = {k: round(v, 4) for k, v in report["metrics"].items()}
+        _say(
+            f"wrote {out} ({family.name}, {cfg.mode}); {report['steps']} steps in {report['train_seconds']} s; "
+            f"{metrics}"
+        )
+        return 0
+
+    options = {"--out": {"default": None, "help": "output folder: LoRA weights, or the tuned pipeline (mode full)"}}
+    return run_job("mmpref dpo", PipelineDPOConfig, argv, body, options, run_pipeline_dpo.__doc__)
+
+
+def run_dpo_cache(argv: Sequence[str]) -> int:
+    """``mmpref dpo-cache --pipeline DIR --pairs F.parquet --ties drop``: encode latents + text once, on disk.
+
+    Later ``mmpref dpo`` runs with the same pipeline, resolution, resize policy and cache settings skip the VAE and
+    the text encoders; pairs are keyed by content, so a re-written or extended Parquet file only encodes new pairs.
+    """
+    from mmpref.recipe import run_job
+    from mmpref.vision.diffusion.pipelines import PipelineDPOConfig
+
+    def body(cfg: PipelineDPOConfig, options: Any) -> int:
+        _threads()
+        _say(_cache_line(_prepare(cfg)[1]))
+        return 0
+
+    return run_job("mmpref dpo-cache", PipelineDPOConfig, argv, body, None, run_dpo_cache.__doc__)
 
 
 def load_recipe(path: str | Path) -> DPOConfig:

@@ -1,290 +1,294 @@
-"""Diffusion-DPO on real diffusers Stable-Diffusion-format pipelines from a local folder, LoRA or full fine-tune.
+"""Diffusion-DPO on a real diffusers pipeline from a local folder (SD 1.x/2.x, SDXL, SD3-class flow), LoRA or full.
 
-Input: a pipeline folder (``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``,
-``scheduler/``) and Pick-a-Pic-style Parquet pairs (:func:`mmpref.data.io.read_pickapic_parquet`). Images are
-encoded once by the VAE (latents × ``scaling_factor``), prompts once by the text encoder; the UNet is fine-tuned by
-:class:`~mmpref.vision.diffusion.system.DiffusionDPOSystem`. Output: with LoRA, ``pytorch_lora_weights.safetensors``
-in diffusers' format (``pipeline.load_lora_weights(out)`` loads it unchanged); full, a whole pipeline folder.
-Everything is validated before training starts and written atomically, so bad input leaves nothing behind.
+Input: a pipeline folder (``pipeline.save_pretrained``; its family is read from ``model_index.json``,
+:mod:`~mmpref.vision.diffusion.families`) and Pick-a-Pic Parquet pairs, streamed in row groups
+(:mod:`~mmpref.vision.diffusion.data`). Images are resized + cropped to the pipeline's resolution, VAE-encoded and
+their captions text-encoded **once** into an on-disk cache (:mod:`~mmpref.vision.diffusion.latent_cache`); later
+epochs and runs read latents from it, one shard at a time, and never load the VAE or text encoders into the training
+step. The denoiser is fine-tuned by :class:`~mmpref.vision.diffusion.system.DiffusionDPOSystem` under a Lightning
+``Trainer`` that receives the knobs as they are (precision, accumulation, devices, strategy, checkpoints, logger).
+
+Output: with LoRA, ``pytorch_lora_weights.safetensors`` in diffusers' format (``pipeline.load_lora_weights(out)``
+loads it unchanged); full, a whole pipeline folder. Written atomically, so bad input leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import io
 import logging
-from collections.abc import Sequence
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from mmpref.data.io import DataError, atomic_folder, read_pickapic_parquet
-from mmpref.data.records import PreferencePair
-from mmpref.reward.datamodule import DictDataset
+from mmpref.data.io import atomic_folder
+from mmpref.vision.diffusion.data import DPOTiePolicy, ResizePolicy
+from mmpref.vision.diffusion.families import Family, PipelineError, detect_family, load_family  # noqa: F401
+from mmpref.vision.diffusion.latent_cache import CacheDtype, CacheReport, build_cache, cache_namespace
+from mmpref.vision.diffusion.tiny import tiny_sd_pipeline
 
 logger = logging.getLogger(__name__)
 FineTuneMode = Literal["lora", "full"]
-DPOTiePolicy = Literal["drop", "error"]
-PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-SD_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+LoggerKind = Literal["csv", "tensorboard", "none"]
+tiny_random_pipeline = tiny_sd_pipeline  # the name earlier code and tests use
 
 
-class PipelineError(ValueError):
-    """A pipeline folder that cannot be fine-tuned; the message names the folder, the missing part and the fix."""
-
-
-def check_pipeline_dir(folder: str | Path) -> Path:
-    """Check that ``folder`` is a Stable-Diffusion-format pipeline with every part DPO needs."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise PipelineError(f"{folder}: not a folder; pass the local folder of a diffusers pipeline")
-    missing = [part for part in PIPELINE_PARTS if not (folder / part).is_dir()]
-    if not (folder / "model_index.json").is_file():
-        missing.insert(0, "model_index.json")
-    if missing:
-        raise PipelineError(
-            f"{folder}: not a Stable-Diffusion-format pipeline, missing {', '.join(missing)}; save one with "
-            "pipeline.save_pretrained(folder) (a UNet-only folder cannot be fine-tuned here)"
-        )
-    return folder
-
-
-def tiny_random_pipeline(seed: int = 0) -> Any:
-    """A tiny randomly initialised ``StableDiffusionPipeline`` (16 px images, 8 px latents), built from configs.
-
-    For tests and demos only: no weights are downloaded. The tokenizer is a byte-level CLIP BPE without merges.
-    """
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    torch.manual_seed(seed)
-    chars = sorted(ByteLevel.alphabet())
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in chars:
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(vocab),
-            hidden_size=16,
-            intermediate_size=32,
-            num_attention_heads=2,
-            num_hidden_layers=2,
-            max_position_embeddings=16,
-            projection_dim=16,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    )
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16,
-        attention_head_dim=4,
-        norm_num_groups=8,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=16,
-    )
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1
-    )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
-def load_dpo_pairs(path: str | Path, ties: DPOTiePolicy) -> list[PreferencePair]:
-    """Pick-a-Pic Parquet pairs for DPO: every image must decode; ties are dropped (logged) or an error.
-
-    Raises:
-        DataError: bad rows (missing/undecodable images, bad labels), a tie with ``ties="error"``, or no pair left.
-        ValueError: ``ties="keep"``: DPO needs a winner, so soft ties cannot be kept.
-    """
-    if ties not in ("drop", "error"):
-        raise ValueError(f"ties must be 'drop' or 'error' for DPO (a tie has no winner to prefer), got {ties!r}")
-    pairs = read_pickapic_parquet(path, ties="keep")
-    tied = [p.id for p in pairs if p.is_tie]
-    if tied and ties == "error":
-        raise DataError(
-            path, [f"record {i!r}: label_0 = 0.5 is a tie; DPO needs a winner (pass ties='drop')" for i in tied]
-        )
-    if tied:
-        logger.info("%s: dropped %d tied pair(s)", path, len(tied))
-    kept = [p for p in pairs if not p.is_tie]
-    if not kept:
-        raise DataError(path, ["no pair left after dropping ties; DPO needs pairs with a winner"])
-    return kept
-
-
-def _image_array(item: Any) -> np.ndarray:
-    from PIL import Image
-
-    source = io.BytesIO(item) if isinstance(item, bytes) else item
-    with Image.open(source) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-
-
-def pairs_to_pixels(pairs: Sequence[PreferencePair], path: str | Path, resolution: int) -> tuple[torch.Tensor, ...]:
-    """Winner and loser pixels ``[N, 3, R, R]`` in [−1, 1]; every image must be ``resolution`` square.
-
-    Raises:
-        DataError: naming every pair whose images have another size (nothing is resized silently).
-    """
-    problems, winners, losers = [], [], []
-    for pair in pairs:
-        w, lo = _image_array(pair.winner), _image_array(pair.loser)
-        for name, arr in (("winner", w), ("loser", lo)):
-            if arr.shape[:2] != (resolution, resolution):
-                problems.append(
-                    f"record {pair.id!r}: {name} image is {arr.shape[1]}×{arr.shape[0]}, the pipeline needs "
-                    f"{resolution}×{resolution}; resize the images or pick the matching pipeline"
-                )
-        winners.append(w)
-        losers.append(lo)
-    if problems:
-        raise DataError(path, problems)
-    to_tensor = lambda xs: torch.tensor(np.stack(xs)).permute(0, 3, 1, 2)  # noqa: E731
-    return to_tensor(winners), to_tensor(losers)
-
-
-@torch.no_grad()
-def encode_prompts(tokenizer: Any, text_encoder: Any, prompts: Sequence[str]) -> torch.Tensor:
-    """Text-encoder hidden states ``[N, L, D]`` as the pipeline computes them (padded to the max length)."""
-    ids = tokenizer(
-        list(prompts),
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
-    return text_encoder(ids)[0]
-
-
-@torch.no_grad()
-def encode_images(vae: Any, pixels: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """VAE latents × scaling factor (a seeded draw from the posterior, as in the training scripts)."""
-    generator = torch.Generator().manual_seed(seed)
-    latents = vae.encode(pixels).latent_dist.sample(generator)
-    return latents * vae.config.scaling_factor
-
-
-def finetune_pipeline(pipeline_dir: str | Path, pairs_path: str | Path, out_dir: str | Path, **kwargs: Any) -> Path:
-    """Fine-tune (:func:`dpo_finetune`, same keyword arguments) and write the result to ``out_dir`` atomically.
-
-    Returns:
-        ``out_dir``: LoRA weights (``pytorch_lora_weights.safetensors``) or, for ``mode="full"``, a pipeline folder.
-    """
-    pipe, system = dpo_finetune(pipeline_dir, pairs_path, **kwargs)
-    return save_finetuned(pipe, system, kwargs.get("mode", "lora"), out_dir)
-
-
-def dpo_finetune(
-    pipeline_dir: str | Path,
-    pairs_path: str | Path,
-    *,
-    ties: DPOTiePolicy,
-    mode: FineTuneMode = "lora",
-    steps: int = 100,
-    batch_size: int = 4,
-    beta: float = 5000.0,
-    lr: float = 1e-4,
-    loss: str = "bradley_terry",
-    lora_rank: int = 4,
-    seed: int = 0,
-) -> Path:
-    """Fine-tune a local SD-format pipeline's UNet on Pick-a-Pic pairs with Diffusion-DPO (nothing is written).
+@dataclass
+class PipelineDPOConfig:
+    """Settings of ``mmpref dpo --pipeline``: data, cache, loss, optimisation and the Lightning knobs.
 
     Args:
-        pipeline_dir: folder written by ``pipeline.save_pretrained``.
-        pairs_path: Pick-a-Pic-style Parquet (``caption``, ``jpg_0``, ``jpg_1``, ``label_0``).
-        ties: ``"drop"`` or ``"error"``: what a tied pair does.
-        mode: ``"lora"`` (adapters; reference = adapters disabled) or ``"full"`` (frozen copy as reference).
+        pipeline: a local diffusers pipeline folder (SD 1.x/2.x, SDXL or SD3 layout).
+        pairs: a Pick-a-Pic-style Parquet file (``caption``, ``jpg_0``, ``jpg_1``, ``label_0``).
+        ties: ``drop`` or ``error``: what a tied pair (label_0 = 0.5) does.
+        mode: ``lora`` (adapters; reference = adapters disabled, one denoiser) or ``full`` (frozen copy).
+        resize: ``center``/``random``: shorter side to the resolution, then that square crop; ``refuse``: every
+            image must already be R×R.
+        cache_dir: root of the latent cache (default: ``.mmpref-cache`` beside the Parquet file).
+        cache_dtype: dtype of cached latents and text embeddings (float16/bfloat16 halve the disk).
+        encode_batch: pairs per VAE / text-encoder call while caching.
+        shard_size: pairs per cache shard (what training holds in memory at once).
         steps: optimizer steps.
-        batch_size: pairs per step.
+        batch_size: pairs per micro-batch (per device).
         beta: β_dpo of the official code (the core loss gets β/2).
         lr: AdamW learning rate.
         loss: a pairwise loss name of :mod:`mmpref.losses`.
-        lora_rank: LoRA rank (``mode="lora"``).
-        seed: seed of the VAE draw, shuffling, noise and timesteps.
-
-    Returns:
-        The loaded pipeline and the trained system (its ``unet`` is the pipeline's UNet, with adapters for LoRA).
+        lora_rank: LoRA rank r; LoRA α = r.
+        lr_scheduler: a diffusers schedule name (constant, constant_with_warmup, linear, cosine, ...).
+        warmup_steps: linear warm-up steps.
+        accumulate_grad_batches: micro-batches per optimizer step.
+        gradient_checkpointing: recompute the denoiser's activations in backward (less memory, slower).
+        gradient_clip_val: gradient-norm clip (the official scripts use 1).
+        precision: Lightning precision: ``32-true``, ``bf16-mixed``, ``16-mixed``, ...
+        accelerator: Lightning accelerator (``auto``, ``cpu``, ``gpu``).
+        devices: Lightning devices (``auto``, a count, or a list as a string).
+        strategy: Lightning strategy (``auto``, ``ddp``, ``fsdp``, ...).
+        log_dir: folder of the logger's files and checkpoints (``None``: no logger, no checkpoints).
+        logger: ``csv``, ``tensorboard`` or ``none``.
+        log_every_n_steps: how often metrics are logged.
+        checkpoint_every_n_steps: > 0 writes ``log_dir/checkpoints/`` every so many steps (and ``last.ckpt``).
+        resume: a Lightning checkpoint to resume from (``ckpt_path``).
+        num_workers: DataLoader workers (shards are split between them).
+        seed: seed of crops, VAE draws, shuffling, noise and timesteps.
     """
-    import lightning as L
-    from diffusers import DDPMScheduler, StableDiffusionPipeline
 
-    from mmpref.reward.trainers import quick_trainer, quiet_lightning
+    pipeline: str
+    pairs: str
+    ties: DPOTiePolicy
+    mode: FineTuneMode = "lora"
+    resize: ResizePolicy = "center"
+    cache_dir: str | None = None
+    cache_dtype: CacheDtype = "float32"
+    encode_batch: int = 8
+    shard_size: int = 1024
+    steps: int = 100
+    batch_size: int = 4
+    beta: float = 5000.0
+    lr: float = 1e-4
+    loss: str = "bradley_terry"
+    lora_rank: int = 4
+    lr_scheduler: str = "constant"
+    warmup_steps: int = 0
+    accumulate_grad_batches: int = 1
+    gradient_checkpointing: bool = False
+    gradient_clip_val: float = 1.0
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: str | int = "auto"
+    strategy: str = "auto"
+    log_dir: str | None = None
+    logger: LoggerKind = "csv"
+    log_every_n_steps: int = 10
+    checkpoint_every_n_steps: int = 0
+    resume: str | None = None
+    num_workers: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("lora", "full"):
+            raise ValueError(f"mode must be 'lora' or 'full', got {self.mode!r}")
+        if self.ties not in ("drop", "error"):
+            raise ValueError(f"ties must be 'drop' or 'error' (a tie has no winner to prefer), got {self.ties!r}")
+        if self.resize not in ("center", "random", "refuse"):
+            raise ValueError(f"resize must be 'center', 'random' or 'refuse', got {self.resize!r}")
+        if self.cache_dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"cache_dtype must be float32, float16 or bfloat16, got {self.cache_dtype!r}")
+        for name in ("steps", "batch_size", "encode_batch", "shard_size", "lora_rank", "accumulate_grad_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def cache_root(self) -> Path:
+        """Where the cache lives: ``cache_dir``, or ``.mmpref-cache`` beside the Parquet file."""
+        return Path(self.cache_dir) if self.cache_dir else Path(self.pairs).resolve().parent / ".mmpref-cache"
+
+
+def prepare_cache(cfg: PipelineDPOConfig, family: Family | None = None) -> tuple[Family, CacheReport]:
+    """Load the pipeline and bring the cache up to date for ``cfg.pairs`` (``mmpref dpo-cache``; also step 1 of DPO).
+
+    Raises:
+        PipelineError: the folder is not a supported pipeline. DataError: bad rows or images (all named).
+    """
+    folder = Path(cfg.pipeline)
+    family = family or load_family(folder)
+    namespace = cache_namespace(cfg.cache_root, family, family.fingerprint(folder), cfg.resize, cfg.cache_dtype)
+    report = build_cache(
+        family,
+        cfg.pairs,
+        namespace,
+        ties=cfg.ties,
+        resize=cfg.resize,
+        dtype=cfg.cache_dtype,
+        encode_batch=cfg.encode_batch,
+        shard_size=cfg.shard_size,
+        seed=cfg.seed,
+    )
+    return family, report
+
+
+def _logger(cfg: PipelineDPOConfig) -> Any:
+    if cfg.log_dir is None or cfg.logger == "none":
+        return False
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    kind = CSVLogger if cfg.logger == "csv" else TensorBoardLogger
+    return kind(save_dir=cfg.log_dir, name="dpo")
+
+
+def make_trainer(cfg: PipelineDPOConfig, callbacks: list[Any] | None = None) -> Any:
+    """The Lightning ``Trainer`` with the config's knobs passed through unchanged."""
+    import lightning as L
+
+    callbacks = list(callbacks or [])
+    if cfg.checkpoint_every_n_steps > 0:
+        if cfg.log_dir is None:
+            raise ValueError("checkpoint_every_n_steps needs log_dir (checkpoints go to log_dir/checkpoints)")
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=Path(cfg.log_dir) / "checkpoints",
+                every_n_train_steps=cfg.checkpoint_every_n_steps,
+                save_last=True,
+                save_top_k=-1,
+            )
+        )
+    devices: Any = int(cfg.devices) if isinstance(cfg.devices, str) and cfg.devices.isdigit() else cfg.devices
+    return L.Trainer(
+        max_steps=cfg.steps,
+        max_epochs=-1,
+        accelerator=cfg.accelerator,
+        devices=devices,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
+        gradient_clip_val=cfg.gradient_clip_val,
+        logger=_logger(cfg),
+        log_every_n_steps=cfg.log_every_n_steps,
+        enable_checkpointing=cfg.checkpoint_every_n_steps > 0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
+
+
+def make_system(cfg: PipelineDPOConfig, family: Family) -> Any:
+    """The DPO system around the family's denoiser (the denoiser object becomes the policy)."""
     from mmpref.vision.diffusion.system import DiffusionDPOSystem
 
-    if mode not in ("lora", "full"):
-        raise ValueError(f"mode must be 'lora' or 'full', got {mode!r}")
-    folder = check_pipeline_dir(pipeline_dir)
-    pairs = load_dpo_pairs(pairs_path, ties)
-    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
-    resolution = int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
-    x_w, x_l = pairs_to_pixels(pairs, pairs_path, resolution)
-    cond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [p.prompt or "" for p in pairs])
-    data = DictDataset(
-        x_w=encode_images(pipe.vae, x_w, seed), x_l=encode_images(pipe.vae, x_l, seed + 1), cond=cond.float()
+    denoiser = family.denoiser
+    if cfg.gradient_checkpointing:
+        denoiser.enable_gradient_checkpointing()
+    return DiffusionDPOSystem(
+        denoiser,
+        family.train_scheduler,
+        loss=cfg.loss,
+        beta=cfg.beta,
+        lr=cfg.lr,
+        reference="lora" if cfg.mode == "lora" else "copy",
+        lora_rank=cfg.lora_rank,
+        lora_targets=family.lora_targets,
+        family=family,
+        lr_scheduler=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_steps,
+        total_steps=cfg.steps,
     )
-    scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
-    L.seed_everything(seed, verbose=False)
+
+
+def train(
+    cfg: PipelineDPOConfig,
+    callbacks: list[Any] | None = None,
+    prepared: tuple[Family, CacheReport] | None = None,
+) -> tuple[Family, Any, dict[str, Any]]:
+    """Cache (if needed), then fine-tune; returns the family, the trained system and a report (nothing written).
+
+    ``prepared`` is :func:`prepare_cache`'s result when the caller already ran it. The report holds the cache
+    figures, the training seconds and steps, and the last logged metrics.
+    """
+    from mmpref.reward.trainers import quiet_lightning
+    from mmpref.vision.diffusion.latent_cache import CachedPairsData
+
     quiet_lightning()
-    system = DiffusionDPOSystem(
-        pipe.unet,
-        scheduler,
-        loss=loss,
-        beta=beta,
-        lr=lr,
-        reference="lora" if mode == "lora" else "copy",
-        lora_rank=lora_rank,
-        lora_targets=SD_LORA_TARGETS,
-    )
-    loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    quick_trainer(max_epochs=10_000, max_steps=steps, gradient_clip_val=1.0).fit(system, loader)
-    return pipe, system.eval()
+    if prepared is None:
+        detect_family(cfg.pipeline)  # a bad folder fails before any data is read
+    family, cache = prepared or prepare_cache(cfg)
+    family.release_encoders()  # the cache holds their outputs; training needs only the denoiser
+    torch.manual_seed(cfg.seed)
+    system = make_system(cfg, family)
+    data = CachedPairsData(cache.folder, cache.keys, batch_size=cfg.batch_size, seed=cfg.seed, workers=cfg.num_workers)
+    trainer = make_trainer(cfg, callbacks)
+    start = time.perf_counter()
+    trainer.fit(system, datamodule=data, ckpt_path=cfg.resume)
+    report = {
+        "family": family.name,
+        "cache": {k: getattr(cache, k) for k in ("pairs", "encoded", "reused", "seconds", "cpu_seconds")}
+        | {"folder": str(cache.folder)},
+        "train_seconds": round(time.perf_counter() - start, 2),
+        "steps": trainer.global_step,
+        "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+        "config": asdict(cfg),
+    }
+    return family, system.eval(), report
 
 
-def save_finetuned(pipe: Any, system: Any, mode: FineTuneMode, out_dir: str | Path) -> Path:
-    """Write LoRA weights in diffusers' format, or the whole pipeline with the tuned UNet, atomically."""
+def dpo_finetune(pipeline_dir: str | Path, pairs_path: str | Path, **settings: Any) -> tuple[Family, Any]:
+    """Fine-tune (:func:`train`) with ``settings`` = :class:`PipelineDPOConfig` fields; returns (family, system)."""
+    family, system, _ = train(PipelineDPOConfig(pipeline=str(pipeline_dir), pairs=str(pairs_path), **settings))
+    return family, system
+
+
+def finetune_pipeline(pipeline_dir: str | Path, pairs_path: str | Path, out_dir: str | Path, **settings: Any) -> Path:
+    """Fine-tune (:func:`dpo_finetune`, same settings) and write the result to ``out_dir`` atomically."""
+    family, system = dpo_finetune(pipeline_dir, pairs_path, **settings)
+    return save_finetuned(family, system, settings.get("mode", "lora"), out_dir, pipeline_dir)
+
+
+def save_finetuned(
+    family: Family, system: Any, mode: FineTuneMode, out_dir: str | Path, pipeline_dir: str | Path | None = None
+) -> Path:
+    """Write LoRA weights in diffusers' format, or (``full``) the source pipeline with the tuned denoiser, atomically.
+
+    ``pipeline_dir`` (the source folder) is needed for ``full``: its other parts are copied as they are.
+    """
     with atomic_folder(out_dir) as tmp:
-        _save(pipe, system, mode, tmp)
+        if mode == "lora":
+            family.save_lora(tmp, system.unet)
+        else:
+            if pipeline_dir is None:
+                raise ValueError("saving a full fine-tune needs pipeline_dir, the folder the other parts come from")
+            part = "transformer" if family.name == "sd3" else "unet"
+            source = Path(pipeline_dir)
+            for item in source.iterdir():
+                if item.name == part:
+                    continue
+                (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+            system.unet.save_pretrained(tmp / part, safe_serialization=True)
     return Path(out_dir)
 
 
-def _save(pipe: Any, system: Any, mode: FineTuneMode, folder: Path) -> None:
-    if mode == "lora":
-        from diffusers import StableDiffusionPipeline
-        from diffusers.utils import convert_state_dict_to_diffusers
-        from peft.utils import get_peft_model_state_dict
-
-        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(system.unet))
-        StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True)
-    else:
-        pipe.unet = system.unet
-        pipe.save_pretrained(folder, safe_serialization=True)
+def default_threads() -> None:
+    """One torch thread unless OMP_NUM_THREADS says otherwise (shared CPUs oversubscribe badly)."""
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

@@ -21,21 +21,36 @@ from mmpref.data.io import atomic_write
 from mmpref.reward.metrics import kendall_tau
 from mmpref.reward.trainers import quiet_lightning
 from mmpref.vision.demo_data import make_demo_image
+from mmpref.vision.taste.evaluate import (
+    evaluate_enrollment,
+    plot_learning_curve,
+    train_default_model,
+    train_personal_model,
+)
 from mmpref.vision.taste.model import CodePrior, save_taste_model
-from mmpref.vision.taste.evaluate import evaluate_enrollment, plot_learning_curve, train_personal_model
-from mmpref.vision.taste.system import DemoTasteDataModule
 from mmpref.vision.taste.scoring import TasteScorer, contact_sheet, format_table, write_table
+from mmpref.vision.taste.system import DemoTasteDataModule
 
 
-def run_taste_demo(out_dir: str | Path = "runs/demo/taste", epochs: int = 25, seed: int = 0) -> dict[str, Any]:
-    """Run the whole demo; returns its figures and writes them under ``out_dir``."""
+def run_taste_demo(
+    out_dir: str | Path = "runs/demo/taste", epochs: int | None = None, seed: int = 0
+) -> dict[str, Any]:
+    """Run the whole demo; returns its figures and writes them under ``out_dir``.
+
+    ``epochs`` = None trains by the default path (early stopping on validation loss, calibrated enrollment); a
+    number trains exactly that many epochs without calibration.
+    """
     quiet_lightning()
     out = Path(out_dir)
     data = DemoTasteDataModule(seed=seed)
-    model = train_personal_model(data, epochs=epochs, seed=seed)
-    curve = evaluate_enrollment(model, data)
+    if epochs:  # a fixed epoch count (the former recipe), no calibration
+        model = train_personal_model(data, epochs=epochs, seed=seed)
+        prior = CodePrior.from_model(model)
+    else:  # the default path: early stopping, prior strength and temperature from 10 validation raters
+        model, prior, _ = train_default_model(data, seed=seed)
+    curve = evaluate_enrollment(model, data, prior=prior)
     plot_learning_curve(curve, out / "learning_curve.png")
-    model_dir = save_taste_model(model, CodePrior.from_model(model), "efficientnet-lite0-imagenet", out / "model")
+    model_dir = save_taste_model(model, prior, "efficientnet-lite0-imagenet", out / "model")
 
     # One unseen person: their first 8 labelled pairs, as real files, then 24 new images to score for them.
     person = data.heldout[0]

@@ -15,7 +15,7 @@ from mmpref.data.io import atomic_write
 from mmpref.reward.metrics import PairwiseCalibrationError
 from mmpref.reward.trainers import quick_trainer
 from mmpref.vision.demo_data import SimulatedPopulation
-from mmpref.vision.taste.model import CodePrior, PersonalTasteModel, enroll
+from mmpref.vision.taste.model import CodePrior, PersonalTasteModel, enroll, predict_pairs
 from mmpref.vision.taste.system import DemoTasteDataModule, PersonalTasteSystem
 
 ENROLL_COUNTS = (0, 1, 2, 4, 8, 16, 32, 64)
@@ -34,9 +34,32 @@ def train_personal_model(
     return model.eval()
 
 
+def train_default_model(data: DemoTasteDataModule, seed: int = 0) -> tuple[PersonalTasteModel, CodePrior, dict]:
+    """The default path (:mod:`mmpref.vision.taste.train`): early stopping, learned prior, calibrated enrollment."""
+    from mmpref.vision.taste.train import CalibrationUser, calibrate_enrollment, fit_taste_model
+
+    data.setup()
+    model, summary = fit_taste_model(data, data.hparams.num_train_users, seed=seed)
+    prior, report = CodePrior.from_model(model), None
+    emb = data.embeddings
+    users = [
+        CalibrationUser(
+            emb[u.enroll.a], emb[u.enroll.b], torch.from_numpy(u.enroll.label),
+            emb[u.test.a], emb[u.test.b], torch.from_numpy(u.test.label),
+        )
+        for u in data.validation_raters
+    ]  # fmt: skip
+    if users:
+        prior, report = calibrate_enrollment(model, prior, users)
+    return model, prior, {"training": summary, "calibration": report}
+
+
 @torch.no_grad()
 def evaluate_enrollment(
-    model: PersonalTasteModel, data: DemoTasteDataModule, counts: Sequence[int] = ENROLL_COUNTS
+    model: PersonalTasteModel,
+    data: DemoTasteDataModule,
+    counts: Sequence[int] = ENROLL_COUNTS,
+    prior: CodePrior | None = None,
 ) -> dict[str, Any]:
     """Enroll every held-out user from their first n labelled pairs and score their test pairs.
 
@@ -45,7 +68,7 @@ def evaluate_enrollment(
     the personal probabilities, the code's posterior uncertainty and the enrollment time.
     """
     model.eval()
-    prior = CodePrior.from_model(model)
+    prior = prior if prior is not None else CodePrior.from_model(model)
     emb = data.embeddings
     rows = []
     for n in counts:
@@ -58,8 +81,7 @@ def evaluate_enrollment(
             seconds.append(time.perf_counter() - start)
             spread.append(profile.uncertainty)
             test = user.test
-            code = torch.from_numpy(profile.code).float()
-            prob = torch.sigmoid(model.score(emb[test.a], code) - model.score(emb[test.b], code))
+            prob = torch.from_numpy(predict_pairs(model, profile, emb[test.a], emb[test.b], prior.temperature))
             mean_code = torch.from_numpy(prior.mean).float()
             pop = torch.sigmoid(model.score(emb[test.a], mean_code) - model.score(emb[test.b], mean_code))
             label, truth = torch.from_numpy(test.label), torch.from_numpy(test.true_prob)

@@ -30,9 +30,16 @@ class TasteFilesDataModule(_TasteDataModule):
         rating_scale: (low, high) of the ratings.
         cache_dir: embedding cache folder.
         list_size: ratings per list (a user's ratings are chunked into lists of this size, the last one masked).
-        val_fraction: share of the pairs kept for validation.
+        val_fraction: share of the trained raters' pairs kept for validation (the loss early stopping watches).
         batch_size: pairs per batch.
         seed: seed of the split and the shuffling.
+        encoder: the image encoder (default EfficientNet-Lite0).
+        val_raters: share of the raters (with pairs) held out of training entirely, at least 3 when any: the
+            enrollment prior's strength and the temperature are chosen on them (:attr:`validation_raters`).
+
+    Attributes:
+        user_ids: names of the trained raters, in code-table order (counted from the data).
+        validation_raters: ``{name: (a, b, label)}`` item-index arrays of each held-out rater's pairs.
     """
 
     def __init__(
@@ -47,6 +54,7 @@ class TasteFilesDataModule(_TasteDataModule):
         batch_size: int = 256,
         seed: int = 0,
         encoder: ImageEncoder | None = None,
+        val_raters: float = 0.0,
     ):
         super().__init__()
         if pairs is None and ratings is None:
@@ -54,6 +62,7 @@ class TasteFilesDataModule(_TasteDataModule):
         self.save_hyperparameters(ignore=["encoder"])
         self._encoder = encoder
         self.user_ids: list[str] = []
+        self.validation_raters: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def _compute(self, items: list) -> np.ndarray:
         if self._encoder is None:
@@ -81,11 +90,26 @@ class TasteFilesDataModule(_TasteDataModule):
             items.setdefault(item, len(items))
         self.item_keys = list(items)  # row i of the embeddings is item_keys[i] (a path or the image bytes)
         users = sorted({p.user_id for p in pairs} | {r.user_id for r in ratings})
+        held: set[str] = set()
+        with_pairs = sorted({p.user_id for p in pairs})
+        if hp.val_raters > 0 and len(with_pairs) >= 6:
+            count = max(3, int(round(hp.val_raters * len(with_pairs))))
+            held = set(np.random.default_rng([hp.seed, 1]).choice(with_pairs, count, replace=False).tolist())
+        users = [u for u in users if u not in held]
         self.user_ids = users
         user_index = {u: i for i, u in enumerate(users)}
         self.encoder_id = self._encoder.encoder_id if self._encoder is not None else EfficientNetLite0Encoder.ID
         cache = EmbeddingCache(hp.cache_dir, self.encoder_id)
         self.embeddings = torch.from_numpy(cache.embed(list(items), self._compute))
+        for name in sorted(held):
+            rows = [p for p in pairs if p.user_id == name]
+            self.validation_raters[name] = (
+                np.array([items[p.a] for p in rows]),
+                np.array([items[p.b] for p in rows]),
+                np.array([p.label for p in rows], np.float32),
+            )
+        ratings = [r for r in ratings if r.user_id not in held]
+        pairs = [p for p in pairs if p.user_id not in held]
         rng = np.random.default_rng(hp.seed)
         order = rng.permutation(len(pairs))
         n_val = int(round(hp.val_fraction * len(pairs)))

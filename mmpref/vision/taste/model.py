@@ -125,16 +125,44 @@ class UserProfile:
 
 @dataclass(frozen=True)
 class CodePrior:
-    """Gaussian prior N(mean, covariance) over user codes, estimated from the training users."""
+    """Gaussian prior N(mean, covariance) over user codes, estimated from the training users.
+
+    ``temperature`` divides the personal margins when they are turned into probabilities (:func:`predict_pairs`);
+    it is fitted on validation raters (:func:`mmpref.vision.taste.train.calibrate_enrollment`), 1 when not.
+    """
 
     mean: np.ndarray
     covariance: np.ndarray
+    temperature: float = 1.0
 
     @classmethod
-    def from_model(cls, model: PersonalTasteModel, ridge: float = 1e-3) -> CodePrior:
-        """Mean and covariance (plus a small ridge) of the trained users' codes."""
+    def from_model(cls, model: PersonalTasteModel, ridge: float = 1e-3, shrinkage: float | str = 0.0) -> CodePrior:
+        r"""Mean and covariance (plus a small ridge) of the trained users' codes, optionally shrunk to isotropic.
+
+        With ``shrinkage`` α the covariance is (1 − α) S + α (tr S / r) I; ``"ledoit-wolf"`` sets α from the codes
+        (Ledoit & Wolf 2004: α = min(1, Σ_u ‖z_u z_uᵀ − S‖²_F / (U² ‖S − (tr S / r) I‖²_F))). A handful of
+        training users pins down few directions of their code space; shrinking keeps some prior mass on the others,
+        where users unlike the training ones differ.
+        """
         codes = model.user_codes.weight.detach().double().cpu().numpy()
-        return cls(codes.mean(0), np.cov(codes, rowvar=False) + ridge * np.eye(codes.shape[1]))
+        return cls.from_codes(codes, ridge, shrinkage)
+
+    @classmethod
+    def from_codes(cls, codes: np.ndarray, ridge: float = 1e-3, shrinkage: float | str = 0.0) -> CodePrior:
+        """:meth:`from_model` for a code table ``[U, r]``."""
+        mean = codes.mean(0)
+        centred = codes - mean
+        cov = centred.T @ centred / max(len(codes) - 1, 1)
+        r = codes.shape[1]
+        target = np.trace(cov) / r * np.eye(r)
+        if shrinkage == "ledoit-wolf":
+            outer = np.einsum("ur,us->urs", centred, centred)
+            spread = ((outer - cov) ** 2).sum() / len(codes) ** 2
+            distance = ((cov - target) ** 2).sum()
+            alpha = float(min(1.0, spread / distance)) if distance > 0 else 1.0
+        else:
+            alpha = float(shrinkage)
+        return cls(mean, (1 - alpha) * cov + alpha * target + ridge * np.eye(r))
 
 
 @torch.no_grad()
@@ -169,18 +197,62 @@ def enroll(
     offset = (diff @ model.population.double()).numpy()  # o = φ_ab·w₀
     x = (diff @ model.basis.double()).numpy()  # Bᵀφ_ab, [M, r]
     y = labels.double().numpy()
+
+    def objective(code: np.ndarray) -> float:
+        f = offset + x @ code
+        d = code - prior.mean
+        return float(np.sum(np.logaddexp(0.0, f) - y * f) + 0.5 * d @ prior_precision @ d)
+
     z = prior.mean.copy()
+    value = objective(z)
     for _ in range(iterations):
         p = 0.5 * (1.0 + np.tanh(0.5 * (offset + x @ z)))
         gradient = x.T @ (p - y) + prior_precision @ (z - prior.mean)
         hessian = (x * (p * (1 - p))[:, None]).T @ x + prior_precision
         step = np.linalg.solve(hessian, gradient)
-        z = z - step
-        if np.abs(step).max() < 1e-8:
+        size = 1.0
+        while size > 1e-4 and objective(z - size * step) > value + 1e-12:
+            size *= 0.5  # damped: a full Newton step can overshoot when a few pairs are nearly separable
+        z = z - size * step
+        new_value = objective(z)
+        if np.abs(size * step).max() < 1e-8 or value - new_value < 1e-12:
             break
+        value = new_value
     p = 0.5 * (1.0 + np.tanh(0.5 * (offset + x @ z)))
     hessian = (x * (p * (1 - p))[:, None]).T @ x + prior_precision
     return UserProfile(user_id, z, np.linalg.inv(hessian), int(len(y)))
+
+
+@torch.no_grad()
+def predict_pairs(
+    model: PersonalTasteModel,
+    profile: UserProfile,
+    emb_a: torch.Tensor,
+    emb_b: torch.Tensor,
+    temperature: float = 1.0,
+    moments: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    r"""P(a ≻ b) for a user: the Laplace posterior predictive (probit approximation), tempered.
+
+    .. math:: P = \sigma\big(m / (T\sqrt{1 + \pi v/8})\big),\quad m = \phi_{ab}^\top(w_0 + B\mu),\;
+              v = x^\top\Sigma x,\; x = B^\top\phi_{ab}
+
+    Args:
+        model: the trained model.
+        profile: the user's posterior (code mean and covariance).
+        emb_a: embeddings of the first items ``[M, D]``.
+        emb_b: embeddings of the second items ``[M, D]``.
+        temperature: T (from the model folder's prior).
+        moments: return the margin's posterior mean m and variance v ``[M]`` instead of probabilities.
+    """
+    diff = (model.features(emb_a) - model.features(emb_b)).double()
+    code = torch.from_numpy(np.asarray(profile.code, np.float64))
+    margin = (diff @ (model.population.double() + model.basis.double() @ code)).numpy()
+    x = (diff @ model.basis.double()).numpy()
+    variance = np.einsum("mr,rs,ms->m", x, profile.covariance, x)
+    if moments:
+        return margin, variance
+    return 0.5 * (1.0 + np.tanh(0.5 * margin / (temperature * np.sqrt(1.0 + np.pi * variance / 8.0))))
 
 
 def ratings_to_pairs(ratings: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -211,32 +283,68 @@ def save_taste_model(model: PersonalTasteModel, prior: CodePrior, encoder_id: st
     with atomic_write(folder / "model.safetensors", "wb") as handle:
         handle.write(save(state))
     with atomic_write(folder / "prior.json", "w") as handle:
-        json.dump({"mean": prior.mean.tolist(), "covariance": prior.covariance.tolist()}, handle)
+        json.dump(
+            {"mean": prior.mean.tolist(), "covariance": prior.covariance.tolist(), "temperature": prior.temperature},
+            handle,
+        )
     with atomic_write(folder / "config.json", "w") as handle:
         json.dump(config, handle, indent=1)
     return folder
 
 
-def load_taste_model(folder: str | Path) -> tuple[PersonalTasteModel, CodePrior, dict]:
-    """Read a model folder written by :func:`save_taste_model`; errors name the folder, the file and the fix."""
-    from safetensors.torch import load_file
+_REBUILD = (
+    "re-train and save the model (`mmpref demo --job taste`, or save_taste_model()), or copy the whole folder again"
+)
 
-    folder = Path(folder)
-    missing = [name for name in ("config.json", "model.safetensors", "prior.json") if not (folder / name).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{folder}: not a personal taste model folder (missing {', '.join(missing)}); "
-            "train one with `mmpref demo --job taste` or save_taste_model()"
-        )
-    config = json.loads((folder / "config.json").read_text())
-    if config.get("format") != MODEL_FORMAT:
-        raise ValueError(
-            f"{folder / 'config.json'}: field 'format' is {config.get('format')!r}, expected {MODEL_FORMAT!r}"
-        )
-    model = PersonalTasteModel(
-        config["embedding_dim"], config["num_users"], rank=config["rank"], hidden=config["hidden"]
+
+def load_taste_model(folder: str | Path) -> tuple[PersonalTasteModel, CodePrior, dict]:
+    """Read a model folder written by :func:`save_taste_model`, checking every file before building anything.
+
+    Raises:
+        FileNotFoundError: the folder or one of its three files is missing (the message lists them).
+        ModelFolderError: a damaged file (not JSON, truncated safetensors, NaN weights, fields that disagree with
+            the weights' shapes), naming the file, the field and how to rebuild it.
+    """
+    from mmpref.errors import ModelFolderError
+    from mmpref.modelfiles import (
+        check_shapes,
+        float_list,
+        int_field,
+        load_safetensors,
+        positive_float,
+        read_json_object,
+        require_files,
     )
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    prior_data = json.loads((folder / "prior.json").read_text())
-    prior = CodePrior(np.asarray(prior_data["mean"]), np.asarray(prior_data["covariance"]))
+
+    folder = require_files(
+        folder, ("config.json", "model.safetensors", "prior.json"), "a personal taste model", _REBUILD
+    )
+    config_path, prior_path = folder / "config.json", folder / "prior.json"
+    config = read_json_object(config_path, _REBUILD)
+    if config.get("format") != MODEL_FORMAT:
+        raise ModelFolderError(
+            config_path, f"field 'format' is {config.get('format')!r}, expected {MODEL_FORMAT!r}", _REBUILD
+        )
+    if not isinstance(config.get("encoder_id"), str) or not config["encoder_id"]:
+        raise ModelFolderError(
+            config_path, f"field 'encoder_id' = {config.get('encoder_id')!r}, expected a name", _REBUILD
+        )
+    dim, users, rank, hidden = (
+        int_field(config, config_path, k, _REBUILD) for k in ("embedding_dim", "num_users", "rank", "hidden")
+    )
+    state = load_safetensors(folder / "model.safetensors", _REBUILD)
+    with torch.device("meta"):  # shapes only: a wrong config cannot allocate a huge model before the check
+        expected = {k: tuple(v.shape) for k, v in PersonalTasteModel(dim, users, rank, hidden).state_dict().items()}
+    reason = f"the config ({config_path}) and the weights come from different models; {_REBUILD}"
+    check_shapes(folder / "model.safetensors", state, expected, reason)
+    model = PersonalTasteModel(dim, users, rank=rank, hidden=hidden)
+    model.load_state_dict(state)
+    prior_data = read_json_object(prior_path, _REBUILD)
+    prior = CodePrior(
+        float_list(prior_data, prior_path, "mean", (rank,), _REBUILD),
+        float_list(prior_data, prior_path, "covariance", (rank, rank), _REBUILD),
+        positive_float(prior_data, prior_path, "temperature", 1.0, _REBUILD),
+    )
+    if not np.allclose(prior.covariance, prior.covariance.T) or np.linalg.eigvalsh(prior.covariance).min() <= 0:
+        raise ModelFolderError(prior_path, "field 'covariance' is not symmetric positive definite", _REBUILD)
     return model.eval(), prior, config

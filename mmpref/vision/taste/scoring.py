@@ -7,8 +7,10 @@ head for motion-dependent preferences belongs to the unified reward model.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,48 +20,116 @@ import torch
 from PIL import Image, ImageDraw
 
 from mmpref.data.io import atomic_write
+from mmpref.errors import MmprefError
 from mmpref.vision.cache import EmbeddingCache
-from mmpref.vision.encoders import EfficientNetLite0Encoder, ImageEncoder
+from mmpref.vision.encoders import ImageEncoder
 from mmpref.vision.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, MediaError, is_video, load_image, load_video
 from mmpref.vision.taste.model import UserProfile, enroll, load_taste_model, ratings_to_pairs
 
 
-class ScoringError(ValueError):
+class ScoringError(MmprefError):
     """Bad input to scoring or enrollment: the message names what and how to fix it."""
+
+
+_MAX_LIST_DEPTH = 32  # .txt lists naming lists: deeper than this is a mistake, not a catalogue
+_MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+
+
+def _broken(path: Path) -> str | None:
+    """Why ``path`` cannot be used (missing, dangling or looping symlink, unreadable name), or ``None``."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"a dangling symlink (to {os.readlink(path)!r}, which does not exist); fix or remove the link"
+        return "not found; check the path"
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symlink cycle (the link resolves to itself); fix or remove the link"
+        return f"cannot be read ({err.strerror or err}); check the path and its permissions"
+    except ValueError as err:  # an embedded NUL byte
+        return f"not a usable path ({err})"
+    return None
 
 
 def collect_media(inputs: Sequence[str | Path]) -> list[Path]:
     """Expand files, folders (images, videos and frame folders inside) and ``.txt`` lists into media paths.
 
+    Broken inputs are errors, never skipped, so the ranking always covers everything asked for: a missing path, a
+    dangling symlink or a symlink cycle (given directly, listed in a ``.txt`` list, or found in a folder), a ``.txt``
+    list that includes itself or another list in a cycle, lists nested deeper than 32, a list that is not UTF-8 text.
+    A folder is scanned one level deep (its media files and its frame folders); a sub-folder that is a symlink to
+    the folder itself or one of its ancestors is refused as a cycle.
+
     Raises:
-        ScoringError: for a missing input or when nothing to score is found.
+        ScoringError: naming the path (and the list and line it came from) and the fix; or when nothing is found.
     """
     found: list[Path] = []
     for raw in inputs:
-        path = Path(raw)
-        if not path.exists():
-            raise ScoringError(f"{path}: not found; give image/video files, folders or a .txt list of paths")
-        if path.is_file() and path.suffix.lower() == ".txt":
-            lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-            found += collect_media([Path(line) if Path(line).is_absolute() else path.parent / line for line in lines])
-        elif path.is_file():
-            found.append(path)
-        else:
-            entries = sorted(path.iterdir())
-            media = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
-            frame_folders = [p for p in entries if p.is_dir() and is_video(p)]
-            if not media and not frame_folders:
-                if any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in entries):
-                    found.append(path)  # the folder itself is a clip of frames
-                    continue
-                raise ScoringError(
-                    f"{path}: folder holds no images or videos ({', '.join(sorted(IMAGE_SUFFIXES))}, "
-                    f"{', '.join(sorted(VIDEO_SUFFIXES))})"
-                )
-            found += media + frame_folders
+        _expand(Path(raw), "", (), found)
     if not found:
         raise ScoringError("nothing to score: give at least one image, video or folder")
     return found
+
+
+def _expand(path: Path, origin: str, lists: tuple[Path, ...], found: list[Path]) -> None:
+    """Add the media of one input to ``found``; ``origin`` says where it was named, ``lists`` the open .txt lists."""
+    reason = _broken(path)
+    if reason is not None:
+        raise ScoringError(f"{origin}{path}: {reason}; give image/video files, folders or a .txt list of paths")
+    if path.is_file() and path.suffix.lower() == ".txt":
+        _expand_list(path, origin, lists, found)
+    elif path.is_file():
+        found.append(path)
+    elif path.is_dir():
+        _expand_folder(path, origin, found)
+    else:
+        raise ScoringError(f"{origin}{path}: not a regular file or folder (a device or pipe?); give media files")
+
+
+def _expand_list(path: Path, origin: str, lists: tuple[Path, ...], found: list[Path]) -> None:
+    resolved = path.resolve()
+    if resolved in lists:
+        chain = " -> ".join(str(p) for p in (*lists[lists.index(resolved) :], resolved))
+        raise ScoringError(f"{origin}{path}: the .txt lists include each other in a cycle ({chain}); break the cycle")
+    if len(lists) >= _MAX_LIST_DEPTH:
+        raise ScoringError(f"{origin}{path}: .txt lists nested deeper than {_MAX_LIST_DEPTH}; flatten them")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise ScoringError(f"{path}: line {line} is not UTF-8 text; a .txt list holds one path per line") from None
+    for number, line in enumerate(text.splitlines(), start=1):
+        entry = line.strip()
+        if entry and not entry.startswith("#"):
+            target = Path(entry) if Path(entry).is_absolute() else path.parent / entry
+            _expand(target, f"{path} line {number}: ", (*lists, resolved), found)
+
+
+def _expand_folder(path: Path, origin: str, found: list[Path]) -> None:
+    entries = sorted(path.iterdir())
+    for entry in entries:
+        if entry.suffix.lower() in _MEDIA_SUFFIXES or entry.is_symlink():
+            reason = _broken(entry)
+            if reason is not None:
+                raise ScoringError(f"{origin}{entry}: {reason}")
+    ancestors = {path.resolve(), *path.resolve().parents}
+    for entry in entries:
+        if entry.is_dir() and entry.is_symlink() and entry.resolve() in ancestors:
+            raise ScoringError(
+                f"{origin}{entry}: a symlink cycle (links to {entry.resolve()}, which contains it); remove the link"
+            )
+    media = [p for p in entries if p.is_file() and p.suffix.lower() in _MEDIA_SUFFIXES]
+    frame_folders = [p for p in entries if p.is_dir() and is_video(p)]
+    if not media and not frame_folders:
+        if any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in entries):
+            found.append(path)  # the folder itself is a clip of frames
+            return
+        raise ScoringError(
+            f"{origin}{path}: folder holds no images or videos ({', '.join(sorted(IMAGE_SUFFIXES))}, "
+            f"{', '.join(sorted(VIDEO_SUFFIXES))})"
+        )
+    found.extend(media + frame_folders)
 
 
 @dataclass(frozen=True)
@@ -94,7 +164,12 @@ class TasteScorer:
     def encoder(self) -> ImageEncoder:
         """The image encoder, built on first use (a warm cache never needs it)."""
         if self._encoder is None:
-            self._encoder = EfficientNetLite0Encoder()
+            from mmpref.vision.taste.features import build_encoder
+
+            try:
+                self._encoder = build_encoder(self.config["encoder_id"])
+            except ValueError as err:
+                raise ScoringError(f"{self.model_dir / 'config.json'}: {err}") from None
         if self._encoder.encoder_id != self.config["encoder_id"]:
             raise ScoringError(
                 f"{self.model_dir}: model was trained on {self.config['encoder_id']!r} embeddings "
@@ -102,16 +177,18 @@ class TasteScorer:
             )
         return self._encoder
 
-    def _compute(self, paths: list[Path]) -> np.ndarray:
+    def _compute(self, paths: list[Path | bytes]) -> np.ndarray:
         out = []
         for path in paths:
-            if is_video(path):
+            if isinstance(path, bytes):  # an encoded image from a Parquet file
+                out.append(self.encoder.embed_images([load_image(path, max_side=512)])[0])
+            elif is_video(path):
                 out.append(self.encoder.embed_images(load_video(path)).mean(0))
             else:
                 out.append(self.encoder.embed_images([load_image(path, max_side=512)])[0])
         return np.stack(out)
 
-    def embed(self, paths: Sequence[Path]) -> np.ndarray:
+    def embed(self, paths: Sequence[Path | bytes]) -> np.ndarray:
         """Embeddings of media files through the cache; an unreadable file raises :class:`MediaError` naming it."""
         return self.cache.embed(list(paths), self._compute)
 
@@ -131,7 +208,22 @@ class TasteScorer:
                 f"unknown user {user_id!r}: no profile at {path}; known users: {known or 'none'}; "
                 "create one with `mmpref enroll`"
             )
-        return UserProfile.load(path)
+        try:
+            profile = UserProfile.load(path)
+        except ValueError as err:  # not JSON, missing fields: the message names the file and the fix
+            raise ScoringError(str(err)) from None
+        rank = self.model.rank
+        code, cov = np.asarray(profile.code), np.asarray(profile.covariance)
+        if (
+            code.shape != (rank,)
+            or cov.shape != (rank, rank)
+            or not (np.isfinite(code).all() and np.isfinite(cov).all())
+        ):
+            raise ScoringError(
+                f"{path}: profile code {list(code.shape)} / covariance {list(cov.shape)} do not fit this model "
+                f"(rank {rank}) or hold NaN/inf; re-create it with `mmpref enroll --model {self.model_dir} --user ...`"
+            )
+        return profile
 
     @torch.no_grad()
     def score(self, paths: Sequence[Path], user_id: str | None = None) -> list[ScoredItem]:
@@ -159,11 +251,11 @@ class TasteScorer:
             )
         paths, index = [], {}
         for item in [p.a for p in pairs] + [p.b for p in pairs] + [r.item for r in ratings]:
-            if not isinstance(item, str):
-                raise ScoringError("enrollment labels must reference image or video files by path")
+            if not isinstance(item, (str, bytes)):
+                raise ScoringError("enrollment labels must reference image or video files by path, or image bytes")
             index.setdefault(item, len(paths))
             if index[item] == len(paths):
-                paths.append(Path(item))
+                paths.append(item if isinstance(item, bytes) else Path(item))
         emb = torch.from_numpy(self.embed(paths))
         a = [index[p.a] for p in pairs]
         b = [index[p.b] for p in pairs]

@@ -199,6 +199,9 @@ class DemoTasteDataModule(_TasteDataModule):
         individual_noise: spread of individual tastes around their group's.
         batch_size: pairs (and rating lists) per batch.
         seed: seed of raters and labels.
+        num_val_users: validation raters of the same family, drawn from a separate generator (so the other raters
+            and labels do not change) and never trained on: settings such as the enrollment prior's strength are
+            chosen on them (:attr:`validation_raters`), never on the held-out raters.
     """
 
     def __init__(
@@ -215,10 +218,12 @@ class DemoTasteDataModule(_TasteDataModule):
         individual_noise: float = 0.35,
         batch_size: int = 256,
         seed: int = 0,
+        num_val_users: int = 10,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.heldout: list[HeldOutUser] = []
+        self.validation_raters: list[HeldOutUser] = []
 
     def setup(self, stage: str | None = None) -> None:
         """Draw every user and label once (same seed, same data in every process)."""
@@ -238,6 +243,7 @@ class DemoTasteDataModule(_TasteDataModule):
         pop, n_items = self.population, len(items.names)
         train = [pop.pairs(u, hp.pairs_per_user) for u in range(hp.num_train_users)]
         val = [pop.pairs(u, hp.val_pairs_per_user) for u in range(hp.num_train_users)]
+        self.train_users_pairs = train
         self.train_pairs = self._pair_set(train)
         self.val_pairs = self._pair_set(val)
         lists_per_user = hp.ratings_per_user // hp.list_size
@@ -257,6 +263,18 @@ class DemoTasteDataModule(_TasteDataModule):
             HeldOutUser(u, pop.pairs(u, hp.enroll_pool), pop.pairs(u, hp.test_pairs_per_user))
             for u in range(hp.num_train_users, hp.num_train_users + hp.num_heldout_users)
         ]
+        if hp.num_val_users:
+            val_pop = SimulatedPopulation(
+                items.standardized,
+                hp.num_val_users,
+                beta=hp.rater_beta,
+                individual_noise=hp.individual_noise,
+                seed=hp.seed + 1_000_003,
+            )
+            self.validation_raters = [
+                HeldOutUser(u, val_pop.pairs(u, hp.enroll_pool), val_pop.pairs(u, hp.test_pairs_per_user))
+                for u in range(hp.num_val_users)
+            ]
 
     @staticmethod
     def _pair_set(per_user: list[UserPairs]) -> DictDataset:
@@ -266,3 +284,42 @@ class DemoTasteDataModule(_TasteDataModule):
             b=torch.from_numpy(np.concatenate([p.b for p in per_user])),
             label=torch.from_numpy(np.concatenate([p.label for p in per_user])),
         )
+
+
+class PairsTasteDataModule(_TasteDataModule):
+    """Per-user pairs over a fixed table of item embeddings (simulated populations, benchmarks, tests).
+
+    Args:
+        embeddings: item embeddings ``[N, D]``.
+        train: one :class:`UserPairs` per training user (user index = position).
+        val: held-out pairs of the same users (validation loss, early stopping), or ``None``.
+        batch_size: pairs per batch.
+        seed: seed of the shuffling.
+    """
+
+    def __init__(
+        self,
+        embeddings: np.ndarray | torch.Tensor,
+        train: list[UserPairs],
+        val: list[UserPairs] | None = None,
+        batch_size: int = 256,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["embeddings", "train", "val"])
+        self.embeddings = torch.as_tensor(np.asarray(embeddings, np.float32))
+        self.train_pairs = DemoTasteDataModule._pair_set(train)
+        self.val_pairs = (
+            DemoTasteDataModule._pair_set(val)
+            if val
+            else DictDataset(
+                user=torch.zeros(0, dtype=torch.long),
+                a=torch.zeros(0, dtype=torch.long),
+                b=torch.zeros(0, dtype=torch.long),
+                label=torch.zeros(0),
+            )
+        )
+        self.rating_lists = DictDataset(user=torch.zeros(0, dtype=torch.long))
+
+    def setup(self, stage: str | None = None) -> None:
+        """Everything is built in the constructor."""

@@ -50,9 +50,9 @@ def test_lora_weights_load_unchanged_in_diffusers(pipeline_dir, tmp_path):
     from diffusers import StableDiffusionPipeline
 
     pairs = _parquet(tmp_path / "pairs.parquet", _rows())
-    pipe, system = dpo_finetune(pipeline_dir, pairs, ties="drop", mode="lora", steps=3, batch_size=3, lr=1e-2)
+    family, system = dpo_finetune(pipeline_dir, pairs, ties="drop", mode="lora", steps=3, batch_size=3, lr=1e-2)
     assert system.ref_unet is None  # one UNet: the reference is the base with adapters disabled
-    out = save_finetuned(pipe, system, "lora", tmp_path / "lora")
+    out = save_finetuned(family, system, "lora", tmp_path / "lora")
     assert (out / "pytorch_lora_weights.safetensors").is_file()
     fresh = StableDiffusionPipeline.from_pretrained(pipeline_dir, safety_checker=None, requires_safety_checker=False)
     x, t, c = torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), torch.randn(2, 16, 16)
@@ -103,8 +103,9 @@ def test_ties_error_or_drop(pipeline_dir, tmp_path):
 def test_mismatched_resolution_is_named(pipeline_dir, tmp_path):
     rows = _rows(2)
     rows[0]["jpg_0"] = _png(99, size=24)
-    with pytest.raises(DataError, match=r"'row0': winner image is 24×24, the pipeline needs 16×16"):
-        finetune_pipeline(pipeline_dir, _parquet(tmp_path / "p.parquet", rows), tmp_path / "o", ties="drop", steps=1)
+    path = _parquet(tmp_path / "p.parquet", rows)
+    with pytest.raises(DataError, match=r"row 0: winner image is 24×24, the pipeline needs 16×16; pass resize="):
+        finetune_pipeline(pipeline_dir, path, tmp_path / "o", ties="drop", steps=1, resize="refuse")
     assert not (tmp_path / "o").exists()
 
 

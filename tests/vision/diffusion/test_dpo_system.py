@@ -184,3 +184,42 @@ def test_bad_arguments_are_named(tiny_unet, scheduler):
         DiffusionDPOSystem(tiny_unet, scheduler, reference="twin")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown loss"):
         DiffusionDPOSystem(tiny_unet, scheduler, loss="dpo++")
+
+
+def test_kto_step_matches_its_equation_and_trains_only_the_policy(tiny_unet, scheduler, pair_batch):
+    """Diffusion-KTO on pairs read as unpaired data: winners liked, losers disliked, each with its own ε and t."""
+    import torch.nn.functional as F
+
+    from mmpref.vision.diffusion.system import DiffusionDPOSystem
+
+    system = DiffusionDPOSystem(tiny_unet, scheduler, loss="kto", beta=1000.0, lr=1e-2)
+    with torch.no_grad():
+        for p in system.unet.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    batch = pair_batch(b=3)
+    torch.manual_seed(5)
+    loss = system._step(batch, "train")
+
+    torch.manual_seed(5)  # the system's draws, in its order: ε for all 2B images, then their timesteps
+    x = torch.cat([batch["x_w"], batch["x_l"]])
+    noise, t = torch.randn_like(x), torch.randint(0, 100, (6,))
+    cond = torch.cat([batch["cond"]] * 2)
+    xt = scheduler.add_noise(x, noise, t)
+    with torch.no_grad():
+        err = [
+            (m(xt, t, encoder_hidden_states=cond).sample - noise).pow(2).mean((1, 2, 3))
+            for m in (system.unet, system.ref_unet)
+        ]
+        s = -(err[0] - err[1])
+        z0 = s.mean().clamp(min=0)
+        sign = torch.tensor([1.0, 1, 1, -1, -1, -1])
+        expected = (1 - F.sigmoid(sign * 500.0 * (s - z0))).mean()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-6)
+
+    ref_before = {k: v.clone() for k, v in system.ref_unet.state_dict().items()}
+    policy_before = [p.clone() for p in system.unet.parameters()]
+    optimizer = system.configure_optimizers()
+    system._step(batch, "train").backward()
+    optimizer.step()
+    assert any(not torch.equal(a, b) for a, b in zip(policy_before, system.unet.parameters(), strict=True))
+    assert all(torch.equal(v, system.ref_unet.state_dict()[k]) for k, v in ref_before.items())
