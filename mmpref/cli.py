@@ -20,7 +20,7 @@ OWN_JOBS = {
     "score": "score images/videos for a user: mmpref score --model DIR --user ID FOLDER [--csv F] [--sheet F.png]",
     "enroll": "create a user profile from labelled pairs/ratings: mmpref enroll --model DIR --user ID LABELS.jsonl",
     "taste-train": "train personal taste from files: mmpref taste-train --pairs F.parquet [--ratings R.csv] --out DIR",
-    "taste-eval": "held-out raters vs population and ceiling: mmpref taste-eval HELDOUT.parquet --model DIR --enroll 8",
+    "taste-eval": "unseen raters vs population and ceiling: mmpref taste-eval HELDOUT.parquet --model DIR --enroll 8",
     "label": "collect human labels: mmpref label serve|annotator|import|export --db labels.sqlite",
     "pbrl": "train a Meta-World policy from preferences: mmpref pbrl --config recipes/control/button_press.yaml",
     "peeling": "BC, then trajectory-DPO finetuning: mmpref peeling --config recipes/control/peeling/push.yaml",
@@ -72,6 +72,11 @@ def run_demo(argv: Sequence[str]) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: each job's own)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the models")
     args = parser.parse_args(argv)
+    import torch
+
+    # small models on a CPU often shared with other processes: one thread each is faster than oversubscribing
+    # (as the diffusion jobs do); OMP_NUM_THREADS raises it
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     if args.job in ("all", "reward"):
@@ -274,8 +279,20 @@ def _input_error(err: BaseException) -> str | None:
             return f"{err.filename}: {reason}; check the path and that it is a readable file of the expected kind"
         if isinstance(err, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
             return str(err)  # raised by mmpref's loaders with the path and the fix in the message
+        if _raised_by_jsonargparse(err):  # its verdict on a recipe: a value no class path or type accepts
+            return f"the recipe does not fit its classes: {err}"
         err = err.__cause__
     return None
+
+
+def _raised_by_jsonargparse(err: BaseException) -> bool:
+    """Whether ``err`` (a ``ValueError``/``TypeError`` or jsonargparse's own) was raised inside jsonargparse."""
+    import traceback
+
+    if type(err).__module__.startswith("jsonargparse"):
+        return True
+    frames = traceback.extract_tb(err.__traceback__) if isinstance(err, (ValueError, TypeError)) else []
+    return bool(frames) and f"{os.sep}jsonargparse{os.sep}" in frames[-1].filename
 
 
 def main(argv: Sequence[str] | None = None) -> int:

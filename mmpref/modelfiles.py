@@ -34,6 +34,14 @@ def require_files(folder: str | Path, names: tuple[str, ...], what: str, fix: st
 
 def read_json_object(path: str | Path, fix: str) -> dict[str, Any]:
     """The JSON object in ``path``; unreadable, non-UTF-8, non-JSON or non-object content is a ModelFolderError."""
+    value = read_json(path, fix)
+    if not isinstance(value, dict):
+        raise ModelFolderError(path, f"holds a JSON {type(value).__name__}, expected an object", fix)
+    return value
+
+
+def read_json(path: str | Path, fix: str) -> Any:
+    """The JSON value in ``path``; unreadable, non-UTF-8 or non-JSON content is a ModelFolderError."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -51,8 +59,6 @@ def read_json_object(path: str | Path, fix: str) -> dict[str, Any]:
         ) from None
     except RecursionError:
         raise ModelFolderError(path, "is not valid JSON (nested too deeply)", fix) from None
-    if not isinstance(value, dict):
-        raise ModelFolderError(path, f"holds a JSON {type(value).__name__}, expected an object", fix)
     return value
 
 
@@ -126,3 +132,29 @@ def check_shapes(
             raise ModelFolderError(
                 path, f"tensor {name!r} has shape {list(state[name].shape)}, the config says {list(shape)}", fix
             )
+
+
+def check_safetensors_header(path: str | Path, fix: str) -> None:
+    """Open only the header of a safetensors file: a truncated or corrupt file fails here, no weights are read."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except Exception as err:  # SafetensorError, OSError
+        reason = str(err).splitlines()[0][:200] if str(err) else err.__class__.__name__
+        raise ModelFolderError(
+            path, f"is not a readable safetensors file, truncated or corrupt ({reason})", fix
+        ) from None
+
+
+def check_folder_files(folder: str | Path, fix: str, max_files: int = 10_000) -> None:
+    """Every ``*.json`` and ``*.safetensors`` file under ``folder`` parses (JSON) or has a sound header (weights)."""
+    for count, path in enumerate(sorted(Path(folder).rglob("*"))):
+        if count >= max_files:
+            break
+        if path.is_file() and path.suffix == ".json":
+            read_json(path, fix)
+        elif path.is_file() and path.suffix == ".safetensors":
+            check_safetensors_header(path, fix)

@@ -158,8 +158,8 @@ def _origins(parser: Any, argv: list[str], leaves: set[str]) -> dict[str, str]:
             continue
         name, sep, value = token.partition("=")
         if name not in options:
-            fields = sorted(options - {"-h", "--help", "--print_config"})
-            close = difflib.get_close_matches(name, fields, n=2, cutoff=0.6)
+            fields = {o[2:] for o in options - {"-h", "--help", "--print_config"}}
+            close = [f"--{c}" for c in _closest(name[2:], fields)]
             hint = f" (did you mean {' or '.join(close)}?)" if close else ""
             raise RecipeError(f"command line: unknown option {name}{hint}; see --help for the fields")
         if name == "--config":
@@ -192,13 +192,18 @@ def _recipe_keys(path: Path, leaves: set[str], parser: Any) -> list[str]:
         fields = sorted({k.partition(".")[0] for k in leaves})
         problems = []
         for name in unknown:
-            group, _, last = name.rpartition(".")
-            siblings = {k.rpartition(".")[2] for k in leaves if k.rpartition(".")[0] == group}
-            close = [f"{group}.{c}" if group else c for c in difflib.get_close_matches(last, sorted(siblings), n=2)]
+            close = _closest(name, leaves)
             hint = f" (did you mean {' or '.join(close)}?)" if close else ""
             problems.append(f"unknown field {name!r}{hint}")
         raise RecipeError(f"recipe {path}: {'; '.join(problems)}. Valid fields: {', '.join(fields)}")
     return keys
+
+
+def _closest(name: str, known: set[str]) -> list[str]:
+    """The (at most two) valid names nearest ``name``, compared within its dotted group (``trainer.x``: trainer's)."""
+    group, _, last = name.rpartition(".")
+    siblings = {k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == group}
+    return [f"{group}.{c}" if group else c for c in difflib.get_close_matches(last, sorted(siblings), n=2)]
 
 
 def _flatten(settings: dict, prefix: str, leaves: set[str], keys: list[str], unknown: list[str]) -> None:

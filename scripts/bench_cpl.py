@@ -3,8 +3,8 @@
 Per seed: roll out three sources on a Meta-World task (fixed goal), 1/3 each: the scripted expert with action noise
 σ = 0.3 ("good"), the same expert with a constant action offset and σ = 0.3 ("biased", fails), and a uniformly random
 policy. Cut 25-step segments, label random pairs with the regret teacher (value = the scripted expert's
-return-to-go from the restored simulator state, :class:`mmpref.control.regret.model.ExpertValueOracle`), write everything
-with :func:`mmpref.control.robomimic_io.write_robomimic`, and train every method from the file read back:
+return-to-go from the restored simulator state, :class:`mmpref.control.regret.continuous.ExpertValueOracle`), write
+everything with :func:`mmpref.control.robomimic_io.write_robomimic`, and train every method from the file read back:
 
 - BC (all data): behaviour cloning on every transition;
 - CPL: :class:`mmpref.control.cpl.algorithm.CPLSystem` (α = 0.1, λ = 0.5) after the shared BC warm-up;

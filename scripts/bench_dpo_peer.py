@@ -7,7 +7,9 @@ tiny SD 1.5-layout pipeline and Pick-a-Pic-format data and runs the peer script 
 resolution, LoRA rank, learning rate, β_dpo, steps and thread count:
 
 * ``mmpref-cold``: empty latent cache, so the run encodes every pair once before step 1 (the honest whole-run figure);
-* ``mmpref-warm``: the cache from the cold run (what later epochs and runs see).
+* ``mmpref-warm``: the cache from the cold run (what later epochs and runs see);
+* with ``--long-steps L``, one more peer and warm mmpref run of L steps: the extra user + system CPU seconds over the
+  short runs, divided by the extra steps, is each side's CPU cost per step, independent of the machine's load.
 
 Every run is measured with ``/usr/bin/time -v`` (peak RSS, wall, user + system CPU seconds); s/step is the median
 step-to-step wall time after ``--warmup`` steps (the peer's from its TensorBoard ``loss`` events, as the harness does;
@@ -97,6 +99,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--threads", default="1")
+    parser.add_argument(
+        "--long-steps",
+        type=int,
+        default=0,
+        help="also one peer and one warm mmpref run of this many steps: CPU s/step = ΔCPU / Δsteps (load-proof)",
+    )
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -110,6 +118,16 @@ def main() -> None:
         for kind in ("mmpref-cold", "mmpref-warm"):
             rows[kind].append(run_mmpref(args, inputs, cache, f"{kind}-{i}"))
             print(kind, json.dumps(rows[kind][-1]), flush=True)
+    if args.long_steps:
+        short = args.steps
+        args.steps = args.long_steps
+        rows["peer-long"] = [run_peer(args, args.runs)]
+        rows["mmpref-warm-long"] = [run_mmpref(args, inputs, work / "cache-0", "mmpref-warm-long")]
+        args.steps = short
+        for kind, base in (("peer-long", "peer"), ("mmpref-warm-long", "mmpref-warm")):
+            extra = rows[kind][0]["cpu_s"] - statistics.median(r["cpu_s"] for r in rows[base])
+            rows[kind][0]["cpu_s_per_extra_step"] = round(extra / (args.long_steps - args.steps), 4)
+            print(kind, json.dumps(rows[kind][0]), flush=True)
     summary = {
         kind: {
             k: statistics.median(r[k] for r in runs)
@@ -117,6 +135,9 @@ def main() -> None:
         }
         for kind, runs in rows.items()
     }
+    if args.long_steps:
+        ratio = rows["peer-long"][0]["cpu_s_per_extra_step"] / rows["mmpref-warm-long"][0]["cpu_s_per_extra_step"]
+        summary["cpu_per_step_speedup_vs_peer"] = round(ratio, 2)
     peer = summary["peer"]["s_per_step_median"]
     for kind in ("mmpref-cold", "mmpref-warm"):
         summary[kind]["speedup_per_step_vs_peer"] = round(peer / summary[kind]["s_per_step_median"], 2)

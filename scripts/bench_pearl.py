@@ -116,6 +116,7 @@ def stage_dev(results: dict[str, Any], n: int) -> None:
 
 
 def stage_transfer(results: dict[str, Any], n: int, seeds: list[int], restarts: int) -> None:
+    from mmpref.control.pearl import coupling
     from mmpref.control.pearl import transfer as pearl
 
     alpha = results.get("dev", {}).get("alpha", 0.5)
@@ -131,13 +132,13 @@ def stage_transfer(results: dict[str, Any], n: int, seeds: list[int], restarts: 
             def score(plan: np.ndarray, p: dict[str, Any] = p) -> float:
                 return pearl.transfer_accuracy(pearl.transfer_labels(plan, p["labels"]), p["target_returns"])
 
-            acc["random"] = score(pearl.random_coupling(n, n, np.random.default_rng(seed)))
-            acc["nearest"] = score(pearl.nearest_coupling(p["cross"]))
+            acc["random"] = score(coupling.random_coupling(n, n, np.random.default_rng(seed)))
+            acc["nearest"] = score(coupling.nearest_coupling(p["cross"]))
             start = time.perf_counter()
-            acc["gw_exact"] = score(pearl.gw_coupling(p["c_s"], p["c_t"], "exact")[0])
+            acc["gw_exact"] = score(coupling.gw_coupling(p["c_s"], p["c_t"], "exact")[0])
             time_exact = time.perf_counter() - start
             start = time.perf_counter()
-            acc["gw_entropic"] = score(pearl.gw_coupling(p["c_s"], p["c_t"], "entropic", 0.01)[0])
+            acc["gw_entropic"] = score(coupling.gw_coupling(p["c_s"], p["c_t"], "entropic", 0.01)[0])
             time_entropic = time.perf_counter() - start
             model = pearl.FeatureBradleyTerry().fit(p["f_s"], p["labels"])
             acc["shared_feature_bt"] = pearl.transfer_accuracy(model.pair_labels(p["f_t"]), ret)
@@ -202,14 +203,15 @@ def stage_ablation(results: dict[str, Any], n: int, restarts: int) -> None:
 
 
 def stage_timing(results: dict[str, Any], n: int) -> None:
+    from mmpref.control.pearl import coupling
     from mmpref.control.pearl import transfer as pearl
 
     p = problem("window-open-v3", "window-close-v3", n, 0, stride=10)
     timings = {}
     for name, fn in {
-        "gw_exact": lambda: pearl.gw_coupling(p["c_s"], p["c_t"], "exact"),
-        "gw_entropic_0.01": lambda: pearl.gw_coupling(p["c_s"], p["c_t"], "entropic", 0.01),
-        "fused_gw_entropic_0.01": lambda: pearl.fused_gw_coupling(p["cross"], p["c_s"], p["c_t"], 0.5, 0.01),
+        "gw_exact": lambda: coupling.gw_coupling(p["c_s"], p["c_t"], "exact"),
+        "gw_entropic_0.01": lambda: coupling.gw_coupling(p["c_s"], p["c_t"], "entropic", 0.01),
+        "fused_gw_entropic_0.01": lambda: coupling.fused_gw_coupling(p["cross"], p["c_s"], p["c_t"], 0.5, 0.01),
         "transfer_labels": lambda: pearl.transfer_labels(np.full((n, n), 1.0 / n**2), p["labels"]),
     }.items():
         start = time.perf_counter()

@@ -2,7 +2,7 @@
 
 ``train.parquet``: 40 training raters x 170 pairs; ``heldout.parquet``: 24 raters of another family x 120 pairs (the
 first 8 of each rater enroll, the rest test; a ``p_true`` column gives the noise ceiling); ``photos/``: 24 images to
-score. Images are the demo photo variants (PNG bytes inside the Parquet).
+score. Images are the demo photo variants (JPEG bytes inside the Parquet).
 
 Usage: ``.venv/bin/python scripts/make_taste_parquet.py --out runs/taste_files [--seed 0]``
 """
@@ -38,7 +38,7 @@ def main() -> None:
     def png(index: int) -> bytes:
         if index not in images:
             buffer = io.BytesIO()
-            make_demo_image(index, items.seed)[1].save(buffer, format="PNG")
+            make_demo_image(index, items.seed)[1].save(buffer, format="JPEG", quality=90)
             images[index] = buffer.getvalue()
         return images[index]
 

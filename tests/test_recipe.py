@@ -75,7 +75,10 @@ def test_print_config_and_help_print_and_return_none(tmp_path, capsys):
     ("argv", "message"),
     [
         (["--name", "x", "--stepz", "3"], "command line: unknown option --stepz (did you mean --steps?)"),
-        (["--name", "x", "--trainer.acelerator", "cpu"], "did you mean --trainer.accelerator"),
+        (
+            ["--name", "x", "--trainer.acelerator", "cpu"],
+            "unknown option --trainer.acelerator (did you mean --trainer.accelerator?)",
+        ),
         (["--steps", "3"], "missing required field(s) name: set them in the recipe or --name ..."),
         (["--name", "x", "--steps", "2.5"], "--steps: field 'steps' expects an integer, got '2.5'"),
         (["--name", "x", "--mode", "c"], "--mode: field 'mode' expects one of 'a', 'b', got 'c'"),

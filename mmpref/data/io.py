@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mmpref.data.media import MediaError, check_image, resolve_media_path
+from mmpref.data.media import MediaError, check_image, max_pixels, resolve_media_path
 from mmpref.data.media import check_media as _check_media_file
 from mmpref.data.records import PreferenceList, PreferencePair, Rating, RecordError
 from mmpref.errors import MmprefError
@@ -114,6 +114,8 @@ class _MediaChecker:
     def __init__(self, base: Path, roots: list[Path], check: bool, images_only: bool = False):
         self.base, self.roots, self.check, self.images_only = base, roots, check, images_only
         self.seen: dict[Path, str | None] = {}
+        if check:
+            max_pixels()  # a bad MMPREF_MAX_PIXELS is one MediaError now, not one problem per file
 
     def __call__(self, value: str, where: str, problems: list[str]) -> str:
         """The resolved path (as text); a problem (containment, missing, not media) is appended to ``problems``."""

@@ -12,8 +12,8 @@ taste readers through :func:`decode_image`) goes through this module, so there i
   image in its own mode (1-4 bytes per pixel) plus a few MB, never an RGB copy at full size.
 * **Media are media.** :func:`check_media` accepts a regular file whose first bytes are a known image (PNG, JPEG,
   GIF, WebP, BMP, TIFF) or video container (MP4/MOV, WebM/Matroska, AVI), that agrees with its suffix, decodes (an
-  image, fully: a truncated one fails) or probes (a video: its box structure, its metadata and its first frame),
-  or a folder of such frames. Anything else (a text file named ``.png``, ``/etc/passwd``, a FIFO) is refused.
+  image, fully: a truncated one fails) or probes (a video: its container's declared size, its metadata, its first
+  frame), or a folder of such frames. Anything else (a text file named ``.png``, ``/etc/passwd``, a FIFO) is refused.
 * **Containment.** :func:`resolve_media_path` resolves a path (relative paths against a base folder), follows
   symlinks, and refuses it unless the result lies inside one of the allowed roots.
 """
@@ -53,7 +53,8 @@ class MediaError(MmprefError):
         self.reason = reason or message
 
 
-def _fail(name: str, reason: str) -> MediaError:
+def media_error(name: str, reason: str) -> MediaError:
+    """A :class:`MediaError` for the file ``name`` (its message is ``"name: reason"``)."""
     return MediaError(f"{name}: {reason}", reason)
 
 
@@ -74,7 +75,8 @@ def max_pixels() -> int:
     return value
 
 
-def _limit_reason(width: int, height: int, limit: int) -> str:
+def limit_reason(width: int, height: int, limit: int) -> str:
+    """Why an image of ``width`` × ``height`` is refused: its size, the limit and how to raise it."""
     return (
         f"too large: {width} × {height} = {width * height:,} pixels is over the limit of {limit:,} pixels; "
         f"downscale it, or raise the limit with the environment variable {MAX_PIXELS_ENV} (e.g. "
@@ -122,22 +124,23 @@ class MediaInfo:
     mime: str
 
 
-def _read_head(path: Path, name: str) -> bytes:
+def read_head(path: Path, name: str) -> bytes:
+    """The first 64 bytes of a regular, non-empty file; a :class:`MediaError` for anything else."""
     try:
         info = path.stat()
     except FileNotFoundError:
-        raise _fail(name, "file not found; check the path") from None
+        raise media_error(name, "file not found; check the path") from None
     except OSError as err:
-        raise _fail(name, f"unreadable ({err.strerror or err}); check the path and its permissions") from None
+        raise media_error(name, f"unreadable ({err.strerror or err}); check the path and its permissions") from None
     if not stat.S_ISREG(info.st_mode):
-        raise _fail(name, f"not a regular file (a device, pipe or socket); give one of: {FORMATS}")
+        raise media_error(name, f"not a regular file (a device, pipe or socket); give one of: {FORMATS}")
     if info.st_size == 0:
-        raise _fail(name, "empty (0 bytes); re-create or remove the file")
+        raise media_error(name, "empty (0 bytes); re-create or remove the file")
     try:
         with open(path, "rb") as handle:
             return handle.read(64)
     except OSError as err:
-        raise _fail(name, f"unreadable ({err.strerror or err}); check its permissions") from None
+        raise media_error(name, f"unreadable ({err.strerror or err}); check its permissions") from None
 
 
 def check_media(path: str | Path, *, decode: bool = True, limit: int | None = None) -> MediaInfo:
@@ -156,24 +159,24 @@ def check_media(path: str | Path, *, decode: bool = True, limit: int | None = No
     try:
         is_dir = path.is_dir()
     except OSError as err:  # e.g. a name longer than the file system allows
-        raise _fail(name, f"an unusable path ({err.strerror or err}); fix the path") from None
+        raise media_error(name, f"an unusable path ({err.strerror or err}); fix the path") from None
     if is_dir:
         frames = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not frames:
-            raise _fail(name, f"an empty folder: it holds no image frames ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise media_error(name, f"an empty folder: it holds no image frames ({', '.join(sorted(IMAGE_SUFFIXES))})")
         for frame in frames if decode else frames[:1]:
             if not frame.resolve().is_relative_to(path.resolve()):
-                raise _fail(str(frame), "a link out of its frame folder; copy the frame in instead")
+                raise media_error(str(frame), "a link out of its frame folder; copy the frame in instead")
             check_media(frame, decode=decode, limit=limit)
         return MediaInfo(path, "video", "video/x-frames")
-    mime = sniff_mime(_read_head(path, name))
+    mime = sniff_mime(read_head(path, name))
     if mime is None:
-        raise _fail(name, f"not an image or video this reader knows (its first bytes are not one of: {FORMATS})")
+        raise media_error(name, f"not an image or video this reader knows (its first bytes are not one of: {FORMATS})")
     suffix = path.suffix.lower()
     if (suffix in IMAGE_SUFFIXES and not mime.startswith("image/")) or (
         suffix in VIDEO_FILE_SUFFIXES and not mime.startswith("video/")
     ):
-        raise _fail(
+        raise media_error(
             name, f"misnamed: the name says {suffix} but the content is {mime}; rename it to match its content"
         )
     if mime.startswith("image/"):
@@ -181,6 +184,8 @@ def check_media(path: str | Path, *, decode: bool = True, limit: int | None = No
             if decode:
                 _decode_checked(image, name)
         return MediaInfo(path, "image", mime)
+    from mmpref.data.video import probe_video  # the video module builds on this one's checks
+
     probe_video(path, decode=decode, limit=limit)
     return MediaInfo(path, "video", mime)
 
@@ -196,16 +201,16 @@ def resolve_media_path(value: str | Path, base: str | Path, roots: Sequence[str 
     """
     text = str(value)
     if "\x00" in text:
-        raise _fail(repr(text), "not a path: it contains a NUL character; fix the path")
+        raise media_error(repr(text), "not a path: it contains a NUL character; fix the path")
     path = Path(text) if os.path.isabs(text) else Path(base) / text
     try:
         resolved = path.resolve()
         allowed = [Path(root).resolve() for root in roots]
     except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (Python < 3.13)
-        raise _fail(str(path), f"unresolvable ({err}); remove the symlink loop") from None
+        raise media_error(str(path), f"unresolvable ({err}); remove the symlink loop") from None
     if not any(resolved.is_relative_to(root) for root in allowed):
         shown = ", ".join(repr(str(r)) for r in allowed)
-        raise _fail(
+        raise media_error(
             str(path),
             f"outside the media root: it resolves to {str(resolved)!r}, not under {shown}; move the file under "
             "the root, or allow its folder with --media-root (media_root= in Python)",
@@ -232,11 +237,11 @@ def open_image(source: str | Path | bytes, *, limit: int | None = None) -> Itera
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
     except FileNotFoundError:
-        raise _fail(name, "file not found; check the path") from None
+        raise media_error(name, "file not found; check the path") from None
     except IsADirectoryError:
-        raise _fail(name, "is a folder, not an image") from None
+        raise media_error(name, "is a folder, not an image") from None
     except OSError as err:
-        raise _fail(name, f"unreadable ({err.strerror or err}); check the path and its permissions") from None
+        raise media_error(name, f"unreadable ({err.strerror or err}); check the path and its permissions") from None
     with handle:
         try:
             with warnings.catch_warnings():
@@ -245,21 +250,21 @@ def open_image(source: str | Path | bytes, *, limit: int | None = None) -> Itera
         except Image.DecompressionBombError as err:
             found = re.search(r"\((\d+) pixels\)", str(err))
             pixels = f"{int(found.group(1)):,}" if found else "too many"
-            raise _fail(
+            raise media_error(
                 name,
                 f"too large: {pixels} pixels is over the limit of {limit:,} pixels; downscale it, or raise the "
                 f"limit with the environment variable {MAX_PIXELS_ENV}",
             ) from None
         except Exception as err:  # Pillow's plugins raise many types for malformed headers
-            raise _fail(
+            raise media_error(
                 name, f"not a readable image ({err.__class__.__name__}: {err}); re-encode or remove it"
             ) from None
         with image:
             width, height = image.size
             if width < 1 or height < 1:
-                raise _fail(name, "empty: the image has no pixels; re-encode or remove it")
+                raise media_error(name, "empty: the image has no pixels; re-encode or remove it")
             if width * height > limit:
-                raise _fail(name, _limit_reason(width, height, limit))
+                raise media_error(name, limit_reason(width, height, limit))
             yield image
 
 
@@ -270,14 +275,16 @@ def _decode_checked(image: Image.Image, name: str, draft: bool = True) -> None:
             image.draft(None, (1, 1))
         image.load()
     except Exception as err:  # a truncated or corrupt stream: OSError, SyntaxError, ValueError, struct.error ...
-        raise _fail(name, f"not a readable image ({err.__class__.__name__}: {err}); re-encode or remove it") from None
+        raise media_error(
+            name, f"not a readable image ({err.__class__.__name__}: {err}); re-encode or remove it"
+        ) from None
 
 
 def check_image(data: bytes | str | Path, *, limit: int | None = None) -> str | None:
     """Return ``None`` if ``data`` (bytes or a path) decodes as an image within the pixel limit, else the reason."""
     try:
         if not isinstance(data, bytes):
-            mime = sniff_mime(_read_head(Path(data), str(data)))
+            mime = sniff_mime(read_head(Path(data), str(data)))
             if mime is None or not mime.startswith("image/"):
                 return f"not an image (its first bytes are not PNG, JPEG, GIF, WebP, BMP or TIFF; got {mime or '?'})"
         with open_image(data, limit=limit) as image:
@@ -338,84 +345,9 @@ def decode_image(source: str | Path | bytes, max_side: int | None = 1024, *, lim
         try:
             rgb = _to_rgb(image, factor)
         except Exception as err:  # an exotic mode Pillow cannot convert
-            raise _fail(name, f"not convertible to RGB ({err}); re-encode it as PNG or JPEG") from None
+            raise media_error(name, f"not convertible to RGB ({err}); re-encode it as PNG or JPEG") from None
     if orientation in _ORIENTATION:
         rgb = rgb.transpose(_ORIENTATION[orientation])
     if max_side is not None and max(rgb.size) > max_side:
         rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
     return rgb
-
-
-# --- videos -------------------------------------------------------------------------------------------------------
-
-
-def _check_boxes(path: Path, name: str) -> None:
-    """An MP4/MOV file is a sequence of boxes (size, type); a file shorter than its boxes declare is truncated."""
-    size = path.stat().st_size
-    offset, seen = 0, set()
-    with open(path, "rb") as handle:
-        while offset < size:
-            handle.seek(offset)
-            header = handle.read(16)
-            if len(header) < 8:
-                raise _fail(name, f"truncated: {size - offset} stray byte(s) at the end; re-export the video")
-            length, kind = int.from_bytes(header[:4], "big"), header[4:8]
-            if length == 1:
-                length = int.from_bytes(header[8:16], "big") if len(header) == 16 else 0
-            elif length == 0:
-                length = size - offset  # the last box runs to the end of the file
-            if length < 8 or offset + length > size:
-                raise _fail(
-                    name,
-                    f"truncated: box {kind!r} at byte {offset} declares {length} bytes but the file ends at "
-                    f"{size}; re-export or re-download the video",
-                )
-            seen.add(kind)
-            offset += length
-    if b"moov" not in seen:
-        raise _fail(name, "truncated or unfinished: it has no 'moov' box; re-export the video")
-
-
-def probe_video(path: str | Path, *, decode: bool = True, limit: int | None = None) -> dict:
-    """Open a video file with ffmpeg, check its frame size against the pixel limit and read its first frame.
-
-    Returns:
-        ffmpeg's metadata (``size``, ``fps``, ``duration``, ...).
-
-    Raises:
-        MediaError: unreadable, truncated (MP4/MOV box structure), no frames, or frames over the pixel limit.
-    """
-    path = Path(path)
-    name = str(path)
-    limit = max_pixels() if limit is None else limit
-    if sniff_mime(_read_head(path, name)) in ("video/mp4", "video/quicktime"):
-        _check_boxes(path, name)
-    try:
-        import imageio.v2 as imageio
-    except ImportError:
-        raise _fail(name, "checking videos needs imageio and imageio-ffmpeg; pip install 'mmpref[feedback]'") from None
-    try:
-        reader = imageio.get_reader(path, format="FFMPEG")
-    except Exception as err:  # imageio/ffmpeg raise several types for unreadable input
-        raise _fail(
-            name, f"not a readable video ({err.__class__.__name__}: {err}); re-encode it as MP4 (H.264)"
-        ) from None
-    try:
-        meta = reader.get_meta_data()
-        width, height = meta.get("size") or (0, 0)
-        if width * height > limit:
-            raise _fail(name, _limit_reason(width, height, limit))
-        if decode:
-            frame = reader.get_next_data()
-            if frame is None or frame.size == 0:
-                raise _fail(name, "empty: the video has no frames; re-export it")
-    except MediaError:
-        raise
-    except Exception as err:
-        raise _fail(
-            name, f"unreadable: no frame decodes ({err.__class__.__name__}: {err}); re-encode it as MP4"
-        ) from None
-    finally:
-        with contextlib.suppress(Exception):
-            reader.close()
-    return meta

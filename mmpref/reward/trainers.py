@@ -1,8 +1,8 @@
 """The Trainer settings every mmpref job's recipe carries, and small quiet trainers built from them.
 
-``mmpref fit`` configures its Trainer through LightningCLI; mmpref's own jobs (PbRL and PEARL reward updates, BC,
-CPL, peeling, Diffusion-DPO, the demo) train through :func:`quick_trainer`, which takes a :class:`TrainerSettings`
-(a recipe's ``trainer:`` group, ``--trainer.accelerator cpu`` on the command line).
+``mmpref fit`` configures its Trainer through LightningCLI; mmpref's own jobs train through :func:`quick_trainer`
+(the PbRL reward updates, BC, CPL, peeling's reward fits...), which takes a :class:`TrainerSettings`: a recipe's
+``trainer:`` group, ``--trainer.accelerator cpu`` on the command line.
 """
 
 from __future__ import annotations
@@ -68,11 +68,12 @@ def quiet_lightning() -> None:
 
 
 def quick_trainer(max_epochs: int, settings: TrainerSettings | None = None, **overrides: Any) -> L.Trainer:
-    """A ``Trainer`` on ``settings`` (default :class:`TrainerSettings`: auto accelerator, quiet), no checkpoints.
+    """A quiet ``Trainer`` on ``settings``, without checkpoints; ``overrides`` (any Trainer argument) win.
 
-    ``overrides`` (any Trainer argument) win over the settings.
+    Jobs pass their recipe's settings (accelerator ``"auto"`` by default). Without settings, a library call stays on
+    the CPU as before: code that calls it outside a job has not said it is ready for another device.
     """
-    settings = settings or TrainerSettings()
+    settings = settings or TrainerSettings(accelerator="cpu")
     if settings.quiet:
         quiet_lightning()
     kwargs = settings.trainer_kwargs() | {"max_epochs": max_epochs, "enable_checkpointing": False}

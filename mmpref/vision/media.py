@@ -22,9 +22,8 @@ from mmpref.data.media import (  # noqa: F401  (MediaError and max_pixels are pa
     decode_image,
     max_pixels,
     open_image,
-    probe_video,
 )
-from mmpref.data.video import save_video  # noqa: F401  (writing lives in data: control uses it too)
+from mmpref.data.video import probe_video, save_video  # noqa: F401  (save_video: writing lives in data)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".webm", ".avi", ".mov", ".mkv", ".gif"})
@@ -83,7 +82,7 @@ def load_video(path: str | Path, max_frames: int = 16, max_side: int | None = 25
         return [load_image(frames[i], max_side) for i in _even_indices(len(frames), max_frames)]
     if path.suffix.lower() == ".gif":
         return _gif_frames(path, max_frames, max_side)
-    probe_video(path, decode=False)  # box structure and frame size against the pixel limit, before decoding
+    probe_video(path, decode=False)  # container size and frame size against the pixel limit, before decoding
     try:
         import imageio.v2 as imageio
 

@@ -66,6 +66,17 @@ def mp4_bytes(tmp: Path, frames: int = 6) -> bytes:
     return data
 
 
+def container_bytes(tmp: Path, suffix: str, codec: str) -> bytes:
+    """A real video in another container (WebM/VP8, AVI/MPEG-4, MKV/H.264) through ffmpeg, as bytes."""
+    import imageio.v3 as iio
+
+    path = tmp / f"_source{suffix}"
+    iio.imwrite(path, np.stack([np.full((32, 48, 3), 30 * i, np.uint8) for i in range(6)]), fps=8, codec=codec)
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
 def gif_bytes(frames: int = 4) -> bytes:
     buf = io.BytesIO()
     images = [Image.new("RGB", (24, 16), (40 * i, 10, 10)) for i in range(frames)]
@@ -90,17 +101,21 @@ BAD_MEDIA_NAMES = (
     "random-bytes-png",
     "text-as-mp4",
     "text-as-png",
+    "truncated-avi-tail",
     "truncated-gif",
     "truncated-jpeg",
+    "truncated-mkv-half",
     "truncated-mp4-half",
     "truncated-mp4-tail",
     "truncated-png",
+    "truncated-webm-tail",
 )
 
 
 def bad_media(tmp: Path) -> dict[str, tuple[str, Callable[[], bytes]]]:
     """Name → (file name, bytes maker) of files that must be refused as media, each for its own reason."""
     mp4 = mp4_bytes(tmp)
+    webm, avi, mkv = (container_bytes(tmp, *c) for c in ((".webm", "libvpx"), (".avi", "mpeg4"), (".mkv", "libx264")))
     png = png_bytes()
     jpeg = jpeg_bytes()
     return {
@@ -117,6 +132,9 @@ def bad_media(tmp: Path) -> dict[str, tuple[str, Callable[[], bytes]]]:
         "truncated-mp4-half": ("half.mp4", lambda: mp4[: len(mp4) // 2]),
         "truncated-mp4-tail": ("tail.mp4", lambda: mp4[:-7]),
         "mp4-ftyp-only": ("ftyp.mp4", lambda: mp4[:32]),
+        "truncated-webm-tail": ("tail.webm", lambda: webm[:-20]),
+        "truncated-avi-tail": ("tail.avi", lambda: avi[:-20]),
+        "truncated-mkv-half": ("half.mkv", lambda: mkv[: len(mkv) // 2]),
         "png-named-mp4": ("image.mp4", lambda: png),
         "mp4-named-png": ("clip.png", lambda: mp4),
         "bomb-png-1bit-20000": ("bomb.png", lambda: bomb_png(20_000, 20_000)),

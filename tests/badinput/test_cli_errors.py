@@ -299,3 +299,56 @@ def test_dpo_pipeline_with_bad_pairs_exits_2(tmp_path, tiny_pipeline, checks, ca
     result = checks.run_cli(args)
     checks.assert_clean_error(result, pairs.name, job="dpo")
     checks.assert_unchanged(before, tmp_path)
+
+
+def test_fit_with_a_data_module_that_refuses_its_arguments_exits_2(tmp_path, checks):
+    """jsonargparse re-raises what ``__init__`` raised as its own ValueError: a recipe error, not a traceback."""
+    recipe = tmp_path / "recipe.yaml"
+    text = TASTE_RECIPE.format(root=tmp_path / "runs", pairs="null")
+    recipe.write_text(text.replace("    ties: drop\n", ""))
+    result = checks.run_cli(["fit", "--config", recipe])
+    checks.assert_clean_error(result, "give pairs", job="fit")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        ("mmpref.reward.datamodule.ManifestFeatureDataModule", "mmpref.reward.NoSuchModule"),
+        ("batch_size: 4", "batch_size: four"),
+        ("in_features: 4", "in_features: [4, 4]"),
+    ],
+    ids=["unknown-class", "wrong-type", "list-for-int"],
+)
+def test_fit_with_a_recipe_jsonargparse_refuses_exits_2_without_traceback(tmp_path, checks, change):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(FIT_RECIPE.format(root=tmp_path / "runs", train=tmp_path / "x.jsonl").replace(*change))
+    result = checks.run_cli(["fit", "--config", recipe])
+    assert result.code == 2 and "Traceback" not in result.err
+    assert "error" in result.err.lower()
+
+
+PIPELINE_DAMAGE = {
+    "model_index.json:not-json": ("model_index.json", b"{StableDiffusionPipeline"),
+    "model_index.json:latin-1": ("model_index.json", '{"_class_name": "\xe9"}'.encode("latin-1")),
+    "model_index.json:array": ("model_index.json", b"[1, 2]"),
+    "unet-config:truncated": ("unet/config.json", None),
+    "unet-weights:truncated": ("unet/diffusion_pytorch_model.safetensors", None),
+    "vae-weights:garbage": ("vae/diffusion_pytorch_model.safetensors", bytes(range(256)) * 4),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PIPELINE_DAMAGE))
+def test_dpo_with_a_damaged_pipeline_folder_exits_2_naming_the_file(tmp_path, tiny_pipeline, checks, case):
+    import shutil
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(tiny_pipeline, folder)
+    name, data = PIPELINE_DAMAGE[case]
+    target = folder / name
+    target.write_bytes(data if data is not None else target.read_bytes()[: target.stat().st_size // 2])
+    _write_parquet(tmp_path / "pairs.parquet", "label-nan")  # never reached: the folder is checked first
+    out = tmp_path / "lora"
+    args = ["dpo", "--pipeline", folder, "--pairs", tmp_path / "pairs.parquet", "--ties", "drop", "--out", out]
+    result = checks.run_cli(args)
+    checks.assert_clean_error(result, Path(name).name, job="dpo")
+    assert not out.exists()

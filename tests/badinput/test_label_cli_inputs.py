@@ -7,6 +7,7 @@ the store and every pre-existing output byte-identical afterwards (imports are a
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -24,21 +25,27 @@ def made(tmp_path_factory):
     return {name: (file_name, make()) for name, (file_name, make) in bad_media(tmp).items()}
 
 
-@pytest.fixture
-def project(tmp_path):
-    """A folder with two good images, a store holding one task and one label, and an earlier export."""
-    media = tmp_path / "media"
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """Built once: two good images, a store holding one task and one label, and an earlier export."""
+    root = tmp_path_factory.mktemp("template")
+    media = root / "media"
     media.mkdir()
     (media / "a.png").write_bytes(png_bytes(colour=(200, 0, 0)))
     (media / "b.png").write_bytes(png_bytes(colour=(0, 0, 200)))
-    db = tmp_path / "labels.sqlite"
-    store = LabelStore(db)
+    store = LabelStore(root / "labels.sqlite")
     task = store.add_task("pair", [media / "a.png", media / "b.png"], prompt="which?")
     ann = store.annotator_for_token(store.add_annotator("ann", "token-ann-123"))[0]
     store.add_label(ann, task, {"choice": 0}, "uuid-00000001")
-    store.engine.dispose()  # no open connection: the file is settled before the snapshot
-    out = tmp_path / "exported.jsonl"
-    out.write_text('{"earlier": "export"}\n')
+    store.engine.dispose()  # no open connection: the file is settled before it is copied
+    (root / "exported.jsonl").write_text('{"earlier": "export"}\n')
+    return root
+
+
+@pytest.fixture
+def project(tmp_path, template):
+    """A fresh copy of the template (the store's task refers to the template's images, which stay in place)."""
+    shutil.copytree(template, tmp_path, dirs_exist_ok=True)
     return tmp_path
 
 

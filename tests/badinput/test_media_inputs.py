@@ -14,7 +14,16 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from _media_cases import BAD_MEDIA_NAMES, bad_media, bomb_png, gif_bytes, jpeg_bytes, mp4_bytes, png_bytes
+from _media_cases import (
+    BAD_MEDIA_NAMES,
+    bad_media,
+    bomb_png,
+    container_bytes,
+    gif_bytes,
+    jpeg_bytes,
+    mp4_bytes,
+    png_bytes,
+)
 from PIL import Image
 
 from mmpref.data import DataError, read_jsonl_manifest, read_pickapic_parquet, read_ratings_table
@@ -22,7 +31,7 @@ from mmpref.data.media import MAX_PIXELS_ENV, MediaError, check_image, check_med
 from mmpref.vision.media import load_image, load_video
 
 CASES = list(BAD_MEDIA_NAMES)
-READERS = ["check_media", "load_image", "jsonl", "ratings_csv", "pickapic_path", "pickapic_bytes"]
+READERS = ["check_media", "load_image", "jsonl", "ratings_csv", "pickapic_path", "pickapic_bytes", "dpo_bytes"]
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +55,13 @@ def test_the_case_list_covers_every_generator(tmp_path):
 @pytest.mark.parametrize("case", CASES)
 def test_bad_media_is_refused_by_every_reader(made, tmp_path, good, case, reader):
     file_name, data = made[case]
-    if case == "png-named-mp4" and reader in ("load_image", "pickapic_bytes"):
+    if case == "png-named-mp4" and reader in ("load_image", "pickapic_bytes", "dpo_bytes"):
         pytest.skip("a valid PNG: only its name is wrong, and these readers take no name")
     bad = tmp_path / file_name
     bad.write_bytes(data)
+    if reader == "dpo_bytes":
+        from mmpref.vision.diffusion.data import prepare_image  # imported before the clock starts: torch is slow
+
     start = time.perf_counter()
     if reader == "check_media":
         with pytest.raises(MediaError) as info:
@@ -59,6 +71,9 @@ def test_bad_media_is_refused_by_every_reader(made, tmp_path, good, case, reader
         with pytest.raises(MediaError) as info:
             load_image(bad)
         assert file_name in str(info.value)
+    elif reader == "dpo_bytes":  # Diffusion-DPO decodes Parquet image bytes itself: the same check, as a reason
+        pixels, reason = prepare_image(data, 16, "center", np.random.default_rng(0))
+        assert pixels is None and "does not decode as an image" in reason
     elif reader == "jsonl":
         manifest = tmp_path / "m.jsonl"
         manifest.write_text(json.dumps({"type": "pair", "id": "p", "a": "good.png", "b": file_name, "label": 1}))
@@ -92,6 +107,8 @@ def test_good_media_pass_and_say_their_kind(tmp_path):
     (tmp_path / "c.gif").write_bytes(gif_bytes())
     (tmp_path / "d.mp4").write_bytes(mp4_bytes(tmp_path))
     (tmp_path / "e.img").write_bytes(png_bytes())  # an unknown suffix: the content decides
+    for name, codec in (("f.webm", "libvpx"), ("g.avi", "mpeg4"), ("h.mkv", "libx264")):
+        (tmp_path / name).write_bytes(container_bytes(tmp_path, name[1:], codec))
     frames = tmp_path / "frames"
     frames.mkdir()
     for i in range(3):
@@ -103,9 +120,13 @@ def test_good_media_pass_and_say_their_kind(tmp_path):
         "c.gif": ("image", "image/gif"),
         "d.mp4": ("video", "video/mp4"),
         "e.img": ("image", "image/png"),
+        "f.webm": ("video", "video/webm"),
+        "g.avi": ("video", "video/x-msvideo"),
+        "h.mkv": ("video", "video/x-matroska"),
         "frames": ("video", "video/x-frames"),
     }
     assert len(load_video(tmp_path / "d.mp4", max_frames=3)) == 3 and len(load_video(tmp_path / "c.gif")) == 4
+    assert len(load_video(tmp_path / "f.webm")) == 6
 
 
 def test_a_fifo_named_like_an_image_is_refused_without_blocking(tmp_path):
@@ -256,3 +277,12 @@ def test_paths_the_file_system_cannot_hold_are_named_not_crashed_on(tmp_path, va
         with pytest.raises(MediaError, match="b.png|a.png|x.png"):
             reader(tmp_path / value)
     assert check_image(tmp_path / value)
+
+
+def test_a_bad_pixel_limit_setting_is_one_error_naming_the_variable(tmp_path, good, monkeypatch):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"type": "pair", "id": "p", "a": "good.png", "b": "good.png", "label": 1}))
+    monkeypatch.setenv(MAX_PIXELS_ENV, "a lot")
+    with pytest.raises(MediaError, match=rf"{MAX_PIXELS_ENV}='a lot' is not a positive whole number"):
+        read_jsonl_manifest(manifest)
+    assert read_jsonl_manifest(manifest, check_media=False)  # nothing is decoded: the limit is not needed

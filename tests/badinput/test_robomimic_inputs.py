@@ -431,3 +431,51 @@ def test_cpl_job_exits_2_naming_the_file(tmp_path, case, checks):
     result = checks.run_cli(["cpl", "--dataset", path, "--task", "reach-v3", "--eval_episodes", "0", "--out", out])
     checks.assert_clean_error(result, path.name, job="cpl")
     checks.assert_unchanged(before, tmp_path)
+
+
+@st.composite
+def _pair_columns(draw):  # noqa: ANN001, ANN202
+    k = draw(st.integers(1, 5))
+    ints = {
+        name: draw(st.lists(st.integers(lo, hi), min_size=k, max_size=k))
+        for name, lo, hi in (
+            ("demo_a", -2, 4),
+            ("demo_b", -2, 4),
+            ("start_a", -3, STEPS + 2),
+            ("start_b", -3, STEPS + 2),
+            ("length", -1, STEPS + 1),
+        )
+    }
+    labels = draw(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=k, max_size=k))
+    return ints, labels
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(columns=_pair_columns())
+def test_any_preference_columns_are_read_exactly_or_refused(tmp_path_factory, columns):
+    ints, labels = columns
+    path = write_valid(tmp_path_factory.mktemp("pairs") / "data.hdf5")
+    with h5py.File(path, "r+") as f:
+        for name, values in ints.items():
+            _replace(f["preferences"], name, np.array(values, np.int64))
+        _replace(f["preferences"], "label", np.array(labels, np.float32))
+    ok = all(
+        0 <= ints[f"demo_{s}"][k] <= 2
+        and ints[f"start_{s}"][k] >= 0
+        and ints["length"][k] >= 1
+        and ints[f"start_{s}"][k] + ints["length"][k] <= STEPS
+        for k in range(len(labels))
+        for s in "ab"
+    ) and all(0.0 <= x <= 1.0 for x in labels)
+    if ok:
+        pairs = read_preference_pairs(path)
+        episodes = read_robomimic(path)
+        for k, pair in enumerate(pairs):
+            start, length = ints["start_a"][k], ints["length"][k]
+            expected = episodes[ints["demo_a"][k]].actions[start : start + length]
+            np.testing.assert_array_equal(pair.a.actions, expected)
+            assert pair.label == np.float32(labels[k])
+    else:
+        with pytest.raises(DataError) as info:
+            read_preference_pairs(path)
+        assert str(path) in str(info.value) and "preferences pair" in str(info.value)

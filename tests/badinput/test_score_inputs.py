@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from mmpref.vision.taste.model import CodePrior, PersonalTasteModel, save_taste_model
@@ -176,3 +178,40 @@ def test_score_cli_exits_2_and_writes_nothing(tmp_path, media, model_dir, checks
     result = checks.run_cli(["score", target, "--model", model_dir, "--csv", out / "scores.csv"])
     checks.assert_clean_error(result, named, job="score")
     checks.assert_unchanged(before, tmp_path)
+
+
+@st.composite
+def _list_graphs(draw):  # noqa: ANN001, ANN202
+    n = draw(st.integers(1, 6))
+    edges = {i: draw(st.lists(st.integers(0, n - 1), max_size=3)) for i in range(n)}
+    return n, edges
+
+
+def _reaches_a_cycle(edges: dict[int, list[int]]) -> bool:
+    state: dict[int, int] = {}
+
+    def visit(node: int) -> bool:  # 1 = on the stack, 2 = done
+        state[node] = 1
+        for nxt in edges[node]:
+            if state.get(nxt) == 1 or (nxt not in state and visit(nxt)):
+                return True
+        state[node] = 2
+        return False
+
+    return visit(0)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(graph=_list_graphs())
+def test_any_graph_of_lists_is_expanded_or_refused_as_a_cycle(tmp_path_factory, graph):
+    n, edges = graph
+    root = tmp_path_factory.mktemp("lists")
+    Image.new("RGB", (8, 8)).save(root / "x.png")
+    for i in range(n):
+        (root / f"l{i}.txt").write_text("x.png\n" + "".join(f"l{j}.txt\n" for j in edges[i]))
+    if _reaches_a_cycle(edges):
+        with pytest.raises(ScoringError, match="cycle"):
+            collect_media([root / "l0.txt"])
+    else:
+        found = collect_media([root / "l0.txt"])
+        assert found and set(found) == {root / "x.png"}

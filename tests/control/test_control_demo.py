@@ -29,10 +29,11 @@ def test_control_demo_learns_a_reward_and_a_policy_from_preferences(tmp_path, mo
     out = tmp_path / "control"
     f = json.loads((out / "metrics.json").read_text())
     learned, untrained = f["learned"], f["untrained"]
-    # agreement with the true return on held-out segments: chance is 0.5 (the untrained ensemble sits near it)
-    assert learned["pairwise_accuracy"] >= 0.65, f
+    # agreement with the true return on 276 held-out segment pairs: chance is 0.5, the untrained ensemble measured
+    # 0.24-0.34 and the learned one 0.67-0.76 on seeds 0-2 (0.76 on seed 0, the one run here)
+    assert learned["pairwise_accuracy"] >= 0.6, f
     assert learned["spearman"] >= 0.3, f
-    assert learned["pairwise_accuracy"] >= untrained["pairwise_accuracy"] + 0.1, f
+    assert learned["pairwise_accuracy"] >= untrained["pairwise_accuracy"] + 0.15, f
     # BC on the episodes the learned reward ranks highest solves the task; BC on every episode (2 of 6 succeed) not
     assert f["success_reward_filtered_bc"]["mean_action"] == 1.0, f
     assert f["success_bc_all"]["mean_action"] == 0.0, f

@@ -288,3 +288,21 @@ def test_parts_are_named_in_the_config_and_bad_combinations_are_refused():
         PbRLConfig(teacher_eps=1.5)
     with pytest.raises(ValueError, match="surf_tau"):
         SURF(tau=0.4)
+
+
+def test_rime_warm_start_regresses_the_reward_on_the_intrinsic_reward():
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(-1, 1, size=(2000, 1, 3)).astype(np.float32)
+    act = rng.uniform(-1, 1, size=(2000, 1, 2)).astype(np.float32)
+    intrinsic = (5.0 + 3.0 * obs[:, :, 0]).astype(np.float32)  # a state-entropy-like reward, not in [−1, 1]
+    buffer = SimpleNamespace(observations=obs, actions=act, rewards=intrinsic, full=False, pos=2000, buffer_size=4000)
+    ensemble = RewardEnsemble(3, 2, members=2, hidden=32, layers=1, seed=0)
+    loop = SimpleNamespace(model=SimpleNamespace(replay_buffer=buffer), config=SimpleNamespace(unsupervised_steps=1))
+    loop.ensemble = ensemble
+    target = obs[:, 0, 0]  # the intrinsic reward mapped to [−1, 1] by min-max
+    before = np.corrcoef(ensemble.step_reward(obs[:, 0], act[:, 0]), target)[0, 1]
+    rime = RIME(warm_start_updates=300)
+    rime.warm_start(loop)
+    assert rime.warm_started
+    after = np.corrcoef(ensemble.step_reward(obs[:, 0], act[:, 0]), target)[0, 1]
+    assert abs(before) < 0.6 and after > 0.95  # from an unrelated random reward to the intrinsic one's ordering

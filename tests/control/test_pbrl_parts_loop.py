@@ -16,11 +16,11 @@ from mmpref.control.reward import RewardEnsemble
 from mmpref.control.teachers import Budget, ScriptedTeacher
 from mmpref.data import Segment, SegmentPair
 
-# SAC updates start at step 500 only, so these loops spend their time in the preference machinery
+# SAC updates start at step 700 only, so these loops spend their time in the preference machinery
 TINY = dict(
     task="reach-v3",
     total_steps=800,
-    learning_starts=500,
+    learning_starts=700,
     feedback_every=400,
     queries_per_round=30,
     max_labels=60,
@@ -64,8 +64,9 @@ def test_rime_warm_start_and_noisy_teacher_in_the_loop():
     assert loop.teacher.eps == 0.5
     loop.run()
     rime = loop.parts["rime"]
-    assert rime.warm_started and rime.updates == 1 and rime.rho is not None
-    assert loop.teacher.budget.labelled == 30  # one round after the 400 pre-training steps, at step 800
+    # rounds at steps 400 (the end of pre-training, after the warm start) and 800
+    assert rime.warm_started and rime.updates == 2 and rime.rho is not None
+    assert loop.teacher.budget.labelled == 60
     assert 0 < rime.last["trusted"] <= 1
 
 
@@ -73,7 +74,7 @@ def test_rime_warm_start_and_noisy_teacher_in_the_loop():
 def test_listwise_round_counts_labels_and_trains_the_reward():
     config = PbRLConfig(parts=["listwise"], list_size=4, query_method="uniform", **TINY)
     loop = PbRLLoop(config, progress=False)
-    before = loop.ensemble.state_dict()["system"]
+    before = {k: v.clone() for k, v in loop.ensemble.state_dict()["system"].items()}
     loop.run()
     part = loop.parts["listwise"]
     # 30 labels a round buy 10 lists of 4 (3 labels each): 2 rounds, 20 lists, 60 labels

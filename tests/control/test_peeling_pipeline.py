@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from mmpref.cli import main
+from mmpref.control.peeling import evaluation as peeling_evaluation
 from mmpref.control.peeling import pipeline as peeling_pipeline
 from mmpref.control.peeling.config import PeelingConfig
 from mmpref.control.peeling.dpo import FinetuneConfig
@@ -129,7 +130,7 @@ class _RepeatingGoals(gym.Env):
 def test_evaluation_counts_each_goal_once(monkeypatch):
     """Meta-World draws goals from 50 with replacement; a goal drawn again is skipped, so 4 goals here are the start
     states 0, 1, 2, 3 (success 0, 1, 0, 1) from 6 draws, not 0, 1, 0, 2; 5 distinct goals do not exist."""
-    monkeypatch.setattr(peeling_pipeline, "make_env", lambda *args, **kwargs: _RepeatingGoals())
+    monkeypatch.setattr(peeling_evaluation, "make_env", lambda *args, **kwargs: _RepeatingGoals())
     policy = GaussianPolicy(obs_dim=39, act_dim=4, hidden=8)
     result = evaluate_policy(policy, "push-v3", seed=0, episodes=4, max_steps=3, deterministic=True)
     assert result["goal_success"] == [0, 1, 0, 1] and result["draws"] == 6 and result["success"] == 0.5
@@ -180,7 +181,7 @@ def _tiny_stage_two(**changes):
     torch.manual_seed(0)
     policy = GaussianPolicy(obs_dim=39, act_dim=4, hidden=8, squash="clip")
     before = {k: v.clone() for k, v in policy.state_dict().items()}
-    results, finetuned = peeling_pipeline.stage_two(config, policy, None, peeling_pipeline.training_pool(config))
+    results, finetuned = peeling_pipeline.stage_two(config, policy, None, peeling_evaluation.training_pool(config))
     assert all(torch.equal(v, policy.state_dict()[k]) for k, v in before.items())  # BC itself is never trained
     return results, finetuned
 
@@ -223,7 +224,7 @@ def test_restarts_chosen_on_more_validation_goals():
     config = PeelingConfig(max_steps=20, validation=2)
     act = policy.numpy_policy(deterministic=True)
     returns = [
-        float(np.sum(rollout(env, act, max_steps=20).rewards)) for env in peeling_pipeline.validation_pool(config, 5)
+        float(np.sum(rollout(env, act, max_steps=20).rewards)) for env in peeling_evaluation.validation_pool(config, 5)
     ]
     assert np.isclose(choices[more["restart_kept"]], np.mean(returns))
     # a run of one restart records its choice score too, so restarts split across runs combine the same way

@@ -11,7 +11,7 @@ entropy RL), the probability that segment σ⁺ is preferred to σ⁻ is a Bradl
 
 with α = 0.1 and the conservative bias λ = 0.5 (the paper's defaults; λ < 1 shrinks the loser's score, which keeps
 the policy from raising a winner's likelihood only by pushing losers' likelihoods down). As in the paper, the policy
-is first warmed up by behaviour cloning on all segments (:func:`mmpref.control.policies.behaviour_cloning`); an
+is first warmed up by behaviour cloning on all segments (:func:`mmpref.control.bc.behaviour_cloning`); an
 optional BC term (``bc_weight``) keeps regularising during CPL. The loss is the shared core's
 :func:`~mmpref.losses.bradley_terry`; the policy network lives in :mod:`mmpref.control.policies`.
 

@@ -12,7 +12,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from mmpref.control.pbrl.loop import PbRLConfig, PbRLLoop
+from mmpref.control.pbrl.config import PbRLConfig
+from mmpref.control.pbrl.loop import PbRLLoop
 from mmpref.recipe import RecipeError, out_option, run_job
 
 

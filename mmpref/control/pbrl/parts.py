@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 if TYPE_CHECKING:
-    from mmpref.control.pbrl.loop import PbRLConfig
+    from mmpref.control.pbrl.config import PbRLConfig
 
 PartName = Literal["surf", "rune", "rime", "qpa", "listwise"]
 HOOKS = ("segment_length", "query_episodes", "label", "update_reward", "feedback_round", "bonus", "sac_kwargs")

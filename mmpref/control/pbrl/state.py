@@ -38,7 +38,6 @@ def set_monitor_state(model: Any, state: dict[str, Any]) -> None:
         setattr(monitor, name, value)
 
 
-
 def env_state(env: gym.Env) -> dict[str, Any]:
     """Simulator state plus every wrapper's small attributes (step counters, reset flags, random generators)."""
     data = env.unwrapped.data

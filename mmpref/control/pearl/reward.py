@@ -184,7 +184,7 @@ def reward_filtered_bc(
     """A policy by behaviour cloning on the trajectories the learned reward ranks highest (filtered BC).
 
     Trajectories ``[N, T, o]``, ``[N, T, a]`` (the target task's unlabelled data) are ranked by their predicted
-    return Σ_t μ(o_t, a_t); the top ``top_fraction`` are cloned with :func:`mmpref.control.policies.behaviour_cloning`.
+    return Σ_t μ(o_t, a_t); the top ``top_fraction`` are cloned with :func:`mmpref.control.bc.behaviour_cloning`.
 
     Returns:
         The policy and the indices of the chosen trajectories.

@@ -6,10 +6,7 @@ from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from mmpref.control.peeling.dpo import FinetuneConfig, WindowCredit
-from mmpref.control.policies import (
-    Squash,
-)
-from mmpref.losses import LossName
+from mmpref.control.policies import Squash
 from mmpref.recipe import require_at_least
 from mmpref.reward.trainers import TrainerSettings
 
@@ -17,8 +14,11 @@ SelectOn = Literal["fused", "metric"]
 
 
 @dataclass
-class PeelingConfig:
-    """One pipeline run (a recipe's fields).
+class PeelingConfig(FinetuneConfig):
+    """One pipeline run (a recipe's fields): stage 2's fields and the pipeline's own.
+
+    Stage 2's fields are :class:`~mmpref.control.peeling.dpo.FinetuneConfig`'s (documented there); the defaults below
+    differ where push-v3 measured better.
 
     Args:
         task: a Meta-World v3 task whose object is moved to a goal (the progress metric reads slots 4:7 and 36:39).
@@ -26,7 +26,6 @@ class PeelingConfig:
         demos: number of demonstrations (the paper: 50–200).
         noise_low: smallest per-episode action-noise standard deviation of the scripted expert.
         noise_high: largest one.
-        max_steps: steps per episode (all episodes share it).
         squash: policy squashing, ``"clip"`` or ``"tanh"``.
         hidden: policy width.
         bc_epochs: behaviour-cloning epochs.
@@ -39,17 +38,11 @@ class PeelingConfig:
             linear progress 1 − d_T/d_0). It counts the last centimetres to the goal more, where the success radius is.
         reward_epochs: epochs of the fused reward.
         iterations: finetuning rounds (16: on push-v3 the fused reward's validation score still rose after 8).
-        groups: start states per round.
-        group_size: rollouts per start state.
-        beta: DPO β.
         loss: the core loss of stage 2: pairwise (``bradley_terry`` ...: best-vs-worst pairs of each group) or
             listwise (``plackett_luce`` ...: each group's whole ranking).
         explore_temperature: σ multiplier of the finetuning rollouts (1: the policy's own samples; 0.5 measured better
             on push-v3, `docs/benchmarks/peeling_variants/history.md`).
-        lr: finetuning learning rate.
-        epochs: passes per round.
         nll_weight: weight of the winners' NLL (RPO).
-        demo_weight: weight of the offline term on the demonstrations ranked by the fused reward (0: off).
         residual_hidden: 0 finetunes the whole BC policy; > 0 freezes it and trains a residual MLP of this width on
             top (:class:`~mmpref.control.policies.ResidualPolicy`), starting exactly at BC.
         windows: rank and pair the rollouts of a group window by window (this many consecutive windows, each scored
@@ -58,25 +51,16 @@ class PeelingConfig:
             every later window's (measured better on push-v3: a reach pays off in the later windows).
         noise_correlation: ρ of the finetuning rollouts' AR(1) exploration noise (0: independent per step; 0.97,
             ~30 steps, measured better on push-v3).
-        replay_rounds: each round's DPO objective also takes the ranked groups of this many previous rounds (0:
-            the round's own groups only; :class:`~mmpref.control.peeling.dpo.FinetuneConfig`; 3 measured worse on
-            push-v3, ``docs/benchmarks/peeling_variants/bench_peeling_replay3_cpu.md``).
-        lr_decay: the finetuning learning rate is multiplied by this after every round (1: constant;
-            :class:`~mmpref.control.peeling.dpo.FinetuneConfig`).
-        round_average: λ of the exponential average of the rounds' weights that is validated, chosen and returned
-            instead of each round's own weights (0: off; :class:`~mmpref.control.peeling.finetune.RoundAverage`; 0.7
-            measured worse on push-v3, ``docs/benchmarks/peeling_variants/bench_peeling_round_average_cpu.md``).
         censored: finetune with the censored clip likelihood (:func:`~mmpref.control.policies.censored_copy`:
             actions on the ±1 bounds scored by the Gaussian mass beyond them) for the policy and its reference;
             BC itself is trained as before. Ignored with ``squash`` = ``"tanh"`` (it never reaches ±1).
         validation: fixed-goal validation environments (goals differ from the training pool's and the
             evaluation's) on which each round's mean-action policy is scored (``select_on``; 0: none).
-        select_best: keep the round (BC = round 0) that scores best there instead of the last one.
         select_on: what scores the validation rollouts: ``"fused"``, the fused reward (task metric + the learned
-            rating part), or ``"metric"``, the task metric alone (final progress, :func:`~mmpref.control.peeling
-            .metric_scores`; the rating part is learned from BC rollouts and may not rank a finetuned policy's).
+            rating part), or ``"metric"``, the task metric alone (final progress, :func:`.metric_scores`; the rating
+            part is learned from BC rollouts and may not rank a finetuned policy's).
         eval_episodes: held-out goals per evaluation, each a distinct start state (at most 50, the goals a Meta-World
-            task draws from; :func:`evaluate_policy`).
+            task draws from; :func:`.evaluate_policy`).
         refit_rated: 0 fits the fused reward once, on rated BC rollouts; > 0 rates this many rollouts of every
             finetuning round with the same teacher and refits the reward on all ratings so far before the next
             round (:class:`~mmpref.control.peeling.fused_reward.RewardRefit`; labels:
@@ -91,17 +75,17 @@ class PeelingConfig:
             choosing the round have fared): nothing is chosen on it. Costs about one more rollout per held-out and
             validation goal per round.
         restarts: run stage 2 this many times from the same BC policy and fused reward, each with its own
-            exploration (:func:`restart_seed`), and keep the run whose kept round scores best on the validation
-            goals (:func:`best_restart`; needs ``validation`` >= 1). Costs ``restarts`` times stage 2; what it buys
+            exploration (:func:`.restart_seed`), and keep the run whose kept round scores best on the validation
+            goals (:func:`.best_restart`; needs ``validation`` >= 1). Costs ``restarts`` times stage 2; what it buys
             is a second chance where one run's few start states per round led it astray.
-        first_restart: index of the first restart run (restart r explores with :func:`restart_seed` (seed, r)), so
+        first_restart: index of the first restart run (restart r explores with :func:`.restart_seed` (seed, r)), so
             restarts can be split across runs or machines: a run with ``first_restart: 1`` adds restart 1 to an
-            earlier run of restart 0, and :func:`best_restart` over their validation scores keeps what one run with
+            earlier run of restart 0, and :func:`.best_restart` over their validation scores keeps what one run with
             ``restarts: 2`` would.
         restart_validation: goals the restarts are chosen on (0: the ``validation`` goals, the kept round's own
             score). With n > 0 each restart's kept policy is rolled out (mean action) on the first n fixed-goal
-            validation environments (:func:`validation_pool`; they start with the ``validation`` ones), scored as
-            the rounds are (``select_on``), and :func:`best_restart` compares those scores: 8 goals chose rounds
+            validation environments (:func:`.validation_pool`; they start with the ``validation`` ones), scored as
+            the rounds are (``select_on``), and :func:`.best_restart` compares those scores: 8 goals chose rounds
             well enough but left restarts whose scores differ by a few hundredths to which goals were drawn.
             Each restart's score is kept in ``results["restarts"]`` (``choice``), so restarts split across runs
             combine as before. Costs n rollouts per restart.
@@ -110,11 +94,9 @@ class PeelingConfig:
     """
 
     task: str = "push-v3"
-    seed: int = 0
     demos: int = 50
     noise_low: float = 0.1
     noise_high: float = 0.6
-    max_steps: int = 150
     squash: Squash = "clip"
     hidden: int = 256
     bc_epochs: int = 100
@@ -126,25 +108,14 @@ class PeelingConfig:
     log_floor: float = 0.0
     reward_epochs: int = 30
     iterations: int = 16
-    groups: int = 4
-    group_size: int = 8
-    beta: float = 0.1
-    loss: LossName = "bradley_terry"
     explore_temperature: float = 0.5
-    lr: float = 1e-4
-    epochs: int = 4
     nll_weight: float = 1.0
-    demo_weight: float = 0.0
     windows: int = 5
     residual_hidden: int = 0
     window_credit: WindowCredit = "to_go"
     noise_correlation: float = 0.97
-    replay_rounds: int = 0
-    lr_decay: float = 1.0
-    round_average: float = 0.0
     censored: bool = True
     validation: int = 0
-    select_best: bool = False
     select_on: SelectOn = "fused"
     eval_episodes: int = 30
     refit_rated: int = 0
@@ -198,12 +169,10 @@ class PeelingConfig:
                 "restarts > 1 compares the restarts' validation scores, which a refit scores with each restart's own "
                 "reward: set refit_rated=0 or restarts=1"
             )
-        self.finetune()  # checks the stage-2 fields (loss name, temperature)
+        super().__post_init__()  # the stage-2 fields (loss name, temperature, windows...)
         if self.groups > self.pool:
             raise ValueError(f"groups ({self.groups}) cannot exceed the pool of environments ({self.pool})")
 
     def finetune(self) -> FinetuneConfig:
-        """The stage-2 settings: every field this config shares with :class:`FinetuneConfig`, by name."""
-        return FinetuneConfig(
-            **{f.name: getattr(self, f.name) for f in fields(FinetuneConfig) if hasattr(self, f.name)}
-        )
+        """The stage-2 settings alone: this config's :class:`FinetuneConfig` fields."""
+        return FinetuneConfig(**{f.name: getattr(self, f.name) for f in fields(FinetuneConfig)})

@@ -111,7 +111,6 @@ class ExpertValueOracle:
         return total
 
 
-
 def _snapshot(env: object) -> dict:
     """MuJoCo state plus each wrapper's small attributes (step counters, previous observation, goal).
 

@@ -31,7 +31,6 @@ so the system's one constant β/2 serves every family. Training indices t are dr
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,10 +60,9 @@ def read_model_index(folder: str | Path) -> dict[str, Any]:
             f"{folder}: missing model_index.json, so not a diffusers pipeline folder; save one with "
             "pipeline.save_pretrained(folder) (a UNet-only folder cannot be fine-tuned here)"
         )
-    try:
-        return json.loads(index.read_text())
-    except json.JSONDecodeError as err:
-        raise PipelineError(f"{index}: not valid JSON ({err}); re-save the pipeline") from None
+    from mmpref.modelfiles import read_json_object
+
+    return read_json_object(index, "re-save the pipeline with pipeline.save_pretrained(folder)")
 
 
 @dataclass
@@ -356,5 +354,18 @@ def detect_family(folder: str | Path) -> type[Family]:
 
 def load_family(folder: str | Path, dtype: torch.dtype = torch.float32) -> Family:
     """Detect the family of ``folder`` and load it (see :func:`detect_family`)."""
+    from mmpref.modelfiles import check_folder_files
+
     folder = Path(folder)
-    return detect_family(folder).load(folder, dtype)
+    family = detect_family(folder)
+    check_folder_files(
+        folder, "re-save the pipeline with pipeline.save_pretrained(folder) or copy the whole folder again"
+    )
+    try:
+        return family.load(folder, dtype)
+    except Exception as err:  # diffusers/transformers/safetensors raise many types for a damaged part
+        first = (str(err).splitlines() or [err.__class__.__name__])[0][:300]
+        raise PipelineError(
+            f"{folder}: a part of the {family.name} pipeline cannot be loaded ({err.__class__.__name__}: {first}); "
+            "re-save it with pipeline.save_pretrained(folder) or copy the whole folder again"
+        ) from None

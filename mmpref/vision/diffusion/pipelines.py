@@ -116,6 +116,11 @@ class PipelineDPOConfig:
             raise ValueError(f"resize must be 'center', 'random' or 'refuse', got {self.resize!r}")
         if self.cache_dtype not in ("float32", "float16", "bfloat16"):
             raise ValueError(f"cache_dtype must be float32, float16 or bfloat16, got {self.cache_dtype!r}")
+        from mmpref.losses import get_loss, is_listwise
+
+        get_loss(self.loss)  # an unknown name raises listing the valid ones
+        if is_listwise(self.loss):
+            raise ValueError(f"loss {self.loss!r} is listwise; pipeline data are pairs: use a pairwise loss or kto")
         for name in ("steps", "batch_size", "encode_batch", "shard_size", "lora_rank", "accumulate_grad_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

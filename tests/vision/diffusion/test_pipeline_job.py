@@ -68,6 +68,8 @@ def test_dpo_cache_job_then_bad_inputs_exit_2(inputs, tmp_path, capsys):
     assert "field 'pairs'" in capsys.readouterr().err
     assert main(["dpo-cache", *args[:1], str(tmp_path), *args[2:]]) == 2
     assert "field 'pipeline'" in capsys.readouterr().err and not list(tmp_path.glob("*.report.json"))
+    assert main(["dpo-cache", *args, "--loss", "plackett_luce"]) == 2
+    assert "is listwise; pipeline data are pairs" in capsys.readouterr().err
 
 
 def test_warmup_schedule_reaches_the_optimizer(inputs):
@@ -87,3 +89,12 @@ def test_warmup_schedule_reaches_the_optimizer(inputs):
         optimizer.step()
         schedule.step()
     assert rates == pytest.approx([0.0, 5e-4, 1e-3, 7.5e-4, 5e-4, 2.5e-4])
+
+
+def test_kto_runs_on_a_pipeline_with_pairs_read_as_likes_and_dislikes(inputs, tmp_path):
+    args = ["dpo", "--pipeline", str(inputs / "sdxl"), "--pairs", str(inputs / "pairs.parquet"), "--ties", "drop"]
+    args += ["--loss", "kto", "--steps", "2", "--lr", "1e-2", "--cache_dir", str(tmp_path), "--accelerator", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "kto")]) == 0
+    report = json.loads((tmp_path / "kto.report.json").read_text())
+    assert report["steps"] == 2 and 0 <= report["metrics"]["train/accuracy"] <= 1
+    assert (tmp_path / "kto" / "pytorch_lora_weights.safetensors").is_file()
