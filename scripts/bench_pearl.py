@@ -172,7 +172,7 @@ def stage_transfer(results: dict[str, Any], n: int, seeds: list[int], restarts: 
 
 
 def subset_accuracy(labels: np.ndarray, ret: np.ndarray, subset: np.ndarray) -> float:
-    """Accuracy as :func:`mmpref.control.pearl.transfer.transfer_accuracy`, only over pairs in ``subset`` ``[n, n]``."""
+    """Accuracy as :func:`~mmpref.control.pearl.transfer.transfer_accuracy`, over pairs in ``subset`` ``[n, n]``."""
     diff = ret[:, None] - ret[None]
     keep = np.triu(np.abs(diff) > 0.1 * ret.std(), 1) & subset
     y = labels[keep]

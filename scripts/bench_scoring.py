@@ -24,10 +24,10 @@ import torch
 
 from mmpref.data.io import atomic_write
 from mmpref.vision.demo_data import make_demo_image
-from mmpref.vision.taste.model import CodePrior, enroll, save_taste_model
 from mmpref.vision.taste.evaluate import train_personal_model
-from mmpref.vision.taste.system import DemoTasteDataModule
+from mmpref.vision.taste.model import CodePrior, enroll, save_taste_model
 from mmpref.vision.taste.scoring import TasteScorer
+from mmpref.vision.taste.system import DemoTasteDataModule
 
 TARGET_WARM_IMAGES_PER_S = 200.0
 TARGET_ENROLL_S = 1.0

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmpref.vision.taste.model import CodePrior, PersonalTasteModel, UserProfile, enroll, ratings_to_pairs
 from mmpref.vision.taste.evaluate import evaluate_enrollment, train_personal_model
+from mmpref.vision.taste.model import CodePrior, PersonalTasteModel, UserProfile, enroll, ratings_to_pairs
 from mmpref.vision.taste.system import DemoTasteDataModule
 
 

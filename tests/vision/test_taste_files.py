@@ -12,9 +12,9 @@ import torch
 
 from mmpref.data import DataError
 from mmpref.vision.demo_data import make_demo_image
+from mmpref.vision.taste.files import TasteFilesDataModule
 from mmpref.vision.taste.model import PersonalTasteModel
 from mmpref.vision.taste.system import PersonalTasteSystem
-from mmpref.vision.taste.files import TasteFilesDataModule
 
 
 def _png(index: int) -> bytes:

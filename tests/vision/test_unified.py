@@ -10,7 +10,6 @@ from mmpref.reward.datamodule import DictDataset
 from mmpref.reward.metrics import pairwise_accuracy
 from mmpref.vision.demo_data import load_demo_items
 from mmpref.vision.encoders import EfficientNetLite0Encoder
-from mmpref.vision.unified.model import UnifiedRewardModel
 from mmpref.vision.unified.demo import (
     IMAGE_DIMENSIONS,
     fit_unified,
@@ -19,6 +18,7 @@ from mmpref.vision.unified.demo import (
     motion_pairs,
     pan_frames,
 )
+from mmpref.vision.unified.model import UnifiedRewardModel
 
 
 def test_one_model_learns_three_dimensions_from_three_record_types():
