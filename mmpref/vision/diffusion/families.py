@@ -118,9 +118,12 @@ class Family:
         """Training steps T; the system draws t uniformly from ``[0, T)``."""
         return int(self.train_scheduler.config.num_train_timesteps)
 
-    def release_encoders(self) -> None:
-        """Drop the VAE and text encoders once the cache holds their outputs (training needs only the denoiser)."""
-        for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+    def release_encoders(self, keep_vae: bool = False) -> None:
+        """Drop the VAE and text encoders once the cache holds their outputs (training needs only the denoiser).
+
+        ``keep_vae`` keeps the VAE (a validation grid decodes its samples with it).
+        """
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3") + (() if keep_vae else ("vae",)):
             if getattr(self.pipe, name, None) is not None:
                 setattr(self.pipe, name, None)
 

@@ -12,12 +12,19 @@ Parquet file, skips pairs already cached (by key, whatever file they came from),
 writes each shard atomically; an interrupted build keeps its finished shards. Training reads one shard at a time
 (:class:`CachedPairs`), so memory is flat in the number of pairs.
 
+Several processes (DDP) share one global order per epoch and cut each global batch of ``W·b`` pairs into W equal,
+disjoint parts, padding the epoch's last global batch by wrapping around, so every rank runs the same number of
+batches; each pair carries a noise seed fixed by its place in that order. A run on W ranks with batch b is then the
+run of one process with batch W·b, and a resumed run continues at the exact batch, with the same noise, that the
+interrupted one would have read next (:func:`resume_point`, :class:`PairsLoader`).
+
 The VAE posterior draw and a ``random`` crop are made once per pair (seeded by its key) when it is cached, not
 re-drawn each epoch: that is the price of never running the VAE again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -170,15 +177,52 @@ def build_cache(
     return report
 
 
+def item_seed(seed: int, epoch: int, position: int) -> int:
+    """The noise/timestep seed of the pair at ``position`` of epoch ``epoch``'s global order (63 bits).
+
+    It depends on the position in the global order, not on the rank or worker that reads it, so a run on W processes
+    draws the same ε and t for every pair as one process with the same global batch.
+    """
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{position}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def global_batch_positions(total: int, batch_size: int, world_size: int, rank: int) -> np.ndarray:
+    """Positions ``[M, b]`` in an epoch's global order of this rank's M local batches.
+
+    Global batch g holds positions ``g·W·b … (g+1)·W·b − 1``; rank r takes the r-th run of b of them, so the ranks
+    see disjoint parts of every global batch. Every epoch has M = ⌈total / (W·b)⌉ global batches; the last one is
+    filled by wrapping around to the start of the order (as ``DistributedSampler`` pads), so every rank runs exactly
+    M batches and no rank runs out early. Position p reads pair ``p mod total``.
+    """
+    if total < 1:
+        raise ValueError("an epoch needs at least one pair")
+    per_global = batch_size * world_size
+    batches = -(-total // per_global)
+    steps = np.arange(batches)[:, None] * per_global + rank * batch_size
+    return steps + np.arange(batch_size)[None, :]
+
+
 class CachedPairs(IterableDataset):
-    """Pairs read back from a cache namespace, one shard in memory at a time; shuffled by shard and within shards.
+    """Pairs read back from a cache namespace, one shard in memory at a time, split evenly between processes.
+
+    Each epoch has one **global order** of the run's pairs (shards shuffled, then rows within each shard, seeded by
+    ``seed + epoch``), cut into global batches of ``world_size × batch_size``; rank r reads its share of each
+    (:func:`global_batch_positions`) and DataLoader worker w of n reads local batches ``k ≡ w (mod n)``, which the
+    DataLoader hands out in order. Every pair carries ``seed`` (:func:`item_seed`), from which the system draws its
+    noise and timestep, so the result depends on the global batch only, not on how many processes share it.
 
     Args:
         folder: the namespace folder.
         keys: the pairs of this run (a Parquet file's keys); ``None`` = every cached pair.
-        seed: shuffling seed; epoch ``e`` uses ``seed + e`` (the epoch advances each time the data is iterated).
+        seed: shuffling and noise seed.
         shuffle: shuffle shard order and rows within each shard.
-        rank: this process's rank, and ``world_size`` the number of processes: shards are dealt round-robin.
+        rank: this process's rank, and ``world_size`` the number of processes.
+        batch_size: pairs per local batch.
+
+    Attributes:
+        epoch: the epoch the next pass reads; ``start``: the local batch it starts at (set by :class:`PairsLoader`;
+            each pass then moves on to the next epoch from its start).
     """
 
     def __init__(
@@ -189,74 +233,146 @@ class CachedPairs(IterableDataset):
         shuffle: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        batch_size: int = 1,
     ):
         super().__init__()
+        from safetensors import safe_open
+
         self.folder = Path(folder)
         self.shards = _shards(self.folder)
         if not self.shards:
             raise DataError(self.folder, ["the cache holds no shard; build it first (mmpref dpo-cache)"])
-        self.keys = None if keys is None else set(keys)
-        self.seed, self.shuffle, self.rank, self.world_size = seed, shuffle, rank, world_size
-        self.epoch = 0
-        self._length = self._count()
-
-    def _count(self) -> int:
-        from safetensors import safe_open
-
-        total = 0
-        for shard in self.shards[self.rank :: self.world_size]:
+        wanted = None if keys is None else set(keys)
+        self.kept: list[np.ndarray] = []  # per shard: which rows belong to this run
+        for shard in self.shards:
             with safe_open(str(shard), "pt") as handle:
-                keys = handle.get_tensor("keys").numpy()
-            total += len(keys) if self.keys is None else sum(bytes(k) in self.keys for k in keys)
-        return total
+                shard_keys = handle.get_tensor("keys").numpy()
+            self.kept.append(np.array([wanted is None or bytes(k) in wanted for k in shard_keys], dtype=bool))
+        self.total = int(sum(k.sum() for k in self.kept))
+        if not self.total:
+            raise DataError(self.folder, ["none of this run's pairs is in the cache; build it (mmpref dpo-cache)"])
+        self.seed, self.shuffle, self.rank, self.world_size = seed, shuffle, rank, world_size
+        self.batch_size = batch_size
+        self.positions = global_batch_positions(self.total, batch_size, world_size, rank)
+        self.epoch, self.start = 0, 0
 
     def __len__(self) -> int:
-        return self._length
+        return self.positions.size
+
+    def layout(self) -> dict[str, int]:
+        """What the data order depends on (a resumed run must match it to continue at the same pair)."""
+        return {"pairs": self.total, "batch_size": self.batch_size, "world_size": self.world_size, "seed": self.seed}
+
+    def order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Epoch ``epoch``'s global order: (shard index, row in shard) of each of the run's pairs."""
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        count = len(self.shards)
+        shard_order = torch.randperm(count, generator=generator).tolist() if self.shuffle else range(count)
+        shards, rows = [], []
+        for s in shard_order:
+            n = len(self.kept[s])
+            perm = torch.randperm(n, generator=generator).numpy() if self.shuffle else np.arange(n)
+            perm = perm[self.kept[s][perm]]
+            shards.append(np.full(len(perm), s))
+            rows.append(perm)
+        return np.concatenate(shards), np.concatenate(rows)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         from safetensors.torch import load
 
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        self.epoch += 1
-        shards = self.shards[self.rank :: self.world_size]
+        epoch, start = self.epoch, self.start
+        self.epoch, self.start = epoch + 1, 0  # iterated directly (no PairsLoader), the next pass is the next epoch
+        shard_of, row_of = self.order(epoch)
+        local = range(start, len(self.positions))
         worker = get_worker_info()
-        if worker is not None:  # DataLoader workers split this rank's shards again
-            shards = shards[worker.id :: worker.num_workers]
-        order = torch.randperm(len(shards), generator=generator).tolist() if self.shuffle else range(len(shards))
-        for s in order:
-            tensors = load(shards[s].read_bytes())  # one shard in memory, read with plain I/O (no growing mmap)
-            n = len(tensors["keys"])
-            rows = torch.randperm(n, generator=generator).tolist() if self.shuffle else range(n)
-            names = [k for k in tensors if k.startswith("cond.")]
-            for i in rows:
-                if self.keys is not None and bytes(tensors["keys"][i].numpy()) not in self.keys:
-                    continue
+        if worker is not None:  # worker w of n: local batches k ≡ w (mod n), the order the DataLoader returns them in
+            local = local[worker.id :: worker.num_workers]
+        loaded, tensors = -1, {}
+        for k in local:
+            for position in self.positions[k].tolist():
+                s, i = int(shard_of[position % self.total]), int(row_of[position % self.total])
+                if s != loaded:  # positions ascend, so each shard is loaded once (plus once for the wrap-around)
+                    tensors, loaded = load(self.shards[s].read_bytes()), s  # plain I/O, no growing mmap
                 yield {
                     "x_w": tensors["x_w"][i].float(),
                     "x_l": tensors["x_l"][i].float(),
                     "micro_w": tensors["micro_w"][i],
                     "micro_l": tensors["micro_l"][i],
-                    "cond": {k[5:]: tensors[k][i].float() for k in names},
+                    "cond": {k[5:]: tensors[k][i].float() for k in tensors if k.startswith("cond.")},
+                    "seed": torch.tensor(item_seed(self.seed, epoch, position)),
                 }
 
 
+class PairsLoader(DataLoader):
+    """A DataLoader over :class:`CachedPairs` that sets the epoch and first batch of each pass (exact resume).
+
+    Lightning calls ``iter()`` once per epoch; pass e after the first reads epoch ``epoch + e`` from its start. The
+    first pass starts at local batch ``start``: where an interrupted run stopped. ``state_dict`` makes Lightning
+    treat the loader as resumable and records the data layout, which a resumed run checks.
+    """
+
+    def __init__(self, dataset: CachedPairs, epoch: int = 0, start: int = 0, workers: int = 0):
+        super().__init__(dataset, batch_size=dataset.batch_size, num_workers=workers)
+        self.next_epoch, self.next_start = epoch, start
+
+    def __iter__(self) -> Any:
+        self.epoch = self.dataset.epoch = self.next_epoch
+        self.dataset.start = self.next_start
+        self.next_epoch, self.next_start = self.next_epoch + 1, 0
+        return super().__iter__()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The data layout and epoch (the position itself follows from the restored global step)."""
+        return {"epoch": getattr(self, "epoch", self.next_epoch), **self.dataset.layout()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Warn when the resumed run's data layout differs: it then continues at a different pair."""
+        changed = {k: (state.get(k), v) for k, v in self.dataset.layout().items() if state.get(k) != v}
+        if changed:
+            logger.warning("resume is not exact: the data layout changed since the checkpoint (was, now): %s", changed)
+
+
+def resume_point(global_step: int, batches: int, accumulate: int) -> tuple[int, int]:
+    """(epoch, local batch) where a run that has made ``global_step`` optimizer steps continues.
+
+    Lightning steps the optimizer every ``accumulate`` batches and once more at the end of an epoch, so an epoch of
+    M batches makes ⌈M / accumulate⌉ steps.
+    """
+    per_epoch = -(-batches // accumulate)
+    return global_step // per_epoch, (global_step % per_epoch) * accumulate
+
+
 class CachedPairsData(L.LightningDataModule):
-    """The training loader over :class:`CachedPairs`, built per process so each rank reads its own shards.
+    """The training loader over :class:`CachedPairs`, built per process so each rank reads its share.
 
     Args:
         folder: the cache namespace folder.
         keys: the pairs of this run (``None`` = every cached pair).
-        batch_size: pairs per batch.
-        seed: shuffling seed.
+        batch_size: pairs per batch (per process).
+        seed: shuffling and noise seed.
         workers: DataLoader worker processes.
+        accumulate: micro-batches per optimizer step (to find the batch a resumed run continues at).
     """
 
-    def __init__(self, folder: str | Path, keys: list[bytes] | None, batch_size: int, seed: int = 0, workers: int = 0):
+    def __init__(
+        self,
+        folder: str | Path,
+        keys: list[bytes] | None,
+        batch_size: int,
+        seed: int = 0,
+        workers: int = 0,
+        accumulate: int = 1,
+    ):
         super().__init__()
         self.folder, self.keys, self.batch_size, self.seed, self.workers = folder, keys, batch_size, seed, workers
+        self.accumulate = accumulate
 
     def train_dataloader(self) -> DataLoader:
-        """Batches of cached pairs; with several processes, shards are dealt round-robin between ranks."""
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        data = CachedPairs(self.folder, self.keys, seed=self.seed, rank=rank, world_size=world)
-        return DataLoader(data, batch_size=self.batch_size, num_workers=self.workers)
+        """Batches of cached pairs; a resumed run (global step > 0) starts at the batch where it stopped."""
+        trainer = self.trainer
+        rank, world, step = (trainer.global_rank, trainer.world_size, trainer.global_step) if trainer else (0, 1, 0)
+        data = CachedPairs(
+            self.folder, self.keys, seed=self.seed, rank=rank, world_size=world, batch_size=self.batch_size
+        )
+        epoch, start = resume_point(step, len(data) // self.batch_size, self.accumulate)
+        return PairsLoader(data, epoch, start, self.workers)

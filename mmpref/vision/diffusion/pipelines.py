@@ -18,11 +18,12 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch import Callback
 
 from mmpref.data.io import atomic_folder
 from mmpref.vision.diffusion.data import DPOTiePolicy, ResizePolicy
@@ -65,14 +66,23 @@ class PipelineDPOConfig:
         precision: Lightning precision: ``32-true``, ``bf16-mixed``, ``16-mixed``, ...
         accelerator: Lightning accelerator (``auto``, ``cpu``, ``gpu``).
         devices: Lightning devices (``auto``, a count, or a list as a string).
-        strategy: Lightning strategy (``auto``, ``ddp``, ``fsdp``, ...).
+        strategy: Lightning strategy (``auto``, ``ddp``, ``ddp_spawn``, ``ddp_fork``, ``fsdp``, ...). With W devices
+            each takes ``batch_size`` pairs of every global batch of W × ``batch_size`` (the same result as one
+            device with the global batch; only rank 0 writes).
         log_dir: folder of the logger's files and checkpoints (``None``: no logger, no checkpoints).
         logger: ``csv``, ``tensorboard`` or ``none``.
         log_every_n_steps: how often metrics are logged.
         checkpoint_every_n_steps: > 0 writes ``log_dir/checkpoints/`` every so many steps (and ``last.ckpt``).
-        resume: a Lightning checkpoint to resume from (``ckpt_path``).
-        num_workers: DataLoader workers (shards are split between them).
+        resume: a Lightning checkpoint to resume from (``ckpt_path``): weights, optimizer, schedule and step
+            count; the data continue at the batch after the checkpoint's step, with the same order and noise (exact
+            mid-epoch; the global batch, seed and pairs must be those of the interrupted run).
+        num_workers: DataLoader workers (each reads every n-th batch of its rank).
         seed: seed of crops, VAE draws, shuffling, noise and timesteps.
+        validation_prompts: fixed prompts of the validation grid (empty: no grid).
+        validation_seeds: fixed seeds of the grid (one base and one tuned column each).
+        validation_every_n_steps: > 0 writes ``log_dir/validation/step-N.png`` every so many steps.
+        validation_steps: denoising steps of each validation sample (small: it runs during training).
+        validation_guidance: classifier-free guidance scale of the validation samples (<= 1: none).
     """
 
     pipeline: str
@@ -106,6 +116,11 @@ class PipelineDPOConfig:
     resume: str | None = None
     num_workers: int = 0
     seed: int = 0
+    validation_prompts: list[str] = field(default_factory=list)
+    validation_seeds: list[int] = field(default_factory=lambda: [0])
+    validation_every_n_steps: int = 0
+    validation_steps: int = 4
+    validation_guidance: float = 5.0
 
     def __post_init__(self) -> None:
         if self.mode not in ("lora", "full"):
@@ -124,6 +139,19 @@ class PipelineDPOConfig:
         for name in ("steps", "batch_size", "encode_batch", "shard_size", "lora_rank", "accumulate_grad_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.validation_every_n_steps > 0:
+            if not self.validation_prompts or not self.validation_seeds:
+                raise ValueError(
+                    "validation_every_n_steps needs validation_prompts and validation_seeds (a list each); "
+                    "set them, or validation_every_n_steps: 0 for no grid"
+                )
+            if self.log_dir is None:
+                raise ValueError(
+                    "validation_every_n_steps needs log_dir (grids go to log_dir/validation); pass --log_dir DIR, "
+                    "or validation_every_n_steps 0 for no grid"
+                )
+            if self.validation_steps < 1:
+                raise ValueError(f"validation_steps must be >= 1, got {self.validation_steps}")
 
     @property
     def cache_root(self) -> Path:
@@ -223,6 +251,13 @@ def make_system(cfg: PipelineDPOConfig, family: Family) -> Any:
     )
 
 
+class _FinalStep(Callback):
+    """Puts the final step in ``callback_metrics``: ddp_spawn / ddp_fork send only those back to the launcher."""
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        trainer.callback_metrics["trainer/global_step"] = torch.tensor(float(trainer.global_step))
+
+
 def train(
     cfg: PipelineDPOConfig,
     callbacks: list[Any] | None = None,
@@ -240,11 +275,34 @@ def train(
     if prepared is None:
         detect_family(cfg.pipeline)  # a bad folder fails before any data is read
     family, cache = prepared or prepare_cache(cfg)
-    family.release_encoders()  # the cache holds their outputs; training needs only the denoiser
+    callbacks = list(callbacks or [])
+    if cfg.validation_every_n_steps > 0:  # its prompts are encoded now, before the text encoders go
+        from mmpref.vision.diffusion.validation import ValidationGrid
+
+        callbacks.append(
+            ValidationGrid(
+                family,
+                cfg.validation_prompts,
+                cfg.validation_seeds,
+                cfg.validation_every_n_steps,
+                Path(str(cfg.log_dir)) / "validation",
+                steps=cfg.validation_steps,
+                guidance=cfg.validation_guidance,
+            )
+        )
+    # the cache holds the encoders' outputs; training needs only the denoiser (and a validation grid the VAE)
+    family.release_encoders(keep_vae=cfg.validation_every_n_steps > 0)
     torch.manual_seed(cfg.seed)
     system = make_system(cfg, family)
-    data = CachedPairsData(cache.folder, cache.keys, batch_size=cfg.batch_size, seed=cfg.seed, workers=cfg.num_workers)
-    trainer = make_trainer(cfg, callbacks)
+    data = CachedPairsData(
+        cache.folder,
+        cache.keys,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        workers=cfg.num_workers,
+        accumulate=cfg.accumulate_grad_batches,
+    )
+    trainer = make_trainer(cfg, [*callbacks, _FinalStep()])
     start = time.perf_counter()
     trainer.fit(system, datamodule=data, ckpt_path=cfg.resume)
     report = {
@@ -252,8 +310,9 @@ def train(
         "cache": {k: getattr(cache, k) for k in ("pairs", "encoded", "reused", "seconds", "cpu_seconds")}
         | {"folder": str(cache.folder)},
         "train_seconds": round(time.perf_counter() - start, 2),
-        "steps": trainer.global_step,
-        "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+        "steps": int(trainer.callback_metrics.get("trainer/global_step", trainer.global_step)),
+        "global_rank": trainer.global_rank,  # with strategy=ddp every rank returns here; only rank 0 writes
+        "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k != "trainer/global_step"},
         "config": asdict(cfg),
     }
     return family, system.eval(), report

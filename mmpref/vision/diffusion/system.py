@@ -66,6 +66,7 @@ class DiffusionDPOSystem(L.LightningModule):
 
     Batches: pairs ``{"x_w": [B,C,H,W], "x_l": [B,C,H,W], "cond": [B,S,D]}``; lists ``{"x": [B,K,C,H,W],
     "targets": [B,K], "mask": [B,K] (optional), "cond": [B,S,D]}``; both with ``"user": [B]`` when personalized.
+    Pairs with ``"seed": [B]`` (int64) draw their noise and timesteps from it (:meth:`seeded_draws`).
 
     Args:
         unet: the base UNet (a diffusers ``UNet2DConditionModel``); it becomes the policy.
@@ -192,6 +193,25 @@ class DiffusionDPOSystem(L.LightningModule):
         low, high = self.hparams.timestep_range or (0, steps)
         return torch.randint(low, high, (count,), device=device)
 
+    def seeded_draws(self, seeds: torch.Tensor, like: torch.Tensor, per_item: int = 1) -> tuple[torch.Tensor, ...]:
+        """Noise ``[B·k, ...]`` and training indices ``[B·k]`` drawn from one CPU generator per item seed.
+
+        Draw j of item i is at row ``j·B + i``. Data that carry a ``seed`` per pair (the pipeline cache) get the same
+        ε and t for a pair whichever process or batch reads it: DDP on W ranks then equals one process with the
+        same global batch, and a resumed run redraws exactly what the interrupted one would have.
+        """
+        steps = self.family.num_timesteps if self.family is not None else self.scheduler.config.num_train_timesteps
+        low, high = self.hparams.timestep_range or (0, steps)
+        noises, times = [], []
+        for seed in seeds.tolist():
+            generator = torch.Generator().manual_seed(int(seed))
+            for _ in range(per_item):
+                times.append(torch.randint(low, high, (1,), generator=generator))
+                noises.append(torch.randn(like.shape[1:], generator=generator))
+        noise = torch.stack(noises).view(len(seeds), per_item, *like.shape[1:]).transpose(0, 1).flatten(0, 1)
+        t = torch.cat(times).view(len(seeds), per_item).T.flatten()
+        return noise.to(like.device, like.dtype), t.to(like.device)
+
     def pair_scores(
         self, batch: dict[str, Any], noise: torch.Tensor | None = None, t: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -202,6 +222,8 @@ class DiffusionDPOSystem(L.LightningModule):
         """
         x_w, x_l, cond = batch["x_w"], batch["x_l"], batch["cond"]
         b = len(x_w)
+        if noise is None and t is None and "seed" in batch:
+            noise, t = self.seeded_draws(batch["seed"], x_w)
         noise = torch.randn_like(x_w) if noise is None else noise
         t = self._timesteps(b, x_w.device) if t is None else t
         both = torch.cat([x_w, x_l])
@@ -232,7 +254,11 @@ class DiffusionDPOSystem(L.LightningModule):
                 cond = dict(cond, micro=torch.cat([batch["micro_w"], batch["micro_l"]]))
             b = len(batch["x_w"])
             desirable = torch.arange(2 * b, device=x.device) < b
-        policy, reference = self.errors(x, cond, cond, torch.randn_like(x), self._timesteps(len(x), x.device))
+        if "seed" in batch and "x" not in batch:  # winner draws then loser draws, each pair's own seed
+            noise, t = self.seeded_draws(batch["seed"], batch["x_w"], per_item=2)
+        else:
+            noise, t = torch.randn_like(x), self._timesteps(len(x), x.device)
+        policy, reference = self.errors(x, cond, cond, noise, t)
         return diffusion_dpo_scores(policy, reference), desirable, (policy - reference).detach()
 
     def list_scores(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,6 +325,7 @@ class DiffusionDPOSystem(L.LightningModule):
                     f"{stage}/dpo/err_gap_l": gap_l,
                 },
                 batch_size=len(margin),
+                sync_dist=self.trainer.world_size > 1,  # the mean over every rank's equal share of the global batch
             )
         if stage == "train":
             self.last_error_gaps = (float(gap_w), float(gap_l))

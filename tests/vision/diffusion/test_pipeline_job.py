@@ -34,12 +34,14 @@ def test_every_family_recipe_runs_a_step_with_its_knobs(inputs, tmp_path, capsys
         # the recipe's precision (bf16-mixed), checkpointing, schedule and logger stay; only size and device shrink
         args += ["--steps", "2", "--accumulate_grad_batches", "2", "--batch_size", "2", "--accelerator", "cpu"]
         args += ["--log_dir", str(tmp_path / f"{recipe.stem}-logs"), "--checkpoint_every_n_steps", "0"]
+        args += ["--validation_every_n_steps", "2", "--validation_steps", "1"]  # the recipe's prompts and seeds
         assert main(args) == 0, recipe
         report = json.loads(Path(f"{out}.report.json").read_text())
         assert report["family"] == family and report["steps"] == 2
         assert report["config"]["precision"] == "bf16-mixed" and report["config"]["gradient_checkpointing"]
         assert (out / "pytorch_lora_weights.safetensors").is_file()
         assert list((tmp_path / f"{recipe.stem}-logs").rglob("events.out.tfevents.*"))  # the recipe's TensorBoard
+        assert (tmp_path / f"{recipe.stem}-logs" / "validation" / "step-0000002.png").is_file()
     assert "wrote" in capsys.readouterr().out
 
 
