@@ -187,13 +187,19 @@ RICH = {
 }
 
 
-def content_population(seed: int, family: str, log) -> dict:
+def content_data(seed: int, family: str) -> tuple:
+    """The content-taste population's items, generator, training / validation pairs and raters (fixed draw order)."""
     items = load_demo_items()
     pop = ContentTastePopulation(items, test_family=family, seed=seed, scale=SCALE)
     train = [pop.pairs(pop.train, u, 150) for u in range(len(pop.train.beta))]
     val_pairs = [pop.pairs(pop.train, u, 20) for u in range(len(pop.train.beta))]
     val_users = [(pop.pairs(pop.val, u, 32), pop.pairs(pop.val, u, 100)) for u in range(len(pop.val.beta))]
     test_users = [(pop.pairs(pop.test, u, 32), pop.pairs(pop.test, u, 200)) for u in range(len(pop.test.beta))]
+    return items, pop, train, val_pairs, val_users, test_users
+
+
+def content_population(seed: int, family: str, log) -> dict:
+    items, pop, train, val_pairs, val_users, test_users = content_data(seed, family)
     # a pool of candidate pairs per test rater for active enrollment, labelled only when asked
     result = {"population": f"content/{family}", "seed": seed}
     emb = items.embeddings

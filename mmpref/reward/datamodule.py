@@ -211,6 +211,8 @@ class ManifestFeatureDataModule(_LoaderMixin):
         test: test manifest (optional).
         batch_size: records per batch.
         shuffle: shuffle the training set each epoch.
+        media_root: folder(s) media paths in the manifests may resolve into (default: each manifest's folder),
+            as ``read_jsonl_manifest(media_root=)`` (in a recipe: ``data.init_args.media_root``).
     """
 
     def __init__(
@@ -220,6 +222,7 @@ class ManifestFeatureDataModule(_LoaderMixin):
         test: str | Path | None = None,
         batch_size: int = 128,
         shuffle: bool = True,
+        media_root: str | list[str] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -233,4 +236,5 @@ class ManifestFeatureDataModule(_LoaderMixin):
         for split in ("train", "val", "test"):
             path = self.hparams[split]
             if path is not None:
-                setattr(self, f"{split}_set", _records_to_dataset(read_jsonl_manifest(path), Path(path)))
+                records = read_jsonl_manifest(path, media_root=self.hparams.media_root)
+                setattr(self, f"{split}_set", _records_to_dataset(records, Path(path)))

@@ -36,6 +36,8 @@ class TasteFilesDataModule(_TasteDataModule):
         encoder: the image encoder (default EfficientNet-Lite0).
         val_raters: share of the raters (with pairs) held out of training entirely, at least 3 when any: the
             enrollment prior's strength and the temperature are chosen on them (:attr:`validation_raters`).
+        media_root: folder(s) the image paths of both files may resolve into (default: each file's own folder);
+            set it when the images live outside the table's folder.
 
     Attributes:
         user_ids: names of the trained raters, in code-table order (counted from the data).
@@ -55,6 +57,7 @@ class TasteFilesDataModule(_TasteDataModule):
         seed: int = 0,
         encoder: ImageEncoder | None = None,
         val_raters: float = 0.0,
+        media_root: str | list[str] | None = None,
     ):
         super().__init__()
         if pairs is None and ratings is None:
@@ -63,6 +66,11 @@ class TasteFilesDataModule(_TasteDataModule):
         self._encoder = encoder
         self.user_ids: list[str] = []
         self.validation_raters: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    @property
+    def num_users(self) -> int | None:
+        """The trained raters, counted from the data (``None`` before :meth:`setup`)."""
+        return len(self.user_ids) if self.embeddings is not None else None
 
     def _compute(self, items: list) -> np.ndarray:
         if self._encoder is None:
@@ -74,8 +82,13 @@ class TasteFilesDataModule(_TasteDataModule):
         if self.embeddings is not None:
             return
         hp = self.hparams
-        pairs = read_pickapic_parquet(hp.pairs, ties=hp.ties) if hp.pairs is not None else []
-        ratings = read_ratings_table(hp.ratings, scale=tuple(hp.rating_scale)) if hp.ratings is not None else []
+        root = hp.media_root
+        pairs = read_pickapic_parquet(hp.pairs, ties=hp.ties, media_root=root) if hp.pairs is not None else []
+        ratings = (
+            read_ratings_table(hp.ratings, scale=tuple(hp.rating_scale), media_root=root)
+            if hp.ratings is not None
+            else []
+        )
         anonymous = [p.id for p in pairs if p.user_id is None]
         if anonymous:
             raise DataError(

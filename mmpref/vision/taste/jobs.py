@@ -76,6 +76,7 @@ def train_from_files(
     max_epochs: int = 60,
     ties: str = "keep",
     image_encoder=None,
+    media_root: str | None = None,
 ) -> dict:
     """Train on files and write the scoring folder ``out`` (model, prior, a profile per rater, the shared cache).
 
@@ -99,7 +100,7 @@ def train_from_files(
     start = time.perf_counter()
     data = TasteFilesDataModule(
         pairs=pairs, ratings=ratings, ties=ties, cache_dir=out / "cache", encoder=image_encoder,
-        val_raters=val_raters, seed=seed,
+        val_raters=val_raters, seed=seed, media_root=media_root,
     )  # fmt: skip
     data.setup()
     embedded = time.perf_counter() - start
@@ -168,6 +169,7 @@ def run_taste_train(argv: Sequence[str]) -> int:
     parser.add_argument("--ties", default="keep", choices=("keep", "drop"))
     parser.add_argument("--max-epochs", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--media-root", default=None, help="folder image paths may live in (default: each file's)")
     args = parser.parse_args(argv)
     if args.pairs is None and args.ratings is None:
         return _fail("taste-train", ValueError("give --pairs FILE.parquet and/or --ratings FILE.csv"))
@@ -176,7 +178,15 @@ def run_taste_train(argv: Sequence[str]) -> int:
 
     try:
         r = train_from_files(
-            args.out, args.pairs, args.ratings, args.encoder, args.val_raters, args.seed, args.max_epochs, args.ties
+            args.out,
+            args.pairs,
+            args.ratings,
+            args.encoder,
+            args.val_raters,
+            args.seed,
+            args.max_epochs,
+            args.ties,
+            media_root=args.media_root,
         )
     except (DataError, MediaError, FileNotFoundError, ValueError) as err:
         return _fail("taste-train", err)
@@ -195,10 +205,13 @@ def evaluate_heldout(scorer, pairs: list, enroll_n: int, p_true: dict | None = N
     """Enroll each rater in ``pairs`` from their first ``enroll_n`` pairs and score the rest.
 
     Returns per-rater rows and means: personal accuracy, population accuracy (the prior mean code), ECE of the
-    personal probabilities, and the noise ceiling E[max(p, 1 − p)] where the file gives the true P (``p_true``).
+    personal probabilities at the model's temperature and at the cohort's own (``cohort_temperature``, fitted from
+    the raters' enrollment pairs only), and the noise ceiling E[max(p, 1 − p)] where the file gives the true P
+    (``p_true``).
     """
     from mmpref.reward.metrics import PairwiseCalibrationError
     from mmpref.vision.taste.model import UserProfile, enroll, predict_pairs
+    from mmpref.vision.taste.train import cohort_temperature
 
     by_user: dict[str, list] = {}
     for p in pairs:
@@ -208,13 +221,16 @@ def evaluate_heldout(scorer, pairs: list, enroll_n: int, p_true: dict | None = N
     emb = torch.from_numpy(scorer.embed([k if isinstance(k, bytes) else Path(k) for k in keys]))
     model, prior = scorer.model, scorer.prior
     population = UserProfile("population", prior.mean, prior.covariance, 0)
-    rows, ece = [], PairwiseCalibrationError()
+    rows, ece, ece_cohort = [], PairwiseCalibrationError(), PairwiseCalibrationError()
+    raters = {}
     for name, rows_u in sorted(by_user.items()):
-        if len(rows_u) < enroll_n + 2:
-            continue
-        a = np.array([index[p.a] for p in rows_u])
-        b = np.array([index[p.b] for p in rows_u])
-        y = np.array([p.label for p in rows_u], np.float32)
+        if len(rows_u) >= enroll_n + 2:
+            a, b = np.array([index[p.a] for p in rows_u]), np.array([index[p.b] for p in rows_u])
+            raters[name] = (a, b, np.array([p.label for p in rows_u], np.float32))
+    enrolled = [(emb[a[:enroll_n]], emb[b[:enroll_n]], torch.from_numpy(y[:enroll_n])) for a, b, y in raters.values()]
+    t_cohort, _ = cohort_temperature(model, prior, enrolled)
+    for name, (a, b, y) in raters.items():
+        rows_u = by_user[name]
         profile = enroll(model, prior, emb[a[:enroll_n]], emb[b[:enroll_n]], torch.from_numpy(y[:enroll_n]))
         test = slice(enroll_n, None)
         prob = predict_pairs(model, profile, emb[a[test]], emb[b[test]], prior.temperature)
@@ -230,6 +246,8 @@ def evaluate_heldout(scorer, pairs: list, enroll_n: int, p_true: dict | None = N
             truth = np.array([p_true[p.id] for p in rows_u[enroll_n:]])
             row["noise_ceiling"] = float(np.maximum(truth, 1 - truth).mean())
         ece.update(torch.from_numpy(prob), torch.from_numpy(y[test]))
+        cohort = predict_pairs(model, profile, emb[a[test]], emb[b[test]], t_cohort)
+        ece_cohort.update(torch.from_numpy(cohort), torch.from_numpy(y[test]))
         rows.append(row)
     if not rows:
         raise ValueError(f"no rater has more than {enroll_n + 1} pairs; lower --enroll or give more pairs")
@@ -238,7 +256,14 @@ def evaluate_heldout(scorer, pairs: list, enroll_n: int, p_true: dict | None = N
         v = np.array([r[key] for r in rows])
         return float(v.mean()), float(1.96 * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
 
-    summary = {"raters": len(rows), "enroll_pairs": enroll_n, "ece": float(ece.compute())}
+    summary = {
+        "raters": len(rows),
+        "enroll_pairs": enroll_n,
+        "ece": float(ece.compute()),
+        "temperature": prior.temperature,
+        "cohort_temperature": t_cohort,
+        "ece_cohort": float(ece_cohort.compute()),
+    }
     for key in ("personal", "population", "noise_ceiling"):
         if key in rows[0]:
             summary[key], summary[f"{key}_ci95"] = mean_ci(key)
@@ -253,13 +278,14 @@ def run_taste_eval(argv: Sequence[str]) -> int:
     parser.add_argument("--enroll", type=int, default=8, help="pairs per rater to enroll from (the rest are tested)")
     parser.add_argument("--json", default=None, help="write per-rater results as JSON")
     parser.add_argument("--cache", default=None, help="embedding cache (default <model>/cache)")
+    parser.add_argument("--media-root", default=None, help="folder image paths may live in (default: the file's)")
     args = parser.parse_args(argv)
     from mmpref.data import DataError, read_pickapic_parquet
     from mmpref.vision.media import MediaError
     from mmpref.vision.taste.scoring import ScoringError, TasteScorer
 
     try:
-        pairs = read_pickapic_parquet(args.pairs, ties="keep")
+        pairs = read_pickapic_parquet(args.pairs, ties="keep", media_root=args.media_root)
         if any(p.user_id is None for p in pairs):
             raise ScoringError(f"{args.pairs}: field 'user_id' is missing on some rows; every pair needs its rater")
         import pandas as pd
@@ -275,7 +301,11 @@ def run_taste_eval(argv: Sequence[str]) -> int:
         return _fail("taste-eval", err)
     s = result["summary"]
     print(f"{s['raters']} held-out raters, enrolled from {s['enroll_pairs']} pairs each, tested on the rest:")
-    print(f"  personal model    {s['personal']:.3f} ± {s['personal_ci95']:.3f}   (ECE {s['ece']:.3f})")
+    print(
+        f"  personal model    {s['personal']:.3f} ± {s['personal_ci95']:.3f}   (ECE {s['ece']:.3f} at the model's "
+        f"temperature {s['temperature']:.2f}; {s['ece_cohort']:.3f} at these raters' own, "
+        f"{s['cohort_temperature']:.2f}, fitted from their enrollment pairs)"
+    )
     print(f"  population model  {s['population']:.3f} ± {s['population_ci95']:.3f}")
     if "noise_ceiling" in s:
         print(f"  noise ceiling     {s['noise_ceiling']:.3f}")

@@ -20,6 +20,7 @@ Newton's method finds the MAP code and the inverse Hessian is its posterior cova
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,19 +30,24 @@ from torch import nn
 
 from mmpref.data.io import atomic_write
 
+log = logging.getLogger(__name__)
+
 
 class PersonalTasteModel(nn.Module):
     """s(x, u) = φ(e(x))ᵀ(w₀ + B z_u) with a table of training users' codes.
 
     Args:
         embedding_dim: size D of the item embeddings.
-        num_users: number of training users (rows of the code table).
+        num_users: number of training users (rows of the code table); ``None`` (the default in a recipe): counted
+            from the data when training starts (:meth:`size_user_table`, called by the training system).
         rank: size r of a user code.
         hidden: size h of the trunk's output.
         dropout: dropout inside the trunk.
     """
 
-    def __init__(self, embedding_dim: int, num_users: int, rank: int = 8, hidden: int = 64, dropout: float = 0.1):
+    def __init__(
+        self, embedding_dim: int, num_users: int | None = None, rank: int = 8, hidden: int = 64, dropout: float = 0.1
+    ):
         super().__init__()
         self.trunk = nn.Sequential(
             nn.LayerNorm(embedding_dim),
@@ -52,9 +58,36 @@ class PersonalTasteModel(nn.Module):
         )
         self.population = nn.Parameter(torch.zeros(hidden))
         self.basis = nn.Parameter(torch.randn(hidden, rank) / hidden**0.5)
-        self.user_codes = nn.Embedding(num_users, rank)
+        self.user_codes = nn.Embedding(num_users or 0, rank)
         nn.init.normal_(self.user_codes.weight, std=0.1)
         self.embedding_dim, self.rank, self.hidden = embedding_dim, rank, hidden
+        self.num_users_given = num_users is not None
+
+    def size_user_table(self, count: int) -> None:
+        """Make the code table hold ``count`` users: built now if ``num_users`` was left out, else checked.
+
+        Raises:
+            MmprefError: ``num_users`` was given and is smaller than ``count`` (training would index past the
+                table); the message names the field and the count.
+        """
+        from mmpref.errors import MmprefError
+
+        have = self.user_codes.num_embeddings
+        if not self.num_users_given:
+            if have != count:
+                self.user_codes = nn.Embedding(count, self.rank).to(self.basis.device)
+                nn.init.normal_(self.user_codes.weight, std=0.1)
+            return
+        if have < count:
+            raise MmprefError(
+                f"PersonalTasteModel field 'num_users' (in a recipe: model.init_args.model.init_args.num_users) is "
+                f"{have} but the data has {count} users; leave num_users out (it is counted from the data) or set "
+                f"it to {count}"
+            )
+        if have > count:
+            log.warning(
+                "num_users is %d but the data has %d users: %d code rows are never trained", have, count, have - count
+            )
 
     def features(self, embeddings: torch.Tensor) -> torch.Tensor:
         """φ(e): ``[..., D]`` → ``[..., h]``."""

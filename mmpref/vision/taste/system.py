@@ -61,6 +61,13 @@ class PersonalTasteSystem(L.LightningModule):
         """Scores of items ``[..., D]`` for training users (or the population when ``users`` is None)."""
         return self.model(embeddings, users)
 
+    def setup(self, stage: str) -> None:
+        """Size the model's code table from the data module's user count (``num_users``), or check a given one."""
+        data = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        count = getattr(data, "num_users", None)
+        if count is not None:
+            self.model.size_user_table(int(count))
+
     def _pair_terms(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         users = batch["user"]
         score_a, score_b = self.model(batch["emb_a"], users), self.model(batch["emb_b"], users)
@@ -127,6 +134,15 @@ class _TasteDataModule(L.LightningDataModule):
     """
 
     embeddings: torch.Tensor | None = None
+
+    @property
+    def num_users(self) -> int | None:
+        """Training users (1 + the largest user index in the pairs and rating lists); ``None`` before setup."""
+        sets = [getattr(self, name, None) for name in ("train_pairs", "val_pairs", "rating_lists")]
+        users = [s.tensors["user"] for s in sets if s is not None and "user" in s.tensors and len(s.tensors["user"])]
+        if self.embeddings is None or not users:
+            return None
+        return int(max(int(u.max()) for u in users)) + 1
 
     def _collate_pairs(self, rows: list[dict[str, torch.Tensor]]) -> Batch:
         batch = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
