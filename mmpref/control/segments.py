@@ -13,7 +13,11 @@ from mmpref.data import Segment, SegmentPair
 
 @dataclass(frozen=True)
 class Episode:
-    """One episode: observations ``[T, o]`` (before each action), actions ``[T, a]``, rewards ``[T]``, success."""
+    """One episode: observations ``[T, o]`` (before each action), actions ``[T, a]``, rewards ``[T]``, success.
+
+    ``states`` ``[T, s]`` (the simulator state before each action) and ``scene`` (the episode's model edits) are
+    recorded only when segments must be rendered later (:mod:`mmpref.control.pbrl.clips`); ``None`` otherwise.
+    """
 
     observations: np.ndarray
     actions: np.ndarray
@@ -21,6 +25,8 @@ class Episode:
     next_observations: np.ndarray
     success: np.ndarray
     source: str = ""
+    states: np.ndarray | None = None
+    scene: dict | None = None
 
     def __len__(self) -> int:
         return len(self.actions)

@@ -11,6 +11,19 @@ from mmpref.control.envs import make_env
 from mmpref.data.io import atomic_write
 
 
+def camera_upside_down(env: object, camera: str = "corner") -> bool:
+    """Whether a Meta-World camera's image "up" points down in the world, so its frames need a 180° turn for people.
+
+    Meta-World's ``corner`` camera has ``xyaxes`` whose y-axis has world z = −1: its image is rolled, not mirrored,
+    so a 180° turn (``frame[::-1, ::-1]``, not a vertical flip) puts the table at the bottom the right way round.
+    """
+    import mujoco
+
+    unwrapped = env.unwrapped  # type: ignore[attr-defined]
+    index = mujoco.mj_name2id(unwrapped.model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+    return bool(unwrapped.data.cam_xmat[index].reshape(3, 3)[2, 1] < 0)
+
+
 def record_policy(
     policy: Callable[[np.ndarray], np.ndarray],
     task: str,
@@ -28,13 +41,19 @@ def record_policy(
     env = make_env(task, seed=seed, render_mode="rgb_array", width=width, height=height)
     try:
         obs, _ = env.reset(seed=seed)
-        frames, total, success, steps = [env.render()], 0.0, False, 0
+        turn = camera_upside_down(env)
+
+        def render() -> np.ndarray:
+            frame = np.asarray(env.render())
+            return frame[::-1, ::-1].copy() if turn else frame
+
+        frames, total, success, steps = [render()], 0.0, False, 0
         for steps in range(1, max_steps + 1):  # noqa: B007
             obs, reward, terminated, truncated, info = env.step(policy(obs))
             total += float(reward)
             success = success or info.get("success", 0.0) > 0
             if steps % every == 0:
-                frames.append(env.render())
+                frames.append(render())
             if terminated or truncated or (success and stop_on_success and steps % every == 0):
                 break
         save_video(frames, path, fps=max(1, int(round(40 / every))))

@@ -49,6 +49,18 @@ class PbRLConfig:
         device: stable-baselines3's device for SAC: ``"auto"`` (CUDA when there is a GPU), ``"cpu"``, ``"cuda"``.
         trainer: Lightning settings of the reward updates (accelerator, devices, precision...).
         teacher_eps: the scripted teacher's mistake rate ε (B-Pref: each label flipped with probability ε).
+        teacher: who answers queries: ``"scripted"`` (B-Pref, from the true reward) or ``"human"`` (people, in the
+            labelling app over the store ``db``: each queried pair becomes a pair task of two clips;
+            :mod:`mmpref.control.pbrl.human`).
+        db: the label store the app serves (a SQLite file or a SQLAlchemy URL), needed by ``teacher: human``; it
+            must exist (``mmpref label --db labels.sqlite annotator NAME`` creates it).
+        clips_dir: where the human teacher's clips go (default: ``<db name>_clips/`` next to a SQLite ``db``).
+        human_timeout_s: how long a round waits for answers before dropping the unanswered queries (null: until
+            every query is answered).
+        human_poll_s: seconds between looks at the store for new answers.
+        human_clip_fps: frames per second of the clips (one frame per ``human_clip_every`` environment steps).
+        human_clip_every: render every k-th step of a segment.
+        human_prompt: the question shown with every pair (default: ``"<task>: which robot does the task better?"``).
         parts: optional parts by name (:mod:`mmpref.control.pbrl.parts`): ``surf``, ``rune``, ``rime``, ``qpa``,
             ``listwise``; none by default (plain PEBBLE). ``surf``, ``rime`` and ``listwise`` exclude each other.
         surf_tau: SURF's confidence threshold τ for pseudo-labels.
@@ -98,6 +110,14 @@ class PbRLConfig:
     device: str = "auto"
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     teacher_eps: float = 0.0
+    teacher: Literal["scripted", "human"] = "scripted"
+    db: str | None = None
+    clips_dir: str | None = None
+    human_timeout_s: float | None = None
+    human_poll_s: float = 1.0
+    human_clip_fps: int = 10
+    human_clip_every: int = 2
+    human_prompt: str | None = None
     parts: list[PartName] = field(default_factory=list)
     surf_tau: float = 0.95
     surf_lambda: float = 1.0
@@ -123,6 +143,7 @@ class PbRLConfig:
         validate_parts(self.parts)
         if not 0 <= self.teacher_eps <= 1:
             raise ValueError(f"teacher_eps is a mistake probability and must lie in [0, 1], got {self.teacher_eps}")
+        self._check_teacher()
         if self.reward == "learned" and self.max_labels < 1:
             raise ValueError(
                 f"max_labels is the label budget and must be >= 1 for a learned reward, got {self.max_labels}"
@@ -138,3 +159,26 @@ class PbRLConfig:
             raise ValueError(f"reward_scale must be > 0, got {self.reward_scale}")
         if self.reward_updates is not None and self.reward_updates < 1:
             raise ValueError(f"reward_updates must be >= 1 (or null for epochs), got {self.reward_updates}")
+
+    def _check_teacher(self) -> None:
+        """The human teacher's settings: a store to post to, a place for clips, parts that label through it."""
+        if self.teacher not in ("scripted", "human"):
+            raise ValueError(f"teacher must be 'scripted' or 'human', got {self.teacher!r}")
+        if self.teacher != "human":
+            return
+        if not self.db:
+            raise ValueError(
+                "teacher: human needs db, the label store the labelling app serves: add --db labels.sqlite "
+                "(create it with `mmpref label --db labels.sqlite annotator NAME`)"
+            )
+        if "://" in self.db and not self.clips_dir:
+            raise ValueError(f"db {self.db!r} is a URL: set clips_dir, the folder where the clips of queries go")
+        if "listwise" in self.parts:
+            raise ValueError("parts: listwise asks for rankings, which the human teacher does not post; drop it")
+        if self.human_timeout_s is not None and not self.human_timeout_s > 0:
+            raise ValueError(f"human_timeout_s must be > 0 (or null: no limit), got {self.human_timeout_s}")
+        if not self.human_poll_s > 0 or self.human_clip_fps < 1 or self.human_clip_every < 1:
+            raise ValueError(
+                f"human_poll_s must be > 0 and human_clip_fps, human_clip_every >= 1, got {self.human_poll_s}, "
+                f"{self.human_clip_fps}, {self.human_clip_every}"
+            )

@@ -94,16 +94,22 @@ class PreferenceEnv(gym.Wrapper):
         self._obs: np.ndarray | None = None
         self.true_returns: list[float] = []
         self.successes: list[bool] = []
+        # records simulator states for rendering queried segments later (a human teacher's clips); None: nothing
+        self.recorder: Any = None
 
     def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict]:
         """Reset the env and start recording a new episode."""
         obs, info = self.env.reset(**kwargs)
         self._obs = obs
         self._current = {k: [] for k in ("obs", "act", "rew", "next", "succ")}
+        if self.recorder is not None:
+            self._current |= {"state": [], "scene": [self.recorder.scene(self.env)]}
         return obs, info
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         """Step with the source's reward; the true reward stays in ``info["true_reward"]``."""
+        if "state" in self._current:  # before the step: aligned with the observation the action answers
+            self._current["state"].append(self.recorder.state(self.env))
         obs, true_reward, terminated, truncated, info = self.env.step(action)
         reward = self.source(self._obs, np.asarray(action, np.float32), obs, float(true_reward))
         for key, value in (
@@ -131,6 +137,8 @@ class PreferenceEnv(gym.Wrapper):
             np.asarray(c["next"], np.float32),
             np.asarray(c["succ"], np.float32),
             source="rollout",
+            states=np.asarray(c["state"]) if c.get("state") else None,
+            scene=c["scene"][0] if c.get("scene") else None,
         )
 
     def recent_episodes(self) -> list[Episode]:

@@ -1,12 +1,14 @@
 """``mmpref pbrl``: online preference-based RL in Meta-World (PEBBLE-style, :mod:`mmpref.control.pbrl.loop`).
 
-Trains SAC on a reward learned from a scripted teacher's preferences, checkpoints the loop after every evaluation
-(``--resume`` continues it), and writes ``success_curve.png``, ``summary.json`` and a video of the final policy.
+Trains SAC on a reward learned from a scripted teacher's preferences (or people's, ``--teacher human --db
+labels.sqlite``: :mod:`mmpref.control.pbrl.human`), checkpoints the loop after every chunk (``--resume`` continues
+it), and writes ``success_curve.png``, ``summary.json`` and a video of the final policy.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -35,7 +37,18 @@ def _run(config: PbRLConfig, args: Any) -> int:
     except (ValueError, FileNotFoundError) as err:
         raise RecipeError(str(err)) from None
     config = loop.config
-    history = loop.run(checkpoint=out / "checkpoint")
+    try:
+        history = loop.run(checkpoint=out / "checkpoint")
+    except KeyboardInterrupt:
+        if config.teacher != "human":
+            raise
+        # the posted tasks stay in the store; a resumed run finds them (and their answers) again: human.py
+        print(
+            f"mmpref pbrl: interrupted; the asked pairs stay queued in {config.db}. Continue with "
+            f"`mmpref pbrl --resume --out {out}` (answers given meanwhile are used)",
+            file=sys.stderr,
+        )
+        return 130
     plot_success_curve(history, out / "success_curve.png", title=f"{config.task}: PbRL ({config.reward} reward)")
     summary = {"config": asdict(config), "history": history, "budget": vars(loop.teacher.budget)}
     if not args.no_video:

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +39,8 @@ class PbRLLoop:
 
     Args:
         config: the loop's settings.
-        teacher: answers queries (default: a perfectly rational B-Pref teacher with the label budget).
+        teacher: answers queries (default: the B-Pref teacher with the label budget and ``teacher_eps``, or people
+            through the labelling app when ``config.teacher`` is ``"human"``).
         ensemble: the reward ensemble (default: built from the env's spaces).
         fragmenter: recent episodes → candidate segment pairs (default: random pairs of fixed-length segments).
         progress: show a progress bar with success rate and labels used.
@@ -103,6 +105,11 @@ class PbRLLoop:
         self.history: list[dict[str, float]] = []
         self.progress = progress
         self.reward_learned = False
+        self.round_due = False  # a feedback round is due at the current step (saved before a human round)
+        if config.teacher == "human" and teacher is None:  # people answer through the labelling app's store
+            from mmpref.control.pbrl.human import attach_human
+
+            attach_human(self)
 
     def _random_pairs(self, episodes: list[Episode], n: int, rng: np.random.Generator) -> list[SegmentPair]:
         length = self.config.segment_length
@@ -206,6 +213,8 @@ class PbRLLoop:
             unit="step",
             desc=f"{c.task} {c.reward}",
         )
+        if self.round_due:  # resumed from the checkpoint written just before a human round
+            self._end_chunk(bar, checkpoint)
         while self.steps < until:
             boundaries = [c.eval_every] + ([c.unsupervised_steps] if c.unsupervised_steps else [])
             next_stop = min([until, self._next_feedback_step()] + [(self.steps // b + 1) * b for b in boundaries])
@@ -214,22 +223,33 @@ class PbRLLoop:
             self.model.learn(total_timesteps=next_stop - self.steps, reset_num_timesteps=False, progress_bar=False)
             bar.update(next_stop - self.steps)
             self.steps = next_stop
-            if c.reward == "learned" and self.steps >= c.unsupervised_steps and self._is_feedback_step(self.steps):
-                self.feedback_round()
-            if self.steps % c.eval_every == 0 or self.steps == c.total_steps:
-                row = {
-                    "steps": self.steps,
-                    "success_rate": self.evaluate(),
-                    "labels": self.teacher.budget.labelled,
-                    "queries": self.teacher.budget.asked,
-                    "train_true_return": float(np.mean(self.env.true_returns[-5:] or [0.0])),
-                }
-                self.history.append(row)
-                bar.set_postfix(success=f"{row['success_rate']:.2f}", labels=row["labels"])
-            if checkpoint is not None:
-                self.save(checkpoint)
+            self.round_due = (
+                c.reward == "learned" and self.steps >= c.unsupervised_steps and self._is_feedback_step(self.steps)
+            )
+            if self.round_due and checkpoint is not None and c.teacher == "human":
+                self.save(checkpoint)  # people take long: an interrupted wait resumes at this round (human.py)
+            self._end_chunk(bar, checkpoint)
         bar.close()
         return self.history
+
+    def _end_chunk(self, bar: Any, checkpoint: str | Path | None) -> None:
+        """After a chunk of steps: the feedback round if one is due, the evaluation if one is due, the checkpoint."""
+        c = self.config
+        if self.round_due:
+            self.feedback_round()
+            self.round_due = False
+        if self.steps % c.eval_every == 0 or self.steps == c.total_steps:
+            row = {
+                "steps": self.steps,
+                "success_rate": self.evaluate(),
+                "labels": self.teacher.budget.labelled,
+                "queries": self.teacher.budget.asked,
+                "train_true_return": float(np.mean(self.env.true_returns[-5:] or [0.0])),
+            }
+            self.history.append(row)
+            bar.set_postfix(success=f"{row['success_rate']:.2f}", labels=row["labels"])
+        if checkpoint is not None:
+            self.save(checkpoint)
 
     # --- exact resume -----------------------------------------------------------------------------------------------
 
@@ -247,6 +267,7 @@ class PbRLLoop:
             "ensemble": self.ensemble.state_dict(),
             "ensemble_rng": self.ensemble.rng,
             "reward_learned": self.reward_learned,
+            "round_due": self.round_due,
             "source_mode": self.source.mode,
             "source_affine": (self.source.shift, self.source.scale),
             "source_steps": self.source.steps,
@@ -308,6 +329,7 @@ class PbRLLoop:
         loop.reward_learned, loop.source.mode, loop.rng = state["reward_learned"], state["source_mode"], state["rng"]
         loop.source.shift, loop.source.scale = state.get("source_affine", (0.0, loop.config.reward_scale))
         loop.source.steps = state.get("source_steps", 0)
+        loop.round_due = state.get("round_due", False)
         for name, part_state in state.get("parts", {}).items():
             loop.parts[name].load_state_dict(part_state)
         loop.teacher.budget, loop.teacher.rng = state["teacher"]["budget"], state["teacher"]["rng"]
