@@ -71,6 +71,15 @@ def run_dpo(argv: Sequence[str]) -> int:
         "--config", default=None, help="digits: a YAML recipe of DPOConfig fields (recipes/diffusion/)"
     )
     parser.add_argument("--taste", default=None, help="digits: the simulated taste (ink, thin, slant; default ink)")
+    parser.add_argument(
+        "--reward",
+        default=None,
+        help="digits: score on-policy samples with this reward model instead of --taste: a personal taste model "
+        "folder, a unified reward model folder or a RewardModelSystem .ckpt",
+    )
+    parser.add_argument(
+        "--reward-user", default=None, help="the taste model's user id (default: the population) or unified dimension"
+    )
     parser.add_argument("--loss", default=None, help="a pairwise or listwise loss of mmpref.losses (bradley_terry)")
     parser.add_argument("--beta", type=float, default=None, help="β_dpo of the official code (5000)")
     parser.add_argument("--lr", type=float, default=None, help="default: 1.5e-6 (digits), 1e-4 (pipeline LoRA)")
@@ -85,10 +94,11 @@ def run_dpo(argv: Sequence[str]) -> int:
     from mmpref.vision.diffusion.base import DEFAULT_ASSET, load_diffusion, save_diffusion
     from mmpref.vision.diffusion.train import DPOConfig, train_dpo
 
-    model = load_diffusion(args.model)
     cfg = load_recipe(args.config) if args.config else DPOConfig()
     flags = {
         "taste": args.taste,
+        "reward": args.reward,
+        "reward_user": args.reward_user,
         "loss": args.loss,
         "beta": args.beta,
         "lr": args.lr,
@@ -100,7 +110,16 @@ def run_dpo(argv: Sequence[str]) -> int:
     cfg = dataclasses.replace(cfg, seed=args.seed, **{k: v for k, v in flags.items() if v is not None})
     if cfg.users:
         parser.error("personalized runs keep user vectors outside the UNet folder; use scripts/run_dpo_eval.py")
-    system, report = train_dpo(model, cfg)
+    if cfg.reward_user and not cfg.reward:
+        parser.error("--reward-user needs --reward (a taste model folder or a unified reward model folder)")
+    scorer = None
+    if cfg.reward:
+        from mmpref.vision.diffusion.rewards import load_reward
+
+        scorer = load_reward(cfg.reward, user=cfg.reward_user)  # input errors exit 2 (MmprefError, FileNotFound)
+        _say(f"on-policy samples scored by the {scorer.describe()}")
+    model = load_diffusion(args.model)
+    system, report = train_dpo(model, cfg, scorer=scorer)
     meta = dict(model.meta, dpo=report)
     out = save_diffusion(args.out, system.unet, model.scheduler, model.prompts, meta)
     source = Path(args.model) if args.model else DEFAULT_ASSET
@@ -151,6 +170,8 @@ def run_pipeline_dpo(argv: Sequence[str]) -> int:
         prepared = _prepare(cfg)
         _say(_cache_line(prepared[1]))
         family, system, report = train(cfg, prepared=prepared)
+        if report["global_rank"] != 0:  # strategy=ddp runs this body on every rank; rank 0 holds the same weights
+            return 0
         out = save_finetuned(family, system, cfg.mode, options.out, cfg.pipeline)
         with atomic_write(Path(f"{out}.report.json"), "w") as handle:
             json.dump(report, handle, indent=2, default=str)

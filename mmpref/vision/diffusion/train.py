@@ -19,7 +19,7 @@ from mmpref.reward.trainers import quick_trainer, quiet_lightning
 from mmpref.vision.diffusion.base import DigitDiffusion
 from mmpref.vision.diffusion.digits import PREFERENCE_CLASSES, get_taste, prompt_for
 from mmpref.vision.diffusion.guard import CollapseGuard
-from mmpref.vision.diffusion.onpolicy import build_lists, build_pairs, concat, sample_candidates
+from mmpref.vision.diffusion.onpolicy import Scorer, build_lists, build_pairs, concat, sample_candidates
 from mmpref.vision.diffusion.system import DiffusionDPOSystem
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,10 @@ class DPOConfig:
     seed: int = 0
     users: tuple[str, ...] = ()
     user_lr: float = 3e-3
+    # a reward model scoring the on-policy samples instead of the simulated taste (mmpref.vision.diffusion.rewards):
+    # a personal taste folder, a unified reward folder or a RewardModelSystem .ckpt; reward_user: its user/dimension
+    reward: str | None = None
+    reward_user: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -82,8 +86,13 @@ def policy_cond(system: DiffusionDPOSystem, cond: torch.Tensor, user: int | None
         return system.condition(cond, torch.full((len(cond),), user, dtype=torch.long))
 
 
-def collect(system: DiffusionDPOSystem, model: DigitDiffusion, cfg: DPOConfig, round_index: int) -> Any:
-    """Sample on-policy candidates for every (user,) prompt, score them with the taste(s), build the dataset."""
+def collect(
+    system: DiffusionDPOSystem, model: DigitDiffusion, cfg: DPOConfig, round_index: int, scorer: Scorer | None = None
+) -> Any:
+    """Sample on-policy candidates for every (user,) prompt, score them, build the dataset.
+
+    The scorer is ``scorer`` when given (a reward model), else each user's simulated taste.
+    """
     prompts = preference_prompts(cfg.classes)
     cond = model.prompts.encode(prompts)
     listwise = system.listwise
@@ -96,7 +105,7 @@ def collect(system: DiffusionDPOSystem, model: DigitDiffusion, cfg: DPOConfig, r
             policy_cond(system, cond, user),
             prompts,
             cfg.per_prompt,
-            get_taste(taste),
+            scorer or get_taste(taste),
             seed=cfg.seed * 1000 + round_index * 10 + (user or 0) + 1,
         )
         candidates.cond = cond  # pairs carry the plain prompt; the system adds the user vector itself
@@ -116,16 +125,30 @@ def collect(system: DiffusionDPOSystem, model: DigitDiffusion, cfg: DPOConfig, r
     return concat(parts) if len(parts) > 1 else parts[0]
 
 
-def train_dpo(model: DigitDiffusion, cfg: DPOConfig, system: DiffusionDPOSystem | None = None) -> tuple[Any, dict]:
-    """Run ``cfg.rounds`` on-policy rounds; returns the system and a report (timings split sample/train)."""
+def train_dpo(
+    model: DigitDiffusion, cfg: DPOConfig, system: DiffusionDPOSystem | None = None, scorer: Scorer | None = None
+) -> tuple[Any, dict]:
+    """Run ``cfg.rounds`` on-policy rounds; returns the system and a report (timings split sample/train).
+
+    The on-policy samples are scored by ``scorer`` when given, else by the reward model ``cfg.reward`` (loaded once
+    with :func:`mmpref.vision.diffusion.rewards.load_reward`), else by the simulated taste ``cfg.taste``.
+    """
     quiet_lightning()
     torch.manual_seed(cfg.seed)
+    if scorer is None and cfg.reward:
+        from mmpref.vision.diffusion.rewards import load_reward
+
+        scorer = load_reward(cfg.reward, user=cfg.reward_user)
+    if scorer is not None and cfg.users:
+        raise ValueError("a reward model scores for one person; personalized runs (users) take simulated tastes")
     system = system or make_system(model, cfg)
     guard = CollapseGuard(threshold=cfg.guard_threshold, stop=cfg.stop_on_collapse)
     report: dict[str, Any] = {"config": asdict(cfg), "rounds": []}
+    describe = getattr(scorer, "describe", None)
+    report["scorer"] = describe() if describe else (f"taste {cfg.taste}" if scorer is None else repr(scorer))
     for r in range(cfg.rounds):
         t0, c0 = time.perf_counter(), time.process_time()
-        data = collect(system, model, cfg, r)
+        data = collect(system, model, cfg, r, scorer)
         t1, c1 = time.perf_counter(), time.process_time()
         loader = DataLoader(data, batch_size=cfg.batch, shuffle=True, generator=torch.Generator().manual_seed(r))
         max_time = timedelta(seconds=cfg.max_seconds) if cfg.max_seconds else None
