@@ -1,10 +1,11 @@
 """The base class of every error mmpref raises about a user's input (files, folders, recipes, stores).
 
 Each reader raises a subclass (``DataError``, ``MediaError``, ``RecipeError``, ``StoreError``, ``ScoringError``,
-``PipelineError``, ``RecordError``, ``ModelFolderError``) whose message names the file, the record or field, and
-the fix. ``mmpref.cli.main`` catches this one class, prints ``mmpref <job>: <message>`` and exits 2, so a job never
-shows a traceback for bad input, while any other exception (a bug) still does. It derives from ``ValueError`` so code
-written against the older per-module errors keeps working. This module imports nothing, so any module may use it.
+``PipelineError``, ``RecordError``, ``ModelFolderError``, ``RewardError``) whose message names the file, the record or
+field, and the fix. ``mmpref.cli.main`` catches this one class, prints ``mmpref <job>: <message>`` and exits 2, so a
+job never shows a traceback for bad input, while any other exception (a bug) still does. It derives from ``ValueError``
+so code written against the older per-module errors keeps working. This module imports nothing, so any module may use
+it.
 """
 
 from __future__ import annotations
