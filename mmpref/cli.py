@@ -31,6 +31,7 @@ OWN_JOBS = {
     "dpo": "Diffusion-DPO: mmpref dpo --out DIR [--taste ink] | --pipeline SD_DIR --pairs F.parquet --ties drop",
     "dpo-eval": "fine-tuned vs base diffusion model: mmpref dpo-eval TUNED_DIR [--base DIR] [--taste ink]",
     "dpo-cache": "cache latents + text embeddings once: mmpref dpo-cache --pipeline DIR --pairs F.parquet --ties drop",
+    "dpo-online": "on-policy DPO rounds: mmpref dpo-online --pipeline DIR --reward R.ckpt --prompts F.txt --out DIR",
     "version": "print mmpref's version",
 }
 
@@ -248,6 +249,7 @@ _RUNNERS = {
     "dpo": "mmpref.vision.diffusion.jobs:run_dpo",
     "dpo-eval": "mmpref.vision.diffusion.jobs:run_dpo_eval",
     "dpo-cache": "mmpref.vision.diffusion.jobs:run_dpo_cache",
+    "dpo-online": "mmpref.vision.diffusion.jobs:run_dpo_online",
 }
 
 

@@ -203,6 +203,76 @@ def run_dpo_cache(argv: Sequence[str]) -> int:
     return run_job("mmpref dpo-cache", PipelineDPOConfig, argv, body, None, run_dpo_cache.__doc__)
 
 
+def run_dpo_online(argv: Sequence[str]) -> int:
+    """``mmpref dpo-online --pipeline DIR --reward PATH --prompts F.txt --out DIR``: on-policy DPO rounds.
+
+    Each round samples --per-prompt images per prompt from the pipeline with the previous round's LoRA, scores them
+    with the reward model (a taste model folder with --reward-user, a unified reward folder or a RewardModelSystem
+    .ckpt), writes best-vs-worst (or random, gap-filtered) pairs to OUT/round-r/pairs.parquet and trains LoRA on them
+    (OUT/round-r/lora). DPO settings: fields of PipelineDPOConfig, from --config recipes/diffusion/pipelines/*.yaml
+    and/or --FIELD VALUE (pairs and ties are set by the loop).
+    """
+    from mmpref.recipe import RecipeError, blame, run_job
+    from mmpref.vision.diffusion.online_pipeline import OnlineSettings, read_prompts, run_online
+    from mmpref.vision.diffusion.pipelines import PipelineDPOConfig
+
+    if any(a == "--pairs" or a.startswith("--pairs=") for a in argv):
+        print("mmpref dpo-online: --pairs is not an option here: each round writes its own pairs", file=sys.stderr)
+        return 2
+
+    def body(cfg: PipelineDPOConfig, options: Any) -> int:
+        for name in ("out", "reward", "prompts"):
+            if not getattr(options, name):
+                raise RecipeError(f"--{name} is required (see --help)")
+        if cfg.mode != "lora":
+            raise RecipeError("field 'mode': dpo-online tunes LoRA adapters round after round; set mode: lora")
+        with blame("online settings"):
+            settings = OnlineSettings(
+                rounds=options.rounds,
+                per_prompt=options.per_prompt,
+                sample_steps=options.sample_steps,
+                guidance=options.guidance,
+                pairing=options.pairing,
+                min_gap_sd=options.min_gap_sd,
+                seed=cfg.seed,
+            )
+        _threads()
+        from mmpref.vision.diffusion.rewards import load_reward
+
+        with blame("prompts"):
+            prompts = read_prompts(options.prompts)  # a missing file exits 2 naming it (FileNotFoundError)
+        scorer = load_reward(options.reward, user=options.reward_user)  # input errors exit 2 (MmprefError)
+        _say(f"samples scored by the {scorer.describe()}")
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()  # one line per round, not a bar per loaded part
+        transformers_logging.disable_progress_bar()
+        with blame("pipeline"):
+            from mmpref.vision.diffusion.pipelines import detect_family
+
+            detect_family(cfg.pipeline)
+        report = run_online(cfg, prompts, scorer, settings, options.out, say=_say)  # input errors: MmprefError
+        means = ", ".join(f"{r['mean_reward']:+.4f}" for r in report["rounds"])
+        _say(f"wrote {options.out}; mean reward per round: {means}; final: {report['final_mean_reward']:+.4f}")
+        return 0
+
+    options = {
+        "--out": {"default": None, "help": "output folder: round-r/{pairs.parquet, lora, report.json}, report.json"},
+        "--reward": {"default": None, "help": "reward model: taste folder, unified reward folder or .ckpt"},
+        "--reward-user": {"default": None, "help": "the taste model's user id (default: population) or dimension"},
+        "--prompts": {"default": None, "help": "a text file, one prompt per line"},
+        "--rounds": {"type": int, "default": 2, "help": "sample → score → DPO rounds"},
+        "--per-prompt": {"type": int, "default": 4, "help": "samples per prompt and round"},
+        "--sample-steps": {"type": int, "default": 10, "help": "denoising steps of each sample"},
+        "--guidance": {"type": float, "default": 5.0, "help": "classifier-free guidance of the samples"},
+        "--pairing": {"default": "best_worst", "help": "best_worst (of all N of a prompt) or random"},
+        "--min-gap-sd": {"type": float, "default": 0.0, "help": "drop pairs closer than this many score SDs"},
+    }
+    fixed = ["--pairs", "-", "--ties", "drop"]  # placeholders: every round sets its own pairs file
+    return run_job("mmpref dpo-online", PipelineDPOConfig, [*fixed, *argv], body, options, run_dpo_online.__doc__)
+
+
 def load_recipe(path: str | Path) -> DPOConfig:
     """A ``DPOConfig`` from a YAML recipe; unknown keys raise naming the valid ones (lists become tuples)."""
     import yaml

@@ -76,6 +76,8 @@ class PipelineDPOConfig:
         resume: a Lightning checkpoint to resume from (``ckpt_path``): weights, optimizer, schedule and step
             count; the data continue at the batch after the checkpoint's step, with the same order and noise (exact
             mid-epoch; the global batch, seed and pairs must be those of the interrupted run).
+        init_lora: a LoRA folder in diffusers' format (an earlier run's ``--out``) whose weights start the
+            adapters (rank = ``lora_rank``); the reference stays the base (adapters disabled). ``mode: lora``.
         num_workers: DataLoader workers (each reads every n-th batch of its rank).
         seed: seed of crops, VAE draws, shuffling, noise and timesteps.
         validation_prompts: fixed prompts of the validation grid (empty: no grid).
@@ -114,6 +116,7 @@ class PipelineDPOConfig:
     log_every_n_steps: int = 10
     checkpoint_every_n_steps: int = 0
     resume: str | None = None
+    init_lora: str | None = None
     num_workers: int = 0
     seed: int = 0
     validation_prompts: list[str] = field(default_factory=list)
@@ -129,6 +132,8 @@ class PipelineDPOConfig:
             raise ValueError(f"ties must be 'drop' or 'error' (a tie has no winner to prefer), got {self.ties!r}")
         if self.resize not in ("center", "random", "refuse"):
             raise ValueError(f"resize must be 'center', 'random' or 'refuse', got {self.resize!r}")
+        if self.init_lora and self.mode != "lora":
+            raise ValueError("init_lora starts LoRA adapters: set mode: lora (a full run starts from its pipeline)")
         if self.cache_dtype not in ("float32", "float16", "bfloat16"):
             raise ValueError(f"cache_dtype must be float32, float16 or bfloat16, got {self.cache_dtype!r}")
         from mmpref.losses import get_loss, is_listwise
@@ -235,7 +240,7 @@ def make_system(cfg: PipelineDPOConfig, family: Family) -> Any:
     denoiser = family.denoiser
     if cfg.gradient_checkpointing:
         denoiser.enable_gradient_checkpointing()
-    return DiffusionDPOSystem(
+    system = DiffusionDPOSystem(
         denoiser,
         family.train_scheduler,
         loss=cfg.loss,
@@ -249,6 +254,38 @@ def make_system(cfg: PipelineDPOConfig, family: Family) -> Any:
         warmup_steps=cfg.warmup_steps,
         total_steps=cfg.steps,
     )
+    if cfg.init_lora:
+        load_lora_into(family, system.unet, cfg.init_lora)
+    return system
+
+
+def load_lora_into(family: Family, model: Any, folder: str | Path) -> None:
+    """Copy diffusers-format LoRA weights (:meth:`Family.save_lora`'s output) into ``model``'s ``default`` adapter.
+
+    Raises:
+        PipelineError: no denoiser LoRA weights in ``folder``, or their names/shapes do not fit the adapters.
+    """
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft import set_peft_model_state_dict
+
+    fix = "pass the LoRA folder of a run on this pipeline family with the same lora_rank"
+    if not (Path(folder) / "pytorch_lora_weights.safetensors").is_file():
+        raise PipelineError(f"{folder}: no pytorch_lora_weights.safetensors in it (field init_lora); {fix}")
+    state = type(family.pipe).lora_state_dict(str(folder))
+    state = state[0] if isinstance(state, tuple) else state
+    prefix = "transformer." if family.name == "sd3" else "unet."
+    state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    adapters = sum(1 for name, _ in model.named_parameters() if ".lora_" in name)
+    if len(state) != adapters:  # e.g. other lora_targets: a partial load would leave adapters at their random start
+        raise PipelineError(
+            f"{folder}: {len(state)} {prefix[:-1]} LoRA tensors for {adapters} adapters (field init_lora); {fix}"
+        )
+    try:
+        result = set_peft_model_state_dict(model, convert_unet_state_dict_to_peft(state), adapter_name="default")
+    except RuntimeError as err:  # a shape mismatch: another rank or another denoiser
+        raise PipelineError(f"{folder}: its LoRA weights do not fit (field init_lora): {err}; {fix}") from None
+    if result.unexpected_keys:
+        raise PipelineError(f"{folder}: LoRA weights for unknown modules {result.unexpected_keys[:3]}; {fix}")
 
 
 class _FinalStep(Callback):
