@@ -17,12 +17,10 @@ import threading
 import time
 from pathlib import Path
 
-import uvicorn
 from playwright.sync_api import sync_playwright
 
 from mmpref.control.pbrl.loop import PbRLConfig, PbRLLoop
-from mmpref.feedback.app import create_app
-from mmpref.feedback.loadtest import free_port
+from mmpref.feedback.loadtest import app_in_thread
 from mmpref.feedback.store import LabelStore
 
 TOKEN = "token-screenshot-1"
@@ -37,11 +35,6 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="pbrl-human-"))
     store = LabelStore(work / "labels.sqlite")
     store.add_annotator("ann", TOKEN)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
     config = PbRLConfig(
         task=args.task,
         total_steps=300,
@@ -58,30 +51,30 @@ def main() -> None:
         db=str(work / "labels.sqlite"),
         human_poll_s=0.2,
     )
-    loop = PbRLLoop(config, progress=True)
-    runner = threading.Thread(target=loop.run, daemon=True)
-    runner.start()
-    while len(loop.teacher.asked) < 3:  # the round has rendered and posted its three pairs
-        time.sleep(0.2)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True, args=ARGS)
-        page = browser.new_page(viewport={"width": 1100, "height": 640})
-        page.goto(f"http://127.0.0.1:{port}/")
-        page.fill("#token", TOKEN)
-        page.click("#login-button")
-        page.wait_for_selector("#task[data-kind='pair'] video")
-        page.wait_for_function("[...document.querySelectorAll('video')].every((v) => v.currentTime > 1.2)")
-        page.eval_on_selector("video", "v => v.pause()")  # the app pauses both clips together
-        time.sleep(0.3)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=args.out)
-        for k, key in enumerate(["ArrowLeft", "ArrowRight", "ArrowDown"], start=1):
-            page.wait_for_selector("#choose-left")
-            page.keyboard.press(key)
-            page.wait_for_function(f"document.getElementById('progress').textContent.startsWith('labelled {k} ')")
-        browser.close()
-    runner.join(timeout=300)
-    server.should_exit = True
+    with app_in_thread(store) as url:
+        loop = PbRLLoop(config, progress=True)
+        runner = threading.Thread(target=loop.run, daemon=True)
+        runner.start()
+        while len(loop.teacher.asked) < 3:  # the round has rendered and posted its three pairs
+            time.sleep(0.2)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True, args=ARGS)
+            page = browser.new_page(viewport={"width": 1100, "height": 640})
+            page.goto(f"{url}/")
+            page.fill("#token", TOKEN)
+            page.click("#login-button")
+            page.wait_for_selector("#task[data-kind='pair'] video")
+            page.wait_for_function("[...document.querySelectorAll('video')].every((v) => v.currentTime > 1.2)")
+            page.eval_on_selector("video", "v => v.pause()")  # the app pauses both clips together
+            time.sleep(0.3)
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=args.out)
+            for k, key in enumerate(["ArrowLeft", "ArrowRight", "ArrowDown"], start=1):
+                page.wait_for_selector("#choose-left")
+                page.keyboard.press(key)
+                page.wait_for_function(f"document.getElementById('progress').textContent.startsWith('labelled {k} ')")
+            browser.close()
+        runner.join(timeout=300)
     print(f"wrote {args.out}; the loop finished at step {loop.steps} with labels {[p.label for p in loop.labelled]}")
 
 

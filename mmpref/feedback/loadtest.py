@@ -18,6 +18,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +35,30 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def app_in_thread(store: LabelStore, timeout_s: float = 20.0) -> Iterator[str]:
+    """Serve the labelling app for ``store`` from a thread of this process on a free loopback port; yields its URL.
+
+    For tests and scripts that drive the app through its HTTP API or a browser; the server stops on exit.
+    """
+    import uvicorn
+
+    from mmpref.feedback.app import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def start_server(db: Path, port: int, timeout_s: float = 30.0) -> subprocess.Popen:

@@ -29,8 +29,7 @@ from mmpref.control.pbrl.env import PreferenceEnv, RewardSource  # noqa: E402
 from mmpref.control.pbrl.human import HumanPairTeacher  # noqa: E402
 from mmpref.control.pbrl.loop import PbRLConfig, PbRLLoop  # noqa: E402
 from mmpref.control.segments import cut_segments, random_pairs  # noqa: E402
-from mmpref.feedback.app import create_app  # noqa: E402
-from mmpref.feedback.loadtest import free_port  # noqa: E402
+from mmpref.feedback.loadtest import app_in_thread  # noqa: E402
 from mmpref.feedback.store import LabelStore  # noqa: E402
 
 TOKEN = "token-annotator-1"
@@ -45,16 +44,8 @@ def store(tmp_path):
 
 @pytest.fixture
 def server(store):
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not uv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    thread.join(timeout=10)
+    with app_in_thread(store) as url:
+        yield url
 
 
 def http(url: str, body: dict | None = None) -> tuple[str, bytes]:

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from mmpref.data import read_jsonl_manifest
-from mmpref.feedback.app import create_app
 from mmpref.feedback.exchange import export_labels
-from mmpref.feedback.loadtest import free_port
+from mmpref.feedback.loadtest import app_in_thread
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
@@ -34,17 +30,8 @@ LAUNCH_ARGS = [
 @pytest.fixture
 def server(store):
     store.add_annotator("ann", "token-ann-123")
-    port = free_port()
-    config = uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning")
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not uv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    thread.join(timeout=10)
+    with app_in_thread(store) as url:
+        yield url
 
 
 def test_annotator_labels_every_task_kind_in_the_browser(server, store, tmp_path):
@@ -117,41 +104,31 @@ def test_video_pairs_play_pause_and_seek_in_sync(store, tmp_path):
     for done in (1, 2, 3, 4):  # leave only the video task in this annotator's queue
         answer = {"pair": {"choice": 0}, "list": {"ranking": [0, 1, 2, 3]}, "rating": {"rating": 3}}
         store.add_label(annotator, done, answer[store.task(done).kind], f"uuid-skip-{done}")
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    while not uv.started:
-        time.sleep(0.05)
-    try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=CHROMIUM,
-                headless=True,
-                args=[*LAUNCH_ARGS, "--autoplay-policy=no-user-gesture-required"],
-            )
-            page = browser.new_page(viewport={"width": 1100, "height": 600})
-            page.goto(f"http://127.0.0.1:{port}")
-            page.fill("#token", "token-vid-123")
-            page.click("#login-button")
-            page.wait_for_selector("video")
-            page.wait_for_function("[...document.querySelectorAll('video')].every((v) => v.currentTime > 0.5)")
-            state = "vs => vs.map((v) => [v.paused, Math.round(v.currentTime * 10) / 10])"
-            page.eval_on_selector("video", "v => v.pause()")  # pausing one pauses both
-            page.wait_for_function("[...document.querySelectorAll('video')].every((v) => v.paused)")
-            page.eval_on_selector("video", "v => { v.currentTime = 1.5; }")  # seeking one seeks both
-            page.wait_for_function(
-                "[...document.querySelectorAll('video')].every((v) => Math.abs(v.currentTime - 1.5) < 0.05)"
-            )
-            assert page.eval_on_selector_all("video", state) == [[True, 1.5], [True, 1.5]]
-            shots = Path(os.environ.get("MMPREF_SCREENSHOTS", tmp_path / "shots"))
-            shots.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(shots / "6-video-pair.png"))
-            page.keyboard.press("l")
-            page.wait_for_selector("#all-done")
-            browser.close()
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=10)
+    with app_in_thread(store) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[*LAUNCH_ARGS, "--autoplay-policy=no-user-gesture-required"],
+        )
+        page = browser.new_page(viewport={"width": 1100, "height": 600})
+        page.goto(url)
+        page.fill("#token", "token-vid-123")
+        page.click("#login-button")
+        page.wait_for_selector("video")
+        page.wait_for_function("[...document.querySelectorAll('video')].every((v) => v.currentTime > 0.5)")
+        state = "vs => vs.map((v) => [v.paused, Math.round(v.currentTime * 10) / 10])"
+        page.eval_on_selector("video", "v => v.pause()")  # pausing one pauses both
+        page.wait_for_function("[...document.querySelectorAll('video')].every((v) => v.paused)")
+        page.eval_on_selector("video", "v => { v.currentTime = 1.5; }")  # seeking one seeks both
+        page.wait_for_function(
+            "[...document.querySelectorAll('video')].every((v) => Math.abs(v.currentTime - 1.5) < 0.05)"
+        )
+        assert page.eval_on_selector_all("video", state) == [[True, 1.5], [True, 1.5]]
+        shots = Path(os.environ.get("MMPREF_SCREENSHOTS", tmp_path / "shots"))
+        shots.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shots / "6-video-pair.png"))
+        page.keyboard.press("l")
+        page.wait_for_selector("#all-done")
+        browser.close()
     labels = [lb for lb in store.labels(annotator) if lb.task_id == task]
     assert len(labels) == 1 and labels[0].answer == {"choice": 1}
