@@ -11,10 +11,21 @@ Each run reports peak RSS (``ru_maxrss`` of the worker process: imports, loading
 process start to the end of the first step, the cache's seconds, and the median s/step after ``--warmup`` steps.
 ``--epoch-pairs N`` adds, for that N, a one-epoch cold run against a one-epoch warm run (the second-epoch speed-up).
 
+``--split`` measures the two phases of the real command line instead, each in its own process, as a user runs them:
+(a) ``mmpref dpo-cache`` building the cache from empty, then (b) ``mmpref dpo`` training ``--steps`` steps from that
+cache (it still streams the Parquet file once to find its pairs' keys). For each child it reports the peak RSS
+(``ru_maxrss`` of that child alone, from ``os.wait4``), wall and CPU seconds (user + system), plus the Parquet
+file's and the cache folder's size on disk. The Parquet file is written in row groups of 1,000 pairs, so the
+generator holds 1,000 pairs at a time whatever N is. ``--stand-in`` makes (a) the same cache build (real pipeline
+loaded, real Parquet streaming, decoding, resizing, content keys and shard writing, into the pipeline's own cache
+namespace) with the VAE and text encoders replaced by random tensors of their real output shapes and dtypes: for N
+where the real encoders would take hours on a CPU; (b) is then the real ``mmpref dpo`` on that cache.
+
 Usage (a pipeline folder of any supported family; e.g. the SD 1.5-layout tiny one that
 ../shared/peers/diffusers-dpo/make_tiny.py builds)::
 
     OMP_NUM_THREADS=1 python scripts/bench_dpo_scale.py --pipeline PIPE --work /tmp/scale --pairs 1000 10000
+    OMP_NUM_THREADS=1 nice python scripts/bench_dpo_scale.py --split --pipeline PIPE --work /tmp/scale --pairs 1000
 """
 
 from __future__ import annotations
@@ -117,6 +128,32 @@ def worker(args: argparse.Namespace) -> None:
     Path(args.report).write_text(json.dumps(figures, indent=2))
 
 
+def standin_build(args: argparse.Namespace) -> None:
+    """``mmpref dpo-cache``'s build, its encoders replaced by random tensors of their real shapes (``--stand-in``)."""
+    import torch
+
+    from mmpref.vision.diffusion.latent_cache import build_cache, cache_namespace
+    from mmpref.vision.diffusion.pipelines import load_family
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    folder = Path(args.pipeline)
+    family = load_family(folder)
+    namespace = cache_namespace(args.cache_dir, family, family.fingerprint(folder), "center", "float32")
+    size = family.resolution
+    latent = family.encode_images(torch.zeros(1, 3, size, size), torch.Generator().manual_seed(0))  # shapes only
+    cond = family.encode_prompts(["a photo"])
+
+    def images(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn((len(pixels), *latent.shape[1:]), generator=generator, dtype=latent.dtype)
+
+    def prompts(captions: list[str]) -> dict:
+        return {k: torch.randn((len(captions), *v.shape[1:]), dtype=v.dtype) for k, v in cond.items()}
+
+    family.encode_images, family.encode_prompts = images, prompts
+    report = build_cache(family, args.parquet, namespace, ties="drop", resize="center", encode_batch=args.encode_batch)
+    print(f"cache {namespace}: {report.pairs} pairs, {report.encoded} encoded (stand-in encoders), {report.seconds} s")
+
+
 def _epoch_cpu(cpu: list[float], per_epoch: int, cache_cpu: float) -> list[float]:
     """CPU seconds of each complete epoch, from the per-step CPU clock (the first step's cost is estimated)."""
     steps = [b - a for a, b in zip(cpu, cpu[1:], strict=False)]
@@ -139,9 +176,60 @@ def run_worker(pipeline: str, parquet: Path, cache: Path, steps: int, args: argp
     return figures
 
 
+def _disk_mib(path: Path) -> float:
+    """Bytes on disk of a file or a folder tree, in MiB."""
+    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+    return round(sum(f.stat().st_size for f in files) / 2**20, 2)
+
+
+def measured(cmd: list[str], log: Path) -> dict:
+    """Run ``cmd`` as a child; its own peak RSS, wall and CPU seconds (``os.wait4``: this child alone)."""
+    start = time.time()
+    with log.open("w") as out:
+        child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise SystemExit(f"{' '.join(cmd)} exited {child.returncode}; see {log}")
+    return {
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "wall_s": round(time.time() - start, 2),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+    }
+
+
+def run_split(n: int, parquet: Path, args: argparse.Namespace) -> dict:
+    """(a) ``mmpref dpo-cache`` from an empty cache, then (b) ``mmpref dpo`` for ``--steps`` steps from it."""
+    work = Path(args.work)
+    cache, out = work / f"split-cache-{n}", work / f"split-out-{n}"
+    shutil.rmtree(cache, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    cli = [sys.executable, "-c", "import sys; from mmpref.cli import main; sys.exit(main())"]
+    common = ["--pipeline", args.pipeline, "--pairs", str(parquet), "--ties", "drop", "--resize", "center"]
+    common += ["--cache_dir", str(cache), "--encode_batch", str(args.encode_batch), "--accelerator", "cpu"]
+    if args.stand_in:
+        stand_in = [sys.executable, __file__, "standin", "--pipeline", args.pipeline, "--parquet", str(parquet)]
+        stand_in += ["--cache-dir", str(cache), "--encode-batch", str(args.encode_batch)]
+        build = measured(stand_in, work / f"split-{n}-cache.log")
+    else:
+        build = measured(cli + ["dpo-cache"] + common, work / f"split-{n}-cache.log")
+    build["log"] = (work / f"split-{n}-cache.log").read_text().strip().splitlines()[-1]
+    build["cache_mib"] = _disk_mib(cache)
+    build["shards"] = len(list(cache.rglob("shard-*.safetensors")))
+    train_cmd = cli + ["dpo"] + common + ["--steps", str(args.steps), "--batch_size", str(args.batch)]
+    train_cmd += ["--lora_rank", str(args.rank), "--lr", "1e-5", "--beta", "2500", "--out", str(out)]
+    trained = measured(train_cmd, work / f"split-{n}-train.log")
+    report = json.loads(Path(f"{out}.report.json").read_text()) if Path(f"{out}.report.json").is_file() else {}
+    trained |= {"steps": report.get("steps"), "train_seconds": report.get("train_seconds")}
+    figures = {"pairs": n, "parquet_mib": _disk_mib(parquet), "cache_build": build, "train_from_cache": trained}
+    figures["stand_in_encoders"] = args.stand_in
+    print(f"n{n}-split{'-stand-in' if args.stand_in else ''}", json.dumps(figures), flush=True)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", nargs="?", default="bench", choices=("bench", "worker"))
+    parser.add_argument("mode", nargs="?", default="bench", choices=("bench", "worker", "standin"))
     parser.add_argument("--pipeline", required=True)
     parser.add_argument("--work", default="/tmp/mmpref-bench-dpo-scale")
     parser.add_argument("--pairs", type=int, nargs="+", default=[1000, 10000])
@@ -150,12 +238,18 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--epoch-pairs", type=int, default=0, help="one-epoch cold vs warm runs at this N")
+    parser.add_argument("--split", action="store_true", help="mmpref dpo-cache, then mmpref dpo, separate processes")
+    parser.add_argument("--stand-in", action="store_true", help="--split with random-tensor encoders (see above)")
+    parser.add_argument("--encode-batch", type=int, default=8, help="pairs per VAE/text call while caching (--split)")
     parser.add_argument("--parquet")
     parser.add_argument("--cache-dir")
     parser.add_argument("--report")
     args = parser.parse_args()
     if args.mode == "worker":
         worker(args)
+        return
+    if args.mode == "standin":
+        standin_build(args)
         return
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -166,6 +260,9 @@ def main() -> None:
             t = time.time()
             write_pairs(parquet, n, [(64, 64), (96, 80)])
             print(f"wrote {parquet} ({parquet.stat().st_size / 2**20:.1f} MiB) in {time.time() - t:.0f} s", flush=True)
+        if args.split:
+            results[f"{n}-split{'-stand-in' if args.stand_in else ''}"] = run_split(n, parquet, args)
+            continue
         cache = work / f"cache-{n}"
         shutil.rmtree(cache, ignore_errors=True)
         results[f"{n}-cold"] = run_worker(args.pipeline, parquet, cache, args.steps, args, f"n{n}-cold")
@@ -177,8 +274,11 @@ def main() -> None:
         epoch = n // args.batch
         results["epoch-cold"] = run_worker(args.pipeline, parquet, cache, epoch, args, f"epoch{n}-cold")
         results["epoch-warm"] = run_worker(args.pipeline, parquet, cache, epoch, args, f"epoch{n}-warm")
-    (work / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"wrote {work / 'results.json'}")
+    name = "results-split.json" if args.split else "results.json"
+    if args.split and (work / name).is_file():  # sizes run one call at a time add up in one file
+        results = json.loads((work / name).read_text()) | results
+    (work / name).write_text(json.dumps(results, indent=2))
+    print(f"wrote {work / name}")
 
 
 if __name__ == "__main__":
