@@ -240,6 +240,20 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path)
             f"{r['cpu_by_part_s']['feedback_round']:.0f} | {r['cpu_by_part_s']['evaluate']:.0f} | "
             f"{r['steps_per_cpu_s']:.1f} | {r['wall_s']:.0f} |"
         )
+    returns = [r for r in results if any("train_true_return" in h for h in r["history"])]
+    if returns:
+        lines += [
+            "",
+            "True return of the training episodes (mean of the last five finished ones, stochastic policy) at each "
+            "evaluation: the training env's goal, while success is measured on the evaluation env's goal (another "
+            "seed), so this says whether a run learned its own instance of the task:",
+            "",
+            "| task | seed | method | training true return at each evaluation |",
+            "|---|---|---|---|",
+        ]
+        for r in sorted(returns, key=lambda r: (r["task"], r["seed"], _name(r))):
+            curve = " ".join(f"{h.get('train_true_return', float('nan')):.0f}" for h in r["history"])
+            lines.append(f"| {r['task']} | {r['seed']} | {_name(r)} | {curve} |")
     with atomic_write(out / "bench_pbrl.json", "w") as handle:
         json.dump({"meta": meta, "results": results}, handle, indent=1)
     with atomic_write(out / "bench_pbrl.md", "w") as handle:
@@ -282,6 +296,18 @@ def plot(results: list[dict[str, Any]], out: Path) -> None:
     plt.close(fig)
 
 
+def feedback_steps(total_steps: int, start: int, every: int, unsupervised_steps: int = 0) -> list[int]:
+    """The steps at which the loop holds a preference round (its rule, ``PbRLLoop._is_feedback_step``).
+
+    Rounds fall at ``start`` (``every`` when 0) and every ``every`` steps after it, none before PEBBLE's unsupervised
+    phase ends (the loop skips those), so a budget split over these rounds is spent in full. A round at
+    ``total_steps`` itself (the loop holds one when it falls there) is not counted: its labels could no longer change
+    the policy.
+    """
+    first = start or every
+    return [s for s in range(first, total_steps, every) if s >= unsupervised_steps]
+
+
 def build_jobs(args: argparse.Namespace, settings: dict[str, Any]) -> list[dict[str, Any]]:
     """Every run of the suite: SAC and random per task × seed, then each variant under each label setting."""
     budgets = {
@@ -289,7 +315,7 @@ def build_jobs(args: argparse.Namespace, settings: dict[str, Any]) -> list[dict[
         "full": (args.max_labels, 0.0),
         "noisy": (args.max_labels, args.noise_eps),
     }
-    rounds = len(range(args.feedback_start or args.feedback_every, args.steps, args.feedback_every))
+    rounds = len(feedback_steps(args.steps, args.feedback_start, args.feedback_every, args.unsupervised_steps))
     jobs = []
     for seed in args.seeds:
         for task in args.tasks:

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import argparse
+import json
+import runpy
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+# scripts/ is not a package: load the file itself.
+SCRIPT = runpy.run_path(str(Path(__file__).resolve().parents[2] / "scripts" / "bench_pbrl.py"))
+
+
+def _loop_rounds(total: int, start: int, every: int, unsupervised: int) -> list[int]:
+    """The rounds the loop itself holds before ``total``: its feedback rule, after the unsupervised phase."""
+    from mmpref.control.pbrl.loop import PbRLLoop
+
+    fake = SimpleNamespace(config=SimpleNamespace(feedback_start=start, feedback_every=every))
+    return [s for s in range(1, total) if s >= unsupervised and PbRLLoop._is_feedback_step(fake, s)]
+
+
+@pytest.mark.parametrize(
+    ("total", "start", "every", "unsupervised"),
+    [(30_000, 1000, 2000, 0), (30_000, 1000, 2000, 1000), (30_000, 1000, 2000, 4000), (20_000, 0, 2000, 0)],
+)
+def test_feedback_steps_match_the_loop(total: int, start: int, every: int, unsupervised: int) -> None:
+    expected = _loop_rounds(total, start, every, unsupervised)
+    assert SCRIPT["feedback_steps"](total, start, every, unsupervised) == expected
+
+
+def _args(**over) -> argparse.Namespace:
+    base = {
+        "tasks": ["button-press-v3"],
+        "seeds": [0],
+        "steps": 30_000,
+        "variants": ["pebble"],
+        "label_settings": ["efficient", "noisy"],
+        "noisy_variants": ["rime", "pebble"],
+        "baselines": ["sac", "random"],
+        "efficient_labels": 500,
+        "max_labels": 2000,
+        "noise_eps": 0.2,
+        "list_size": 4,
+        "feedback_start": 1000,
+        "feedback_every": 2000,
+        "unsupervised_steps": 4000,
+        "queries_per_round": None,
+    }
+    return argparse.Namespace(**(base | over))
+
+
+def test_budget_is_spent_over_the_rounds_held_after_pretraining() -> None:
+    args = _args()
+    jobs = SCRIPT["build_jobs"](args, {"total_steps": args.steps})
+    assert [(j["method"], j.get("variant"), j.get("setting")) for j in jobs] == [
+        ("sac", None, None),
+        ("random", None, None),
+        ("pbrl", "pebble", "efficient"),
+        ("pbrl", "rime", "noisy"),
+        ("pbrl", "pebble", "noisy"),
+    ]
+    rounds = len(_loop_rounds(args.steps, args.feedback_start, args.feedback_every, args.unsupervised_steps))
+    assert rounds == 13  # steps 5,000 ... 29,000: the rounds at 1,000 and 3,000 fall in the pre-training
+    for job in jobs[2:]:
+        per_round, budget = job["config"]["queries_per_round"], job["config"]["max_labels"]
+        assert per_round * rounds >= budget > per_round * (rounds - 1)  # every label asked, none left unspent
+    assert jobs[3]["config"]["teacher_eps"] == 0.2 and jobs[2]["config"]["teacher_eps"] == 0.0
+
+
+def _result(method: str, curve: list[float], returns: list[float], variant: str | None = None) -> dict:
+    history = [
+        {"steps": 2500 * (i + 1), "success_rate": s, "labels": 0, "train_true_return": r}
+        for i, (s, r) in enumerate(zip(curve, returns, strict=True))
+    ]
+    result = {"method": method, "task": "button-press-v3", "seed": 0, "history": history, "wall_s": 10.0}
+    result |= {"cpu_s": 8.0, "steps_per_cpu_s": 50.0, "labels": 500 if variant else 0}
+    result |= {"cpu_by_part_s": {"evaluate": 1.0, "feedback_round": 0.5 if variant else 0.0, "relabel": 0.0}}
+    return result | ({"variant": variant, "setting": "efficient"} if variant else {})
+
+
+def test_report_gives_ratios_and_the_training_return(tmp_path: Path) -> None:
+    results = [
+        _result("sac", [0.0, 1.0, 1.0, 1.0], [10, 300, 900, 1200]),
+        _result("pbrl", [0.0, 0.0, 1.0, 0.0], [10, 200, 700, 1100], variant="pebble"),
+    ]
+    meta = {
+        "machine": "test",
+        "steps": 10_000,
+        "seeds": [0],
+        "label_settings": {"efficient": 500},
+        "raw_steps_per_s": {},
+        "settings": {},
+        "noise_eps": 0.2,
+    }
+    SCRIPT["write_report"](results, meta, tmp_path)
+    text = (tmp_path / "bench_pbrl.md").read_text()
+    # PEBBLE: final 0 of SAC's 1 -> 0.00; last three 1/3 of SAC's 1 -> 0.33
+    assert "| button-press-v3 | PEBBLE, efficient | [0.0] | 0.33 | 0.00 | 0.33 | [500] |" in text
+    assert "| button-press-v3 | 0 | SAC (true reward) | 10 300 900 1200 |" in text
+    assert json.loads((tmp_path / "bench_pbrl.json").read_text())["results"][1]["variant"] == "pebble"
+    assert (tmp_path / "bench_pbrl.png").stat().st_size > 0
