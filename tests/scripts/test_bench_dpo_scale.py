@@ -12,9 +12,11 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_dpo_scale.py"
 
 def test_measured_reports_the_childs_own_peak_and_names_the_log_on_failure(tmp_path):
     measured = runpy.run_path(str(SCRIPT))["measured"]
-    big = measured([sys.executable, "-c", "b = bytearray(300 * 2**20)"], tmp_path / "big.log")
+    hold = "import time; b = bytearray(300 * 2**20); time.sleep(0.5)"  # held long enough to be sampled
+    big = measured([sys.executable, "-c", hold], tmp_path / "big.log")
     small = measured([sys.executable, "-c", "pass"], tmp_path / "small.log")
-    # bytearray() zero-fills, so its 300 MiB are resident; a bare interpreter is far below that
+    # bytearray() zero-fills, so its 300 MiB are resident; a bare interpreter is far below that, even when this test
+    # process is large (a child's ru_maxrss would inherit this process's peak at exec)
     assert big["peak_rss_mib"] >= 300 > small["peak_rss_mib"]
     assert big["cpu_s"] >= 0 and big["wall_s"] > 0
     with pytest.raises(SystemExit, match="fail.log"):
