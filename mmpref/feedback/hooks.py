@@ -9,16 +9,25 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from mmpref.data import PreferenceList, PreferencePair, Rating
 from mmpref.feedback.exchange import label_records
+from mmpref.feedback.schema import annotators, labels, tasks
 from mmpref.feedback.store import Label, LabelStore
 
 Record = PreferencePair | PreferenceList | Rating
+
+
+def choice_label(choice: object) -> float:
+    """P(a ≻ b) of a pair answer: left (0) → 1, right (1) → 0, ``"tie"`` → 0.5."""
+    return 0.5 if choice == "tie" else float(choice == 0)
 
 
 class LabelFeed:
@@ -90,12 +99,40 @@ class HumanTeacher:
                 if pair_id is None:
                     continue
                 choice = label.answer["choice"]
-                answers[pair_id] = 0.5 if choice == "tie" else float(choice == 0)
+                answers[pair_id] = choice_label(choice)
                 self.budget.obtained += 1
                 self.budget.ties += choice == "tie"
             if answers or time.monotonic() >= deadline:
                 return answers
             time.sleep(poll_s)
+
+    def task_for(self, pair_id: str) -> int | None:
+        """The task already posted for ``pair_id`` under this teacher's source tag (e.g. by a resumed run), if any."""
+        with self.store.engine.connect() as conn:
+            return conn.execute(
+                sa.select(tasks.c.id).where(tasks.c.source == f"{self.source}:{pair_id}").order_by(tasks.c.id).limit(1)
+            ).scalar_one_or_none()
+
+    def first_answers(self, task_ids: Sequence[int]) -> dict[int, tuple[float, int]]:
+        """The first answer of each of these tasks that has one: {task id: (P(a ≻ b), annotator id)}."""
+        if not task_ids:
+            return {}
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(labels.c.task_id, labels.c.answer, labels.c.annotator_id)
+                .where(labels.c.task_id.in_(list(task_ids)))
+                .order_by(labels.c.id)
+            ).all()
+        found: dict[int, tuple[float, int]] = {}
+        for row in rows:
+            if row.task_id not in found:
+                found[row.task_id] = (choice_label(json.loads(row.answer)["choice"]), row.annotator_id)
+        return found
+
+    def annotator_count(self) -> int:
+        """How many annotators the store has (none: nobody can answer yet)."""
+        with self.store.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(annotators)).scalar_one()
 
     @property
     def outstanding(self) -> int:

@@ -22,7 +22,6 @@ other annotators, and later answers are stored but not used.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -30,13 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import sqlalchemy as sa
 
 from mmpref.control.pbrl.clips import ClipRenderer, SimRecorder, segment_digest
 from mmpref.control.teachers import Budget
 from mmpref.data import SegmentPair
 from mmpref.feedback.hooks import HumanTeacher
-from mmpref.feedback.schema import annotators, labels, tasks
 from mmpref.feedback.store import LabelStore, StoreError
 
 if TYPE_CHECKING:
@@ -57,11 +54,6 @@ def pair_key(task: str, pair: SegmentPair) -> str:
     """``<task>:<hash>`` of a pair's two segments, in order: the same pair gets the same key after a resume."""
     both = f"{segment_digest(pair.a)}{segment_digest(pair.b)}".encode()
     return f"{task}:{hashlib.sha256(both).hexdigest()[:20]}"
-
-
-def choice_label(choice: Any) -> float:
-    """P(a ≻ b) of a pair answer: left (0) → 1, right (1) → 0, ``"tie"`` → 0.5."""
-    return 0.5 if choice == "tie" else float(choice == 0)
 
 
 class HumanPairTeacher:
@@ -101,17 +93,10 @@ class HumanPairTeacher:
 
     # --- posting ----------------------------------------------------------------------------------------------------
 
-    def _existing_task(self, key: str) -> int | None:
-        """The task already posted for this pair key (a resumed round), if any."""
-        with self.store.engine.connect() as conn:
-            return conn.execute(
-                sa.select(tasks.c.id).where(tasks.c.source == f"{SOURCE}:{key}").order_by(tasks.c.id).limit(1)
-            ).scalar_one_or_none()
-
     def post(self, pair: SegmentPair) -> int | None:
         """The task of one query: found again, or rendered and posted now; ``None`` if it cannot be rendered."""
         key = pair_key(self.task, pair)
-        task_id = self._existing_task(key)
+        task_id = self.human.task_for(key)
         if task_id is None:
             episodes = self.episodes()
             try:
@@ -127,24 +112,10 @@ class HumanPairTeacher:
 
     def answers(self, task_ids: Sequence[int]) -> dict[int, tuple[float, int]]:
         """The first answer of each of these tasks that has one: {task id: (P(a ≻ b), annotator id)}."""
-        if not task_ids:
-            return {}
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(labels.c.task_id, labels.c.answer, labels.c.annotator_id)
-                .where(labels.c.task_id.in_(list(task_ids)))
-                .order_by(labels.c.id)
-            ).all()
-        found: dict[int, tuple[float, int]] = {}
-        for row in rows:
-            if row.task_id not in found:
-                found[row.task_id] = (choice_label(json.loads(row.answer)["choice"]), row.annotator_id)
-        return found
+        return self.human.first_answers(task_ids)
 
     def _warn_without_annotators(self) -> None:
-        with self.store.engine.connect() as conn:
-            count = conn.execute(sa.select(sa.func.count()).select_from(annotators)).scalar_one()
-        if count == 0:
+        if self.human.annotator_count() == 0:
             log.warning(
                 "%s has no annotators yet: nobody can answer until one is created "
                 "(`mmpref label --db %s annotator NAME`)",
