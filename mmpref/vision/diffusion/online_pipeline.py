@@ -148,7 +148,7 @@ def write_pairs(
     import pyarrow.parquet as pq
 
     p, n = scores.shape
-    index = torch.arange(p * n).view(p, n, 1)  # pair indices, not pixels: the images are encoded only once, as PNG
+    index = torch.arange(p * n).view(p, n, 1)  # pair sample indices, not pixels: no image tensor is copied per pair
     candidates = Candidates(index, scores, torch.arange(p), list(prompts))
     try:
         pairs = build_pairs(
@@ -163,11 +163,18 @@ def write_pairs(
         raise OnlineError(f"{path}: {err}") from None
     flat_images, flat_scores = images.reshape(p * n, *images.shape[2:]), scores.reshape(-1)
     win, lose, rows = pairs["x_w"].view(-1), pairs["x_l"].view(-1), pairs["cond"]
+    encoded: dict[int, bytes] = {}  # a sample in several pairs (random pairing) is PNG-encoded once
+
+    def png(i: torch.Tensor) -> bytes:
+        if int(i) not in encoded:
+            encoded[int(i)] = _png(flat_images[int(i)])
+        return encoded[int(i)]
+
     table = pa.table(
         {
             "caption": [prompts[int(r)] for r in rows],
-            "jpg_0": [_png(flat_images[int(i)]) for i in win],
-            "jpg_1": [_png(flat_images[int(i)]) for i in lose],
+            "jpg_0": [png(i) for i in win],
+            "jpg_1": [png(i) for i in lose],
             "label_0": [1.0] * len(win),
             "score_0": flat_scores[win].tolist(),
             "score_1": flat_scores[lose].tolist(),
