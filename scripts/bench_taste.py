@@ -386,7 +386,8 @@ def write_report(runs: list[dict], out: str) -> None:
     if content:
         name = content[0]["population"]
         lines += [
-            f"## Content-taste population ({name}): 40 training raters (clusters), 24 test raters of another family",
+            f"## Content-taste population ({name}): 40 training raters (clusters), 24 test raters of "
+            f"{'the same family' if name.endswith('clusters') else 'another family'}",
             "",
         ]
         methods = {
@@ -419,7 +420,8 @@ def write_report(runs: list[dict], out: str) -> None:
         ax.set_xticks([max(n, 0.5) for n in COUNTS], [str(n) for n in COUNTS])
         ax.set_xlabel("enrollment pairs from the new rater")
         ax.set_ylabel("accuracy on their other pairs")
-        ax.set_title("Content-taste population, held-out raters of another family")
+        same = content[0]["population"].endswith("clusters")
+        ax.set_title(f"Content-taste population, held-out raters of {'the same' if same else 'another'} family")
         ax.legend(fontsize=6.5, loc="upper left")
         fig.tight_layout()
         fig.savefig(f"{out}.png", dpi=120)
@@ -480,7 +482,7 @@ def write_report(runs: list[dict], out: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", default="gaussian", choices=("gaussian", "sparse"))
+    parser.add_argument("--family", default="gaussian", choices=("gaussian", "sparse", "clusters"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "docs/benchmarks/bench_taste_cpu"))

@@ -151,3 +151,22 @@ def test_default_path_beats_the_ridge_baseline_on_unseen_raters():
     metric = PairwiseCalibrationError()
     metric.update(torch.from_numpy(np.concatenate(probs)), torch.from_numpy(np.concatenate(labels)))
     assert float(metric.compute()) < 0.08
+
+
+def test_content_population_clusters_family_draws_test_raters_from_the_training_mixture():
+    from mmpref.vision.taste.population import ContentTastePopulation
+
+    pop = ContentTastePopulation(load_demo_items(), num_test=200, test_family="clusters", seed=5, scale=1.2)
+    # every test rater sits within a few cluster-noise radii of one of the training clusters' centres
+    nearest = np.linalg.norm(pop.test.weights[:, None] - pop.centres[None], axis=-1).min(1)
+    d = pop.centres.shape[1]
+    assert np.all(nearest < pop.cluster_noise * (np.sqrt(d) + 4))
+    # the moment-matched prior: its mean is the centres' mean, its covariance the mixture's (within sampling error)
+    mean, cov = pop.test_prior
+    assert np.allclose(mean, pop.centres.mean(0))
+    assert np.trace(np.cov(pop.test.weights, rowvar=False)) == pytest.approx(np.trace(cov), rel=0.3)
+    shifted = ContentTastePopulation(load_demo_items(), num_test=200, test_family="gaussian", seed=5, scale=1.2)
+    far = np.linalg.norm(shifted.test.weights[:, None] - shifted.centres[None], axis=-1).min(1)
+    assert np.median(far) > np.median(nearest)
+    with pytest.raises(ValueError, match="'clusters'"):
+        ContentTastePopulation(load_demo_items(), test_family="mixture")

@@ -9,7 +9,8 @@ Built differently from the demo's (:class:`mmpref.vision.demo_data.SimulatedPopu
 * **Training raters** (family ``clusters``): a mixture of K taste clusters, w = c_k + ε, ε ~ N(0, σ²I).
 * **Held-out raters** (family ``gaussian``): a continuous low-rank Gaussian, w = μ + Lξ + η, ξ ~ N(0, I_q) with a
   loading L of its own (only partly aligned with the clusters' span), η small and isotropic; or ``sparse``: a few
-  features per rater with large weights.
+  features per rater with large weights; or ``clusters``: the training raters' own family (further raters from the
+  same generator, the issue's setting of "12 further raters" — the in-family check beside the two shifted ones).
 * **Label noise that varies by rater**: rationality β_u ~ LogNormal(log β, s); labels are Bradley-Terry samples
   P(a ≻ b) = σ(β_u (u(a) − u(b))).
 
@@ -67,7 +68,7 @@ class ContentTastePopulation:
         num_train: training raters (cluster family).
         num_val: validation raters (same family as training; for choosing settings, never the test raters).
         num_test: held-out test raters.
-        test_family: ``"gaussian"`` (continuous low-rank) or ``"sparse"``.
+        test_family: ``"gaussian"`` (continuous low-rank), ``"sparse"`` or ``"clusters"`` (the training family).
         clusters: number of taste clusters of the training family.
         scale: size of the taste weights (sets how far apart items are for a rater).
         beta: median rationality; ``beta_spread`` the log-normal spread of rationality over raters.
@@ -87,8 +88,8 @@ class ContentTastePopulation:
         beta_spread: float = 0.5,
         seed: int = 0,
     ):
-        if test_family not in ("gaussian", "sparse"):
-            raise ValueError(f"test_family must be 'gaussian' or 'sparse', got {test_family!r}")
+        if test_family not in ("gaussian", "sparse", "clusters"):
+            raise ValueError(f"test_family must be 'gaussian', 'sparse' or 'clusters', got {test_family!r}")
         self.features = content_features(items)
         d = self.features.shape[1]
         self.rng = rng = np.random.default_rng([seed, 22])
@@ -117,6 +118,8 @@ class ContentTastePopulation:
         if test_family == "gaussian":
             w = self.test_mean + rng.standard_normal((num_test, q)) @ self.test_loading.T
             w = w + self.test_iso * rng.standard_normal((num_test, d))
+        elif test_family == "clusters":
+            w = self.centres[rng.integers(0, clusters, num_test)] + self.cluster_noise * rng.standard_normal((num_test, d))
         else:
             w = np.zeros((num_test, d))
             for row in w:
@@ -127,7 +130,11 @@ class ContentTastePopulation:
 
     @property
     def test_prior(self) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and covariance of the held-out family's weights (Gaussian family; moment-matched for sparse)."""
+        """Mean and covariance of the held-out family's weights (Gaussian family; moment-matched otherwise)."""
+        if self.test_family == "clusters":  # the mixture's moments: the Gaussian closest to it
+            centred = self.centres - self.centres.mean(0)
+            cov = centred.T @ centred / len(self.centres) + self.cluster_noise**2 * np.eye(len(self.test_mean))
+            return self.centres.mean(0), cov
         if self.test_family == "gaussian":
             cov = self.test_loading @ self.test_loading.T + self.test_iso**2 * np.eye(len(self.test_mean))
             return self.test_mean, cov
