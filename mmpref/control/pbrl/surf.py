@@ -101,17 +101,23 @@ def central(segment: Segment, window: int, horizon: int) -> Segment:
     )
 
 
-class _PairsWithUnlabelled(Dataset):
-    """Row i: labelled pair ``labelled[i]`` and the μ unlabelled pairs ``unlabelled[i]`` (index arrays)."""
+class _Minibatches(Dataset):
+    """Item k: the k-th minibatch, gathered at once (labelled rows ``labelled[k·B:(k+1)·B]`` and their μ unlabelled).
 
-    def __init__(self, tensors: dict[str, torch.Tensor], labelled: np.ndarray, unlabelled: np.ndarray):
-        self.tensors, self.labelled, self.unlabelled = tensors, labelled, unlabelled
+    Whole minibatches by fancy indexing instead of B single rows collated by the DataLoader: the per-row Python
+    overhead was a large part of SURF's update on small reward models.
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor], labelled: np.ndarray, unlabelled: np.ndarray, batch: int):
+        self.tensors, self.batch = tensors, batch
+        self.labelled, self.unlabelled = torch.from_numpy(labelled), torch.from_numpy(unlabelled)
 
     def __len__(self) -> int:
-        return len(self.labelled)
+        return -(-len(self.labelled) // self.batch)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        li, ui = int(self.labelled[i]), self.unlabelled[i]
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        rows = slice(k * self.batch, (k + 1) * self.batch)
+        li, ui = self.labelled[rows], self.unlabelled[rows]
         t = self.tensors
         return {
             "x_a": t["x_a"][li],
@@ -152,27 +158,27 @@ class SURFSystem(RewardModelSystem):
         self.horizon, self.window, self.crop, self.tau, self.lam = horizon, window, crop, tau, lam
         self.crop_generator = torch.Generator().manual_seed(seed)
 
-    def _cropped_scores(self, x_a: torch.Tensor, x_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mask_a, mask_b, _ = crop_masks(x_a.shape[0], self.horizon, self.window, self.crop, self.crop_generator)
-        step_a, step_b = self.scorer.step_reward(x_a), self.scorer.step_reward(x_b)  # [M, B, H + 2w]
+    def _cropped_scores(self, step_a: torch.Tensor, step_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sums of the step rewards ``[M, B, H + 2w]`` over each pair's two crops → ``[M, B]`` each."""
+        mask_a, mask_b, _ = crop_masks(step_a.shape[1], self.horizon, self.window, self.crop, self.crop_generator)
         return (step_a * mask_a).sum(-1), (step_b * mask_b).sum(-1)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """One SURF step: every member's own bootstrap-weighted CE on cropped labelled pairs + λ · its pseudo-CE."""
         from mmpref.losses import bradley_terry, soft_pairwise
 
-        score_a, score_b = self._cropped_scores(batch["x_a"], batch["x_b"])
+        step = self.scorer.step_reward
+        score_a, score_b = self._cropped_scores(step(batch["x_a"]), step(batch["x_b"]))
         label = batch["label"].to(score_a.dtype)
         per_pair = soft_pairwise(lambda w, lo: bradley_terry(w, lo, beta=1.0), score_a, score_b, label)  # [M, B]
         weight = batch["weight"].T.to(per_pair.dtype)  # [M, B] bootstrap counts
         supervised = (per_pair * weight).sum(-1) / weight.sum(-1).clamp_min(1e-12)  # [M]
-        u_a, u_b = batch["u_a"].flatten(0, 1), batch["u_b"].flatten(0, 1)  # [B·μ, H + 2w, D]
-        with torch.no_grad():  # pseudo-labels from each member's own prediction on the central window
-            centre = slice(self.window, self.window + self.horizon)
-            prob = torch.sigmoid(
-                self.scorer.step_reward(u_a[:, centre]).sum(-1) - self.scorer.step_reward(u_b[:, centre]).sum(-1)
-            )
-            hard, confident = pseudo_labels(prob, self.tau)  # [M, B·μ]
+        # One pass over the unlabelled segments: r̂ is per step, so the central window's sums (pseudo-labels, no
+        # gradient) and the crops' sums (the loss) come from the same step rewards.
+        u_a, u_b = step(batch["u_a"].flatten(0, 1)), step(batch["u_b"].flatten(0, 1))  # [M, B·μ, H + 2w]
+        centre = slice(self.window, self.window + self.horizon)
+        prob = torch.sigmoid(u_a.detach()[..., centre].sum(-1) - u_b.detach()[..., centre].sum(-1))
+        hard, confident = pseudo_labels(prob, self.tau)  # [M, B·μ], each member's own prediction
         crop_a, crop_b = self._cropped_scores(u_a, u_b)
         unsupervised = soft_pairwise(lambda w, lo: bradley_terry(w, lo, beta=1.0), crop_a, crop_b, hard) * confident
         loss = (supervised + self.lam * unsupervised.mean(-1)).mean()
@@ -244,8 +250,15 @@ class SURF:
         ]
         ensemble, pairs = loop.ensemble, loop.labelled
         ensemble.add_bootstrap(len(pairs))
+        rng = np.random.default_rng(int(ensemble.rng.integers(2**62)))
+        batch = c.reward_batch_size
+        rows = (c.reward_updates or max(1, c.reward_epochs * int(np.ceil(len(pairs) / batch)))) * batch
+        labelled_rows = rng.integers(len(pairs), size=rows)
+        unlabelled_rows = rng.integers(len(self.unlabelled), size=(rows, self.mu))
+        # Only the unlabelled pairs this update draws are turned into arrays (the pool holds up to ``capacity``).
+        drawn, unlabelled_rows = np.unique(unlabelled_rows, return_inverse=True)
         x_a, x_b = segment_features(pairs, ensemble.use_actions)
-        u_a, u_b = segment_features(self.unlabelled, ensemble.use_actions)
+        u_a, u_b = segment_features([self.unlabelled[i] for i in drawn], ensemble.use_actions)
         tensors = {
             "x_a": torch.from_numpy(x_a),
             "x_b": torch.from_numpy(x_b),
@@ -254,16 +267,11 @@ class SURF:
             "u_a": torch.from_numpy(u_a),
             "u_b": torch.from_numpy(u_b),
         }
-        rng = np.random.default_rng(int(ensemble.rng.integers(2**62)))
-        batch = c.reward_batch_size
-        rows = (c.reward_updates or max(1, c.reward_epochs * int(np.ceil(len(pairs) / batch)))) * batch
-        dataset = _PairsWithUnlabelled(
-            tensors, rng.integers(len(pairs), size=rows), rng.integers(len(self.unlabelled), size=(rows, self.mu))
-        )
+        dataset = _Minibatches(tensors, labelled_rows, unlabelled_rows.reshape(rows, self.mu), batch)
         system = SURFSystem(
             ensemble.scorer, c.segment_length, self.window, self.crop, self.tau, self.lam, int(rng.integers(2**62))
         )
-        quick_trainer(1, c.trainer).fit(system, DataLoader(dataset, batch_size=batch, shuffle=False))
+        quick_trainer(1, c.trainer).fit(system, DataLoader(dataset, batch_size=None, shuffle=False))
 
     def state_dict(self) -> dict[str, Any]:
         """The unlabelled pool (for exact resume)."""
