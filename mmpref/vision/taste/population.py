@@ -119,7 +119,8 @@ class ContentTastePopulation:
             w = self.test_mean + rng.standard_normal((num_test, q)) @ self.test_loading.T
             w = w + self.test_iso * rng.standard_normal((num_test, d))
         elif test_family == "clusters":
-            w = self.centres[rng.integers(0, clusters, num_test)] + self.cluster_noise * rng.standard_normal((num_test, d))
+            members = rng.integers(0, clusters, num_test)
+            w = self.centres[members] + self.cluster_noise * rng.standard_normal((num_test, d))
         else:
             w = np.zeros((num_test, d))
             for row in w:
