@@ -57,26 +57,19 @@ def raw_step_rate(task: str, steps: int = 3000) -> float:
 
 
 def run_random(job: dict[str, Any]) -> dict[str, Any]:
-    """A uniformly random policy, evaluated like the learners (success at any step of an episode)."""
-    from mmpref.control.envs import make_env
+    """A uniformly random policy, evaluated like the learners: the same goals, success at any step, whole episodes."""
+    from mmpref.control.envs import goal_count, make_env
+    from mmpref.control.pbrl.loop import EVAL_SEED_OFFSET, evaluate_on_goals, evaluation_goals
 
     c = job["config"]
-    env = make_env(c["task"], seed=c["seed"] + 10_000)
+    env = make_env(c["task"], seed=c["seed"] + EVAL_SEED_OFFSET)
     env.action_space.seed(c["seed"])
+    goals = evaluation_goals(c["seed"], c["eval_episodes"], goal_count(env))
     cpu0, wall0 = time.process_time(), time.perf_counter()
     history = []
     for step in range(c["eval_every"], c["total_steps"] + 1, c["eval_every"]):
-        wins = 0
-        for episode in range(c["eval_episodes"]):
-            env.reset(seed=c["seed"] + 10_000 + step + episode)
-            for _ in range(500):
-                _, _, terminated, truncated, info = env.step(env.action_space.sample())
-                if info.get("success", 0.0) > 0:
-                    wins += 1
-                    break
-                if terminated or truncated:
-                    break
-        history.append({"steps": step, "success_rate": wins / c["eval_episodes"], "labels": 0})
+        scores = evaluate_on_goals(env, lambda _obs: env.action_space.sample(), goals)
+        history.append({"steps": step} | scores | {"labels": 0})
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     return (
         job
@@ -118,7 +111,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     cpu0, wall0 = time.process_time(), time.perf_counter()
     history = loop.run()
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    return job | {
+    result = job | {
         "history": history,
         "wall_s": wall,
         "cpu_s": cpu,
@@ -127,6 +120,9 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         "steps_per_wall_s": config.total_steps / max(wall, 1e-9),
         "labels": loop.teacher.budget.labelled,
     }
+    if "rime" in loop.parts:  # the denoising record of every reward update
+        result["rime_log"] = loop.parts["rime"].log
+    return result
 
 
 def _name(r: dict[str, Any]) -> str:
@@ -185,11 +181,83 @@ def retention(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def eval_return_lines(results: list[dict[str, Any]]) -> list[str]:
+    """Per run, the mean true return of the evaluation episodes (whole 500-step episodes) at each evaluation."""
+    runs = [r for r in results if any("eval_return" in h for h in r["history"])]
+    if not runs:
+        return []
+    lines = [
+        "",
+        "True return of the evaluation episodes (deterministic policy, whole episodes on the evaluation goals; mean "
+        "over the goals) at each evaluation: finer than the success rate, which is 0 until a goal is reached:",
+        "",
+        "| task | seed | method | evaluation return at each evaluation |",
+        "|---|---|---|---|",
+    ]
+    for r in sorted(runs, key=lambda r: (r["task"], r["seed"], _name(r))):
+        curve = " ".join(f"{h.get('eval_return', float('nan')):.0f}" for h in r["history"])
+        lines.append(f"| {r['task']} | {r['seed']} | {_name(r)} | {curve} |")
+    return lines
+
+
+RIME_COUNTS = ("labelled", "trusted", "flipped", "dropped", "corrupted", "dropped_corrupted", "flipped_correct")
+
+
+def rime_lines(results: list[dict[str, Any]]) -> list[str]:
+    """RIME's selection per run: totals over its reward updates and the last update's threshold.
+
+    Counts are summed over updates (every update judges all labels so far, so a pair counts once per update);
+    'caught' is the share of the corrupted labels (the scripted teacher's ε mistakes) that were dropped or flipped
+    back, 'flips right' the share of flip-backs that restored a corrupted label, 'dropped corrupt' the share of the
+    dropped pairs that were corrupted (the rest were correct labels thrown away).
+    """
+    runs = [r for r in results if r.get("rime_log")]
+    if not runs:
+        return []
+    lines = [
+        "",
+        "RIME's denoising per run, summed over its reward updates (each judges every label so far): trusted, "
+        "flipped back and dropped pairs; with the scripted teacher's record of its mistakes, the share of corrupted "
+        "labels caught (dropped or flipped back), of flip-backs that were right and of dropped pairs that were "
+        "corrupted; τ_lower and ρ of the last update:",
+        "",
+        "| task | seed | method | updates | pairs judged | trusted | flipped | dropped | corrupted | caught "
+        "| flips right | dropped corrupt | last τ_lower | last ρ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def share(part: float, whole: float) -> str:
+        return f"{part / whole:.0%}" if whole > 0 else "–"
+
+    for r in sorted(runs, key=lambda r: (r["task"], r["seed"], _name(r))):
+        log = r["rime_log"]
+        total = {k: sum(u.get(k, 0.0) for u in log) for k in RIME_COUNTS}
+        known = all("corrupted" in u for u in log)
+        caught = total.get("dropped_corrupted", 0.0) + total.get("flipped_correct", 0.0)
+        truth = (
+            [
+                f"{total['corrupted']:.0f}",
+                share(caught, total["corrupted"]),
+                share(total["flipped_correct"], total["flipped"]),
+                share(total["dropped_corrupted"], total["dropped"]),
+            ]
+            if known
+            else ["–"] * 4
+        )
+        lines.append(
+            f"| {r['task']} | {r['seed']} | {_name(r)} | {len(log)} | {total['labelled']:.0f} | "
+            f"{total['trusted']:.0f} | {total['flipped']:.0f} | {total['dropped']:.0f} | {' | '.join(truth)} | "
+            f"{log[-1]['tau_lower']:.2f} | {log[-1]['rho']:.3f} |"
+        )
+    return lines
+
+
 def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> None:
     from mmpref.data.io import atomic_write
 
     out.mkdir(parents=True, exist_ok=True)
     table = summarise(results)
+    episodes = meta["settings"].get("eval_episodes", "?")
     lines = [
         "# PbRL suite: PEBBLE and its parts vs SAC on the true reward and a random policy",
         "",
@@ -200,10 +268,12 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path)
         "",
         f"settings: {meta['settings']}",
         "",
-        "Success is that of the deterministic policy (any step of an episode), 'last 3' the mean of the last three "
-        "evaluations. Steps/s are per CPU second of each single-threaded run (evaluation excluded); 'preference CPU' "
-        "is the share of a run's (non-evaluation) CPU time spent in feedback rounds (queries, labels, reward updates, "
-        "relabelling).",
+        f"Success is that of the deterministic policy (any step of an episode) over {episodes} evaluation episodes, "
+        "each on a different goal of the task's 50, the same goals for every method of a seed (Meta-World v3 resets "
+        "to one start state per goal: repeated episodes on one goal would be copies); 'last 3' the mean of the last "
+        "three evaluations. Steps/s are per CPU second of each single-threaded run (evaluation excluded); 'preference "
+        "CPU' is the share of a run's (non-evaluation) CPU time spent in feedback rounds (queries, labels, reward "
+        "updates, relabelling).",
         "",
         "| task | method, labels | final success per seed | mean last 3 | / SAC final | / SAC last 3 | labels used "
         "| steps/CPU-s | / SAC speed | preference CPU |",
@@ -234,19 +304,20 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path)
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(results, key=lambda r: (r["task"], r["seed"], _name(r))):
-        curve = " ".join(f"{h['success_rate']:.1f}" for h in r["history"])
+        curve = " ".join(f"{h['success_rate']:.2f}" for h in r["history"])
         lines.append(
             f"| {r['task']} | {r['seed']} | {_name(r)} | {curve} | {r['cpu_s']:.0f} | "
             f"{r['cpu_by_part_s']['feedback_round']:.0f} | {r['cpu_by_part_s']['evaluate']:.0f} | "
             f"{r['steps_per_cpu_s']:.1f} | {r['wall_s']:.0f} |"
         )
+    lines += eval_return_lines(results) + rime_lines(results)
     returns = [r for r in results if any("train_true_return" in h for h in r["history"])]
     if returns:
         lines += [
             "",
             "True return of the training episodes (mean of the last five finished ones, stochastic policy) at each "
-            "evaluation: the training env's goal, while success is measured on the evaluation env's goal (another "
-            "seed), so this says whether a run learned its own instance of the task:",
+            "evaluation: the training env's single goal, while success is measured on the evaluation goals, so this "
+            "says whether a run learned its own instance of the task:",
             "",
             "| task | seed | method | training true return at each evaluation |",
             "|---|---|---|---|",

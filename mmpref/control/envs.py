@@ -82,6 +82,25 @@ def make_env(
     return env
 
 
+def goal_count(env: gym.Env) -> int:
+    """How many goals (Meta-World "tasks": object and goal positions) the env's task has (50 for every v3 task)."""
+    return len(_find_wrapper(env, "tasks").tasks)
+
+
+def set_goal(env: gym.Env, index: int) -> None:
+    """Put ``env`` on goal ``index`` of its task's goals; the next ``reset()`` starts an episode there.
+
+    Meta-World's ``set_task`` freezes the goal's random vector, and ``reset`` ignores its seed, so the episode's start
+    state is a function of the goal alone. With ``goal_variation`` on, the next reset would draw another goal: this is
+    meant for envs that keep their goal (the default), such as an evaluation env stepping through a fixed goal list.
+    Only this env's own task-select wrapper and simulator are touched (no global random state).
+    """
+    tasks = _find_wrapper(env, "tasks").tasks
+    if not 0 <= index < len(tasks):
+        raise IndexError(f"goal index {index} out of range: the task has {len(tasks)} goals")
+    env.unwrapped.set_task(tasks[index])
+
+
 class ExpertPolicy:
     """Meta-World's scripted expert for a task, with Gaussian action noise of standard deviation ``noise``."""
 

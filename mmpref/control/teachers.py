@@ -13,7 +13,8 @@ from the true rewards, in this order:
    preferable), whatever steps 3-4 gave.
 
 Labels are P(a ≻ b) ∈ {0, 0.5, 1}; ``None`` marks a skipped query. All randomness comes from the teacher's own
-seeded generator.
+seeded generator. The teacher records, for every label it gives, whether step 4 flipped it (``mistakes``), so that
+a noise-robust learner (RIME) can be scored on which corrupted labels it caught; the learner never reads it.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ class ScriptedTeacher:
         equal_threshold: label 0.5 when |R_a − R_b| is below it (0: never).
         seed: seed of the teacher's generator.
         budget: the query budget and its counters.
+
+    Attributes:
+        mistakes: one entry per label given (skipped queries give none), in order: True when the ε mistake flipped
+            it (and no "equal" 0.5 overrode it). Ground truth for diagnostics only.
     """
 
     beta: float = math.inf
@@ -79,6 +84,7 @@ class ScriptedTeacher:
         if self.equal_threshold < 0:
             raise ValueError(f"equal_threshold must be >= 0, got {self.equal_threshold}")
         self.rng = np.random.default_rng(self.seed)
+        self.mistakes: list[bool] = []
 
     @classmethod
     def with_relative_thresholds(
@@ -110,12 +116,14 @@ class ScriptedTeacher:
         else:
             p = 0.5 * (1.0 + math.tanh(0.5 * self.beta * (weighted_a - weighted_b)))
             label = float(self.rng.random() < p)
-        if self.rng.random() < self.eps:
+        mistake = self.rng.random() < self.eps
+        if mistake:
             label = 1.0 - label
         if abs(return_a - return_b) < self.equal_threshold:
-            label = 0.5
+            label, mistake = 0.5, False
             self.budget.equal += 1
         self.budget.labelled += 1
+        self.mistakes.append(bool(mistake))
         return label
 
     def label_pairs(self, pairs: Sequence[SegmentPair]) -> list[SegmentPair]:

@@ -191,6 +191,49 @@ def test_rime_update_fits_only_trusted_and_flipped_back_pairs():
     assert [p.label for p in calls["pairs"]] == [1.0, 0.0, 0.0] and pairs[2].label == 1.0  # stored label unchanged
 
 
+def test_rime_records_each_selection_and_scores_it_against_the_teachers_mistakes():
+    class Ensemble:
+        def pair_probabilities(self, pairs):
+            return np.array([[0.9, 0.9, 0.0001, 0.9]])  # KLs 0.105 (trusted), 2.30 (dropped), 9.2 (flipped), 0.105
+
+        def fit(self, pairs, **kwargs):
+            pass
+
+    rime = RIME()
+    rime.rho, rime.spread, rime.warm_started = 0.2, 0.0, True
+    tau = -math.log(0.2) + 0.5 * 0.2  # τ_lower of this update (ρ moves after it)
+    pairs = [SegmentPair(id=str(i), a=seg([1]), b=seg([0]), label=y) for i, y in enumerate([1.0, 0.0, 1.0, 1.0])]
+    # the teacher corrupted pairs 1 (dropped: caught), 2 (flipped back: restored) and 3 (trusted: missed)
+    teacher = SimpleNamespace(mistakes=[False, True, True, True])
+    loop = SimpleNamespace(
+        config=SimpleNamespace(reward_epochs=1, reward_batch_size=2, reward_updates=3),
+        labelled=pairs,
+        ensemble=Ensemble(),
+        teacher=teacher,
+        steps=4000,
+    )
+    rime.update_reward(loop, [])
+    want = {"step": 4000.0, "labelled": 4.0, "trusted": 2.0, "flipped": 1.0, "dropped": 1.0}
+    want |= {"corrupted": 3.0, "trusted_corrupted": 1.0, "dropped_corrupted": 1.0, "flipped_correct": 1.0}
+    record = rime.log[-1]
+    assert {k: record[k] for k in want} == want and record["tau_lower"] == pytest.approx(tau)
+    assert record["rho"] == pytest.approx(rime.rho) and rime.rho != 0.2  # ρ after the update
+    assert rime.diagnostics() == {f"rime_{k}": v for k, v in record.items()}
+    # a second update without a usable record of mistakes (another teacher): counts only; both kept and restored
+    loop.teacher = SimpleNamespace(mistakes=[False])
+    rime.update_reward(loop, [])
+    assert len(rime.log) == 2 and "corrupted" not in rime.log[-1] and rime.log[-1]["tau_lower"] != tau
+    restored = RIME()
+    restored.load_state_dict(rime.state_dict())
+    assert restored.log == rime.log and restored.diagnostics() == rime.diagnostics()
+    # the first update of a fresh RIME trusts everything under an infinite threshold, ρ undefined before it
+    first = RIME()
+    first.warm_started = True
+    loop.teacher = teacher
+    first.update_reward(loop, [])
+    assert first.last["tau_lower"] == math.inf and first.last["trusted"] == 3.0 and first.last["flipped"] == 1.0
+
+
 # --- QPA -------------------------------------------------------------------------------------------------------------
 
 

@@ -67,7 +67,13 @@ def test_rime_warm_start_and_noisy_teacher_in_the_loop():
     # rounds at steps 400 (the end of pre-training, after the warm start) and 800
     assert rime.warm_started and rime.updates == 2 and rime.rho is not None
     assert loop.teacher.budget.labelled == 60
-    assert 0 < rime.last["trusted"] <= 1
+    # one record per reward update, scored against the labels the teacher really corrupted (ε = 0.5: about half)
+    assert [r["step"] for r in rime.log] == [400, 800] and [r["labelled"] for r in rime.log] == [30, 60]
+    last, mistakes = rime.log[-1], np.array(loop.teacher.mistakes)
+    assert len(mistakes) == 60 and last["corrupted"] == mistakes.sum() and 10 < mistakes.sum() < 50
+    assert 0 < last["trusted"] <= 60 and last["trusted"] + last["flipped"] + last["dropped"] == 60
+    assert last["trusted_corrupted"] + last["dropped_corrupted"] + last["flipped_correct"] == last["corrupted"]
+    assert {k: v for k, v in loop.history[-1].items() if k.startswith("rime_")} == rime.diagnostics()
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mmpref.control.teachers import Budget, RatingTeacher, ScriptedTeacher
-from mmpref.data import Segment
+from mmpref.data import Segment, SegmentPair
 
 
 def seg(rewards, name="s"):
@@ -42,6 +42,13 @@ def test_mistakes_flip_labels_at_rate_eps():
     assert set(np.unique(labels)) == {0.0, 1.0}
     assert (labels == 0).mean() == pytest.approx(0.2, abs=0.01)
     assert all(ScriptedTeacher(eps=1.0).label(seg([1]), seg([0])) == 0.0 for _ in range(10))
+    # the teacher records exactly which labels it flipped (one entry per label given), and draws as before
+    assert teacher.mistakes == (labels == 0).tolist()
+    plain = ScriptedTeacher(eps=0.2, seed=3)
+    pairs = [SegmentPair(id=f"p{i}", a=seg([i % 3]), b=seg([1]), label=0.5) for i in range(300)]
+    answered = plain.label_pairs(pairs)
+    truth = np.array([float(p.a.rewards.sum() >= p.b.rewards.sum()) for p in answered])
+    assert plain.mistakes == (np.array([p.label for p in answered]) != truth).tolist() and any(plain.mistakes)
 
 
 def test_myopia_weights_the_end_of_segments():
@@ -57,6 +64,7 @@ def test_skip_and_equal_thresholds():
     assert teacher.label(seg([0.5]), seg([0.9])) is None  # both below the skip threshold: no label
     assert teacher.label(seg([1.2]), seg([0.1])) == 0.0  # one above: labelled (and flipped by eps = 1)
     assert teacher.label(seg([1.2]), seg([1.0])) == 0.5  # within the equal threshold: tie, even after a flip
+    assert teacher.mistakes == [True, False]  # a tie is the truthful answer, not a mistake; a skip has no entry
     assert (teacher.budget.asked, teacher.budget.labelled, teacher.budget.skipped, teacher.budget.equal) == (
         3,
         2,

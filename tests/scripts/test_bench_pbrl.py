@@ -100,3 +100,27 @@ def test_report_gives_ratios_and_the_training_return(tmp_path: Path) -> None:
     assert "| button-press-v3 | 0 | SAC (true reward) | 10 300 900 1200 |" in text
     assert json.loads((tmp_path / "bench_pbrl.json").read_text())["results"][1]["variant"] == "pebble"
     assert (tmp_path / "bench_pbrl.png").stat().st_size > 0
+
+
+def test_report_gives_the_evaluation_return_and_rimes_selection(tmp_path: Path) -> None:
+    rime = _result("pbrl", [0.0, 0.3], [10, 200], variant="rime")
+    for row, value in zip(rime["history"], [120.0, 845.6], strict=True):
+        row["eval_return"] = value
+    record = {"labelled": 100.0, "trusted": 80.0, "flipped": 5.0, "dropped": 15.0, "tau_lower": 2.5, "rho": 0.4}
+    record |= {"corrupted": 20.0, "trusted_corrupted": 6.0, "dropped_corrupted": 10.0, "flipped_correct": 4.0}
+    rime["rime_log"] = [record | {"step": 1000.0, "tau_lower": float("inf")}, record | {"step": 3000.0}]
+    old = _result("sac", [0.0, 1.0], [10, 300])  # a result written before eval_return existed still reports
+    meta = {"machine": "test", "steps": 5000, "seeds": [0], "label_settings": {}, "raw_steps_per_s": {}}
+    SCRIPT["write_report"]([rime, old], meta | {"settings": {"eval_episodes": 10}, "noise_eps": 0.2}, tmp_path)
+    text = (tmp_path / "bench_pbrl.md").read_text()
+    assert "over 10 evaluation episodes, each on a different goal" in text
+    assert "| button-press-v3 | 0 | +RIME, efficient | 120 846 |" in text
+    assert (
+        "| SAC (true reward) | 10 300 |" in text and "SAC (true reward) | nan" not in text
+    )  # no eval_return: skipped
+    # summed over the two updates: 40 corrupted, 28 caught (20 dropped + 8 flipped back), 8 of 10 flips right,
+    # 20 of 30 dropped pairs corrupted; the last update's threshold
+    assert (
+        "| button-press-v3 | 0 | +RIME, efficient | 2 | 200 | 160 | 10 | 30 | 40 | 70% | 80% | 67% | 2.50 | 0.400 |"
+        in text
+    )

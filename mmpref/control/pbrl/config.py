@@ -17,6 +17,10 @@ class PbRLConfig:
 
     Args:
         task: Meta-World v3 task.
+        goal_variation: the training env draws a new goal of the task's 50 at every reset (B-Pref's Meta-World
+            setting: object and goal positions vary between episodes); off, it keeps the one goal drawn from the seed.
+            Evaluation is over ``eval_episodes`` distinct goals either way, so with it off success also measures how
+            far a policy trained on one goal carries to others.
         seed: seed of the env, SAC, the teacher, the reward ensemble and the query sampler.
         total_steps: environment steps in all.
         reward: ``"learned"`` (preferences), ``"true"`` (SAC on the task reward: the baseline).
@@ -44,7 +48,9 @@ class PbRLConfig:
             mean, as in PEBBLE), so transitions the ensemble disagrees on earn less.
         reward_use_actions: learn r̂(o, a) (PEBBLE) or a state-only r̂(o).
         eval_every: steps between success-rate evaluations.
-        eval_episodes: episodes per evaluation.
+        eval_episodes: episodes per evaluation, each on a different goal of the task's 50 (1 to 50): the same goals
+            at every evaluation and in every run with this seed (``PbRLLoop.evaluate``; Meta-World v3 resets to one
+            start state per goal and the evaluation policy is deterministic, so repeating a goal repeats an episode).
         sac_kwargs: extra arguments of stable-baselines3's SAC.
         device: stable-baselines3's device for SAC: ``"auto"`` (CUDA when there is a GPU), ``"cpu"``, ``"cuda"``.
         trainer: Lightning settings of the reward updates (accelerator, devices, precision...).
@@ -83,6 +89,7 @@ class PbRLConfig:
     """
 
     task: str = "reach-v3"
+    goal_variation: bool = False
     seed: int = 0
     total_steps: int = 20_000
     reward: Literal["learned", "true"] = "learned"
@@ -105,7 +112,7 @@ class PbRLConfig:
     reward_pessimism: float = 0.0
     reward_use_actions: bool = True
     eval_every: int = 5_000
-    eval_episodes: int = 5
+    eval_episodes: int = 10
     sac_kwargs: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
@@ -152,6 +159,11 @@ class PbRLConfig:
             raise ValueError(
                 f"feedback_every must be >= 1 and feedback_start >= 0, got {self.feedback_every} and "
                 f"{self.feedback_start}"
+            )
+        if not 1 <= self.eval_episodes <= 50:
+            raise ValueError(
+                f"eval_episodes must lie in [1, 50] (one episode per goal; a Meta-World task has 50), got "
+                f"{self.eval_episodes}"
             )
         if self.reward_pessimism < 0:
             raise ValueError(f"reward_pessimism must be >= 0, got {self.reward_pessimism}")

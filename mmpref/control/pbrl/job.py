@@ -60,7 +60,8 @@ def _run(config: PbRLConfig, args: Any) -> int:
         )
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(
-        f"final success rate {history[-1]['success_rate']:.2f} with {history[-1]['labels']} labels; "
+        f"final success rate {history[-1]['success_rate']:.2f} on {config.eval_episodes} goals (mean evaluation "
+        f"return {history[-1].get('eval_return', float('nan')):.0f}) with {history[-1]['labels']} labels; "
         f"written: {out}/success_curve.png, {out}/summary.json"
         + ("" if args.no_video else f", {out}/final_policy.mp4")
     )

@@ -8,13 +8,17 @@ Lee, Smith & Abbeel (2021), "PEBBLE": SAC with a learned reward, optional unsupe
 k-nearest-neighbour state-entropy estimate, and relabelling of the replay buffer after every reward update.
 :class:`PbRLLoop` checkpoints everything it needs to resume exactly where it stopped (policy, replay buffer, reward
 ensemble, preference buffer, teacher budget and random states).
+
+Evaluation (:meth:`PbRLLoop.evaluate`) runs the deterministic policy for one whole episode on each of
+``eval_episodes`` distinct goals of the task, fixed by the seed (:func:`evaluation_goals`), and records the success
+rate and the mean true return; each history row also carries the parts' diagnostics (RIME's ``rime_*`` counts).
 """
 
 from __future__ import annotations
 
 import pickle
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmpref.control.envs import make_env
+from mmpref.control.envs import goal_count, make_env, set_goal
 from mmpref.control.pbrl.config import PbRLConfig
 from mmpref.control.pbrl.env import PreferenceEnv, RewardSource
 from mmpref.control.pbrl.parts import build_parts, hook
@@ -32,6 +36,51 @@ from mmpref.control.segments import Episode, cut_segments, random_pairs
 from mmpref.control.teachers import Budget, ScriptedTeacher
 from mmpref.data import SegmentPair
 from mmpref.data.io import atomic_write
+
+EVAL_SEED_OFFSET = 10_000  # the evaluation env and its goals are seeded config.seed + 10_000
+
+
+def evaluation_goals(seed: int, count: int, goals: int = 50) -> list[int]:
+    """The goals (indices among the task's ``goals``) of evaluation episodes 0 … ``count`` − 1, for run seed ``seed``.
+
+    A permutation of the task's goals drawn from ``seed + 10_000``, of which episode i takes entry i: the goals are
+    distinct, the same at every evaluation of a run and in every run with this seed (each PbRL variant, SAC on the
+    true reward, the random policy), so curves are compared on identical goals; a larger ``count`` only adds goals.
+
+    >>> evaluation_goals(0, 3) == evaluation_goals(0, 5)[:3]
+    True
+    """
+    if not 1 <= count <= goals:
+        raise ValueError(f"eval_episodes must lie in [1, {goals}] (one episode per distinct goal), got {count}")
+    order = np.random.default_rng(seed + EVAL_SEED_OFFSET).permutation(goals)
+    return [int(g) for g in order[:count]]
+
+
+def evaluate_on_goals(
+    env: Any, act: Callable[[np.ndarray], np.ndarray], goals: Sequence[int], max_steps: int = 500
+) -> dict[str, float]:
+    """Success rate and mean true return of ``act`` over one whole episode on each of ``goals`` (:func:`set_goal`).
+
+    Success is success at any step (Meta-World's convention). Episodes run to their end (``max_steps`` or the env's
+    time limit) even after a success, so that the return is that of the whole episode: a return cut at the first
+    success would rank a policy that succeeds early below one that hovers near the goal for 500 steps. Each episode's
+    start state is a function of its goal alone (:func:`set_goal`), so the result does not depend on the env's state
+    before the call.
+    """
+    successes, returns = [], []
+    for goal in goals:
+        set_goal(env, goal)
+        obs, _ = env.reset()
+        total, success = 0.0, False
+        for _ in range(max_steps):
+            obs, reward, terminated, truncated, info = env.step(act(obs))
+            total += float(reward)
+            success = success or info.get("success", 0.0) > 0
+            if terminated or truncated:
+                break
+        successes.append(success)
+        returns.append(total)
+    return {"success_rate": float(np.mean(successes)), "eval_return": float(np.mean(returns))}
 
 
 class PbRLLoop:
@@ -61,7 +110,7 @@ class PbRLLoop:
         quiet_lightning()
         self.config = config
         self.rng = np.random.default_rng(config.seed)
-        base = make_env(config.task, seed=config.seed)
+        base = make_env(config.task, seed=config.seed, goal_variation=config.goal_variation)
         obs_dim, act_dim = base.observation_space.shape[0], base.action_space.shape[0]
         self.ensemble = ensemble or RewardEnsemble(
             obs_dim,
@@ -99,7 +148,8 @@ class PbRLLoop:
         )
         self.model = SAC("MlpPolicy", self.env, seed=config.seed, **sac_kwargs)
         silence_logger(self.model)
-        self.eval_env = make_env(config.task, seed=config.seed + 10_000)
+        self.eval_env = make_env(config.task, seed=config.seed + EVAL_SEED_OFFSET)
+        self.eval_goals = evaluation_goals(config.seed, config.eval_episodes, goal_count(self.eval_env))
         self.labelled: list[SegmentPair] = []
         self.steps = 0
         self.history: list[dict[str, float]] = []
@@ -171,20 +221,24 @@ class PbRLLoop:
         rewards = self.source.affine(raw) + self.source.exploration(obs, actions)
         buffer.rewards[:size] = rewards.reshape(buffer.rewards[:size].shape)
 
-    def evaluate(self) -> float:
-        """Success rate of the deterministic policy over ``eval_episodes`` episodes (success at any step)."""
-        wins = 0
-        for episode in range(self.config.eval_episodes):
-            obs, _ = self.eval_env.reset(seed=self.config.seed + 10_000 + episode)
-            for _ in range(500):
-                action, _ = self.model.predict(obs, deterministic=True)
-                obs, _, terminated, truncated, info = self.eval_env.step(action)
-                if info.get("success", 0.0) > 0:
-                    wins += 1
-                    break
-                if terminated or truncated:
-                    break
-        return wins / self.config.eval_episodes
+    def evaluate(self) -> dict[str, float]:
+        """Success rate and mean true return of the deterministic policy, one episode on each of ``eval_goals``.
+
+        Meta-World v3 resets to the same start state whatever the reset seed (``reset`` ignores it; the goal is frozen
+        by the env's task), and the evaluation policy is deterministic, so episodes on one goal are copies of one
+        episode: ``eval_episodes`` of them gave a success rate of exactly 0 or 1, measured on a single goal. Instead,
+        episode i runs on goal ``eval_goals[i]``, distinct goals among the task's 50 fixed by the seed
+        (:func:`evaluation_goals`): the same at every evaluation and in every run with this seed, so variants are
+        compared on identical goals and the rate moves in steps of 1 / ``eval_episodes``. The training env keeps its
+        own single goal (these goals may include it). Episodes run to the end for the return
+        (:func:`evaluate_on_goals`); the result depends on the policy alone, so a resumed run evaluates exactly as an
+        uninterrupted one.
+        """
+
+        def act(obs: np.ndarray) -> np.ndarray:
+            return self.model.predict(obs, deterministic=True)[0]
+
+        return evaluate_on_goals(self.eval_env, act, self.eval_goals)
 
     # --- the loop ---------------------------------------------------------------------------------------------------
 
@@ -239,13 +293,16 @@ class PbRLLoop:
             self.feedback_round()
             self.round_due = False
         if self.steps % c.eval_every == 0 or self.steps == c.total_steps:
-            row = {
-                "steps": self.steps,
-                "success_rate": self.evaluate(),
+            row = {"steps": self.steps} | self.evaluate()
+            row |= {
                 "labels": self.teacher.budget.labelled,
                 "queries": self.teacher.budget.asked,
                 "train_true_return": float(np.mean(self.env.true_returns[-5:] or [0.0])),
             }
+            for part in self.parts.values():  # e.g. RIME's selection statistics of the last reward update
+                diagnostics = getattr(part, "diagnostics", None)
+                if diagnostics is not None:
+                    row |= diagnostics()
             self.history.append(row)
             bar.set_postfix(success=f"{row['success_rate']:.2f}", labels=row["labels"])
         if checkpoint is not None:
@@ -273,7 +330,11 @@ class PbRLLoop:
             "source_steps": self.source.steps,
             "parts": {name: part.state_dict() for name, part in self.parts.items()},
             "rng": self.rng,
-            "teacher": {"budget": self.teacher.budget, "rng": self.teacher.rng},
+            "teacher": {
+                "budget": self.teacher.budget,
+                "rng": self.teacher.rng,
+                "mistakes": getattr(self.teacher, "mistakes", None),  # the scripted teacher's record (diagnostics)
+            },
             "episodes": list(self.env.episodes),
             "env_current": self.env._current,
             "env_obs": self.env._obs,
@@ -333,6 +394,8 @@ class PbRLLoop:
         for name, part_state in state.get("parts", {}).items():
             loop.parts[name].load_state_dict(part_state)
         loop.teacher.budget, loop.teacher.rng = state["teacher"]["budget"], state["teacher"]["rng"]
+        if state["teacher"].get("mistakes") is not None and hasattr(loop.teacher, "mistakes"):
+            loop.teacher.mistakes = list(state["teacher"]["mistakes"])
         loop.env.episodes = deque(state["episodes"])
         loop.env._current, loop.env._obs = state["env_current"], state["env_obs"]
         loop.env.true_returns, loop.env.successes = state["true_returns"], state["successes"]

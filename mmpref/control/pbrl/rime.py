@@ -33,6 +33,15 @@ their capped variance (``"var"``).
 not change the policy's reward abruptly and the first trusted set is chosen by a reward model that is not random.
 Intrinsic rewards are mapped to r̂'s range [−1, 1] (min-max over the replay buffer) before the regression, which is a
 plain MSE fit with Adam (a pre-training step outside the preference loss).
+
+**Diagnostics.** Every reward update appends a record to :attr:`RIME.log` (kept in the checkpoint): the step, the
+labelled pairs, how many were trusted, flipped back and dropped (neither), the τ_lower that selected them and ρ after
+the update. With a scripted teacher that records its ε mistakes (``ScriptedTeacher.mistakes``, one entry per label,
+aligned with the loop's labelled pairs) the record also says how many labels were corrupted, how many of those were
+trusted anyway, how many of the dropped pairs were corrupted and how many flip-backs restored a corrupted label: the
+precision and recall of the discriminator, which the learning curve alone cannot show. The last record, prefixed
+``rime_``, goes into the loop's evaluation rows (:meth:`RIME.diagnostics`). The cost is a few counts over the
+labelled pairs per update.
 """
 
 from __future__ import annotations
@@ -136,7 +145,8 @@ class RIME:
         self.spread = 0.0  # s_KL of the last trusted set
         self.updates = 0
         self.warm_started = False
-        self.last: dict[str, float] = {}
+        self.last: dict[str, float] = {}  # the newest record of ``log``
+        self.log: list[dict[str, float]] = []  # one record per reward update (see the module's Diagnostics)
 
     def threshold(self) -> float:
         """τ_lower for the next update (∞ before any statistics exist)."""
@@ -188,22 +198,81 @@ class RIME:
             self.warm_start(loop)
         c, pairs, ensemble = loop.config, loop.labelled, loop.ensemble
         labels = np.array([p.label for p in pairs])
+        tau_lower = self.threshold()  # the threshold this update selects with (discriminate moves ρ for the next)
         trusted, flipped, kl = self.discriminate(ensemble.pair_probabilities(pairs).mean(0), labels)
         used = [
             SegmentPair(id=p.id, a=p.a, b=p.b, label=1.0 - p.label, teacher=p.teacher) if f else p
             for p, f in zip(pairs, flipped, strict=True)
         ]
         rows = np.flatnonzero(trusted | flipped)
-        self.last = {"trusted": float(trusted.mean()), "flipped": float(flipped.mean()), "tau_lower": self.threshold()}
+        mistakes = getattr(getattr(loop, "teacher", None), "mistakes", None)
+        self.last = selection_record(trusted, flipped, tau_lower, self.rho, mistakes)
+        self.last = {"step": float(getattr(loop, "steps", math.nan))} | self.last
+        self.log.append(self.last)
         if len(rows) == 0:  # nothing trusted: keep the reward as it is rather than learn from nothing
             return
         ensemble.fit(used, epochs=c.reward_epochs, batch_size=c.reward_batch_size, updates=c.reward_updates, rows=rows)
 
+    def diagnostics(self) -> dict[str, float]:
+        """The last update's record with keys prefixed ``rime_`` (empty before the first update), for history rows."""
+        return {f"rime_{key}": value for key, value in self.last.items()}
+
     def state_dict(self) -> dict[str, Any]:
-        """ρ, s_KL, the update count and whether the warm start ran."""
-        return {"rho": self.rho, "spread": self.spread, "updates": self.updates, "warm_started": self.warm_started}
+        """ρ, s_KL, the update count, whether the warm start ran and the per-update records."""
+        return {
+            "rho": self.rho,
+            "spread": self.spread,
+            "updates": self.updates,
+            "warm_started": self.warm_started,
+            "log": [dict(record) for record in self.log],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the discriminator's statistics."""
         self.rho, self.spread = state["rho"], state["spread"]
         self.updates, self.warm_started = state["updates"], state["warm_started"]
+        self.log = [dict(record) for record in state.get("log", [])]  # checkpoints before the records had none
+        self.last = self.log[-1] if self.log else {}
+
+
+def selection_record(
+    trusted: np.ndarray,
+    flipped: np.ndarray,
+    tau_lower: float,
+    rho: float | None,
+    mistakes: list[bool] | None = None,
+) -> dict[str, float]:
+    """Counts of one RIME selection, and, given the teacher's ``mistakes`` (aligned with the pairs), its accuracy.
+
+    ``labelled``, ``trusted``, ``flipped`` (flipped back) and ``dropped`` (neither: left out of this update) are pair
+    counts; ``tau_lower`` is the threshold used (∞ at the first update: all trusted) and ``rho`` ρ after the update
+    (NaN until a pair was trusted). With ``mistakes`` of the same length: ``corrupted`` (labels the teacher flipped),
+    ``trusted_corrupted`` (of them, trusted with the wrong label), ``dropped_corrupted`` (of the dropped pairs, how
+    many were corrupted) and ``flipped_correct`` (flip-backs that restored a corrupted label; the others corrupted a
+    correct one). Mistakes of another length (a teacher that labels otherwise, e.g. people) are ignored.
+
+    >>> r = selection_record(np.array([1, 1, 0, 0], bool), np.array([0, 0, 0, 1], bool), 2.0, 0.5,
+    ...                      [False, True, True, True])
+    >>> [r[k] for k in ("trusted", "flipped", "dropped", "corrupted", "trusted_corrupted", "dropped_corrupted",
+    ...                 "flipped_correct")]
+    [2.0, 1.0, 1.0, 3.0, 1.0, 1.0, 1.0]
+    """
+    trusted, flipped = np.asarray(trusted, bool), np.asarray(flipped, bool)
+    dropped = ~trusted & ~flipped
+    record = {
+        "labelled": float(len(trusted)),
+        "trusted": float(trusted.sum()),
+        "flipped": float(flipped.sum()),
+        "dropped": float(dropped.sum()),
+        "tau_lower": float(tau_lower),
+        "rho": math.nan if rho is None else float(rho),
+    }
+    if mistakes is not None and len(mistakes) == len(trusted):
+        wrong = np.asarray(mistakes, bool)
+        record |= {
+            "corrupted": float(wrong.sum()),
+            "trusted_corrupted": float((wrong & trusted).sum()),
+            "dropped_corrupted": float((wrong & dropped).sum()),
+            "flipped_correct": float((wrong & flipped).sum()),
+        }
+    return record

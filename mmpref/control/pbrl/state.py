@@ -42,12 +42,15 @@ def env_state(env: gym.Env) -> dict[str, Any]:
     """Simulator state plus every wrapper's small attributes (step counters, reset flags, random generators)."""
     data = env.unwrapped.data
     return {
-        "qpos": data.qpos.copy(),
-        "qvel": data.qvel.copy(),
-        "mocap_pos": data.mocap_pos.copy(),
-        "mocap_quat": data.mocap_quat.copy(),
+        **{name: getattr(data, name).copy() for name in DATA_FIELDS},
+        # a goal change rewrites the goal site in the model (reset_model); the solver's warm start and the last
+        # controls decide the next steps' last digits, so an exact resume needs them too
+        "site_pos": env.unwrapped.model.site_pos.copy(),
         "layers": [{k: v for k, v in vars(layer).items() if _plain(v)} for layer in wrapper_chain(env)],
     }
+
+
+DATA_FIELDS = ("qpos", "qvel", "mocap_pos", "mocap_quat", "act", "ctrl", "qacc_warmstart")
 
 
 def set_env_state(env: gym.Env, state: dict[str, Any]) -> None:
@@ -58,11 +61,14 @@ def set_env_state(env: gym.Env, state: dict[str, Any]) -> None:
         for key, value in attributes.items():
             setattr(layer, key, value)
     unwrapped = env.unwrapped
-    unwrapped.data.qpos[:] = state["qpos"]
-    unwrapped.data.qvel[:] = state["qvel"]
-    unwrapped.data.mocap_pos[:] = state["mocap_pos"]
-    unwrapped.data.mocap_quat[:] = state["mocap_quat"]
+    for name in DATA_FIELDS:
+        if name in state:  # checkpoints written before act, ctrl and the warm start were saved lack them
+            getattr(unwrapped.data, name)[:] = state[name]
+    if "site_pos" in state:
+        unwrapped.model.site_pos[:] = state["site_pos"]
     mujoco.mj_forward(unwrapped.model, unwrapped.data)
+    if "qacc_warmstart" in state:  # mj_forward rewrites the warm start from its own solve: put the saved one back
+        unwrapped.data.qacc_warmstart[:] = state["qacc_warmstart"]
 
 
 def _plain(value: Any) -> bool:
