@@ -89,6 +89,7 @@ def run_job(
     body: Callable[[T, argparse.Namespace], int],
     options: dict[str, dict[str, Any]] | None = None,
     description: str | None = None,
+    hidden: Sequence[str] = (),
 ) -> int:
     """Parse a job's command line, then run ``body(config, options)``; a :class:`RecipeError` exits 2 with one line.
 
@@ -99,8 +100,12 @@ def run_job(
         body: the job itself; its input errors (:func:`blame`) also exit 2.
         options: the job's own options beyond the recipe, ``{"--out": {"default": None, "help": ...}}``.
         description: the ``--help`` text.
+        hidden: recipe fields the job fills in itself: left out of ``--help`` and the usage line.
     """
     parser = job_parser(schema, prog, description)
+    for action in parser._actions:  # argparse has no public way to hide an action once added
+        if action.dest in hidden:
+            action.help = argparse.SUPPRESS
     for name, settings in (options or {}).items():
         parser.add_argument(name, **settings)
     try:

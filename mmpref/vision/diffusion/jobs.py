@@ -270,7 +270,8 @@ def run_dpo_online(argv: Sequence[str]) -> int:
         "--min-gap-sd": {"type": float, "default": 0.0, "help": "drop pairs closer than this many score SDs"},
     }
     fixed = ["--pairs", "-", "--ties", "drop"]  # placeholders: every round sets its own pairs file
-    return run_job("mmpref dpo-online", PipelineDPOConfig, [*fixed, *argv], body, options, run_dpo_online.__doc__)
+    doc, hidden = run_dpo_online.__doc__, ("pairs", "ties")
+    return run_job("mmpref dpo-online", PipelineDPOConfig, [*fixed, *argv], body, options, doc, hidden)
 
 
 def load_recipe(path: str | Path) -> DPOConfig:

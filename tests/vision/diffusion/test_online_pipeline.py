@@ -162,3 +162,12 @@ def test_a_lora_of_another_family_is_refused_naming_init_lora(folders, tmp_path)
     bad = PipelineDPOConfig(pipeline=str(folders / "sd3"), pairs="-", ties="drop", init_lora=str(tmp_path / "sd-lora"))
     with pytest.raises(PipelineError, match="0 transformer LoRA tensors"):
         make_system(bad, load_family(folders / "sd3"))
+
+
+def test_help_leaves_out_the_fields_the_loop_fills_in(capsys):
+    assert main(["dpo-online", "--help"]) == 0
+    printed = capsys.readouterr().out
+    assert "--pipeline" in printed and "--rounds" in printed
+    assert "--pairs" not in printed and "--ties" not in printed
+    assert main(["dpo-online", "--pairs", "x.parquet"]) == 2
+    assert "--pairs is not an option here" in capsys.readouterr().err
