@@ -106,19 +106,9 @@ def _embedder(encoder: Any) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def _check_encoder(encoder: Any, wanted: str, config_path: Path) -> Any:
     """The given encoder, or the one ``config_path`` names (built by name); a mismatch is a RewardError."""
-    from mmpref.vision.taste.features import build_encoder
+    from mmpref.vision.taste.features import checked_encoder
 
-    if encoder is None:
-        try:
-            encoder = build_encoder(wanted)
-        except ValueError as err:
-            raise RewardError(f"{config_path}: {err}") from None
-    if encoder.encoder_id != wanted:
-        raise RewardError(
-            f"{config_path}: the model was trained on {wanted!r} embeddings but the encoder given is "
-            f"{encoder.encoder_id!r}; pass the encoder the model was trained with"
-        )
-    return encoder
+    return checked_encoder(encoder, wanted, config_path, RewardError)
 
 
 def taste_reward(

@@ -10,6 +10,7 @@ model can use both.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -112,3 +113,25 @@ def build_encoder(encoder_id: str) -> ImageEncoder:
         )
     base = EfficientNetLite0Encoder()
     return ColourStatsEncoder(base) if encoder_id.endswith(ColourStatsEncoder.SUFFIX) else base
+
+
+def checked_encoder(
+    encoder: ImageEncoder | None, wanted: str, config_path: Path, error: type[Exception]
+) -> ImageEncoder:
+    """``encoder``, or the one ``config_path`` names (built by name); the model's encoder id must match.
+
+    Raises:
+        error: the id cannot be rebuilt by name, or the encoder given is not the one the model was trained on (the
+            message names ``config_path`` and both ids).
+    """
+    if encoder is None:
+        try:
+            encoder = build_encoder(wanted)
+        except ValueError as err:
+            raise error(f"{config_path}: {err}") from None
+    if encoder.encoder_id != wanted:
+        raise error(
+            f"{config_path}: the model was trained on {wanted!r} embeddings but the encoder given is "
+            f"{encoder.encoder_id!r}; pass the encoder the model was trained with"
+        )
+    return encoder

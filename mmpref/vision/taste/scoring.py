@@ -163,18 +163,10 @@ class TasteScorer:
     @property
     def encoder(self) -> ImageEncoder:
         """The image encoder, built on first use (a warm cache never needs it)."""
-        if self._encoder is None:
-            from mmpref.vision.taste.features import build_encoder
+        from mmpref.vision.taste.features import checked_encoder
 
-            try:
-                self._encoder = build_encoder(self.config["encoder_id"])
-            except ValueError as err:
-                raise ScoringError(f"{self.model_dir / 'config.json'}: {err}") from None
-        if self._encoder.encoder_id != self.config["encoder_id"]:
-            raise ScoringError(
-                f"{self.model_dir}: model was trained on {self.config['encoder_id']!r} embeddings "
-                f"but the encoder is {self._encoder.encoder_id!r}"
-            )
+        wanted, where = self.config["encoder_id"], self.model_dir / "config.json"
+        self._encoder = checked_encoder(self._encoder, wanted, where, ScoringError)
         return self._encoder
 
     def _compute(self, paths: list[Path | bytes]) -> np.ndarray:
