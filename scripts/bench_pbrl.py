@@ -181,23 +181,25 @@ def retention(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def eval_return_lines(results: list[dict[str, Any]]) -> list[str]:
-    """Per run, the mean true return of the evaluation episodes (whole 500-step episodes) at each evaluation."""
-    runs = [r for r in results if any("eval_return" in h for h in r["history"])]
+def curve_lines(results: list[dict[str, Any]], key: str, intro: str, column: str) -> list[str]:
+    """A table of each run's ``history[key]`` at every evaluation, after a paragraph ``intro`` (none: no runs)."""
+    runs = [r for r in results if any(key in h for h in r["history"])]
     if not runs:
         return []
-    lines = [
-        "",
-        "True return of the evaluation episodes (deterministic policy, whole episodes on the evaluation goals; mean "
-        "over the goals) at each evaluation: finer than the success rate, which is 0 until a goal is reached:",
-        "",
-        "| task | seed | method | evaluation return at each evaluation |",
-        "|---|---|---|---|",
-    ]
+    lines = ["", intro, "", f"| task | seed | method | {column} at each evaluation |", "|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r["task"], r["seed"], _name(r))):
-        curve = " ".join(f"{h.get('eval_return', float('nan')):.0f}" for h in r["history"])
+        curve = " ".join(f"{h.get(key, float('nan')):.0f}" for h in r["history"])
         lines.append(f"| {r['task']} | {r['seed']} | {_name(r)} | {curve} |")
     return lines
+
+
+def eval_return_lines(results: list[dict[str, Any]]) -> list[str]:
+    """Per run, the mean true return of the evaluation episodes (whole 500-step episodes) at each evaluation."""
+    intro = (
+        "True return of the evaluation episodes (deterministic policy, whole episodes on the evaluation goals; mean "
+        "over the goals) at each evaluation: finer than the success rate, which is 0 until a goal is reached:"
+    )
+    return curve_lines(results, "eval_return", intro, "evaluation return")
 
 
 RIME_COUNTS = ("labelled", "trusted", "flipped", "dropped", "corrupted", "dropped_corrupted", "flipped_correct")
@@ -311,20 +313,12 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path)
             f"{r['steps_per_cpu_s']:.1f} | {r['wall_s']:.0f} |"
         )
     lines += eval_return_lines(results) + rime_lines(results)
-    returns = [r for r in results if any("train_true_return" in h for h in r["history"])]
-    if returns:
-        lines += [
-            "",
-            "True return of the training episodes (mean of the last five finished ones, stochastic policy) at each "
-            "evaluation: the training env's single goal, while success is measured on the evaluation goals, so this "
-            "says whether a run learned its own instance of the task:",
-            "",
-            "| task | seed | method | training true return at each evaluation |",
-            "|---|---|---|---|",
-        ]
-        for r in sorted(returns, key=lambda r: (r["task"], r["seed"], _name(r))):
-            curve = " ".join(f"{h.get('train_true_return', float('nan')):.0f}" for h in r["history"])
-            lines.append(f"| {r['task']} | {r['seed']} | {_name(r)} | {curve} |")
+    intro = (
+        "True return of the training episodes (mean of the last five finished ones, stochastic policy) at each "
+        "evaluation: the training env's single goal, while success is measured on the evaluation goals, so this "
+        "says whether a run learned its own instance of the task:"
+    )
+    lines += curve_lines(results, "train_true_return", intro, "training true return")
     with atomic_write(out / "bench_pbrl.json", "w") as handle:
         json.dump({"meta": meta, "results": results}, handle, indent=1)
     with atomic_write(out / "bench_pbrl.md", "w") as handle:
@@ -409,6 +403,25 @@ def build_jobs(args: argparse.Namespace, settings: dict[str, Any]) -> list[dict[
     return jobs
 
 
+def done_and_left(path: Path, jobs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The results in ``path`` that answer one of ``jobs`` (same method, variant, setting and config), and the rest.
+
+    A result whose config differs from every job (other steps, other label budget...) is not kept, so a report never
+    mixes settings. No file: nothing done.
+    """
+    if not path.is_file():
+        return [], jobs
+
+    def key(run: dict[str, Any]) -> str:
+        fields = {k: run.get(k) for k in ("method", "variant", "setting", "task", "seed", "config")}
+        return json.dumps(fields, sort_keys=True, default=str)
+
+    wanted = {key(job) for job in jobs}
+    done = [r for r in json.loads(path.read_text())["results"] if key(r) in wanted]
+    finished = {key(r) for r in done}
+    return done, [job for job in jobs if key(job) not in finished]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["button-press-v3", "window-open-v3"])
@@ -444,6 +457,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queries-per-round", type=int, default=None, help="default: the budget over the rounds")
     parser.add_argument("--eval-every", type=int, default=2500)
     parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs already in OUT_DIR/bench_pbrl.json whose settings match, run only the others (the suite "
+        "is long: stop it, add seeds or tasks, go on)",
+    )
     args = parser.parse_args(argv)
     settings = {
         "total_steps": args.steps,
@@ -480,8 +499,11 @@ def main(argv: list[str] | None = None) -> None:
         "settings": settings,
         "command": "scripts/bench_pbrl.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
     }
-    print(f"{len(jobs)} runs of {args.steps} steps", flush=True)
     results: list[dict[str, Any]] = []
+    if args.resume:
+        results, jobs = done_and_left(args.out_dir / "bench_pbrl.json", jobs)
+        print(f"{len(results)} runs kept from {args.out_dir / 'bench_pbrl.json'}", flush=True)
+    print(f"{len(jobs)} runs of {args.steps} steps", flush=True)
     with mp.get_context("spawn").Pool(args.processes) as pool:
         for result in pool.imap_unordered(run_one, jobs):
             results.append(result)

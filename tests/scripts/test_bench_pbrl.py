@@ -124,3 +124,17 @@ def test_report_gives_the_evaluation_return_and_rimes_selection(tmp_path: Path) 
         "| button-press-v3 | 0 | +RIME, efficient | 2 | 200 | 160 | 10 | 30 | 40 | 70% | 80% | 67% | 2.50 | 0.400 |"
         in text
     )
+
+
+def test_resume_keeps_finished_runs_of_the_same_settings_only(tmp_path: Path) -> None:
+    args = _args()
+    jobs = SCRIPT["build_jobs"](args, {"total_steps": args.steps})
+    done_and_left = SCRIPT["done_and_left"]
+    path = tmp_path / "bench_pbrl.json"
+    assert done_and_left(path, jobs) == ([], jobs)  # no file yet: everything is left
+    finished = [jobs[0] | {"history": [], "wall_s": 1.0}, jobs[3] | {"history": [], "wall_s": 2.0}]
+    stale = jobs[2] | {"config": jobs[2]["config"] | {"max_labels": 999}, "history": []}  # other settings
+    path.write_text(json.dumps({"meta": {}, "results": [*finished, stale]}))
+    done, left = done_and_left(path, jobs)
+    assert [r["wall_s"] for r in done] == [1.0, 2.0]
+    assert left == [jobs[1], jobs[2], jobs[4]]
