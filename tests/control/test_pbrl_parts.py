@@ -147,7 +147,7 @@ def test_rime_selection_and_flip_rule():
 
 
 def test_rime_discriminator_statistics_follow_the_paper_updates():
-    rime = RIME(alpha=0.5, beta_max=3.0, beta_min=1.0, decay_updates=30, ema=0.1)
+    rime = RIME(alpha=0.5, beta_max=3.0, beta_min=1.0, decay_updates=30, ema=0.1, uncertainty="std")
     assert rime.threshold() == math.inf  # no statistics yet: everything is trusted
     prob = np.array([0.9, 0.8, 0.6, 0.3, 0.0005])
     labels = np.array([1.0, 1.0, 1.0, 1.0, 1.0])
@@ -155,9 +155,10 @@ def test_rime_discriminator_statistics_follow_the_paper_updates():
     trusted, flipped, got = rime.discriminate(prob, labels)
     np.testing.assert_allclose(got, kl, rtol=1e-6)
     assert trusted.tolist() == [True, True, True, True, False] and flipped.tolist() == [False] * 4 + [True]
-    rho, spread = kl[:4].max(), kl[:4].std()
+    # ρ's moving average starts at 0 (the authors' code): ρ_1 = 0 + 0.1 (max_trusted − 0)
+    rho, spread = 0.1 * kl[:4].max(), kl[:4].std()
     assert rime.rho == pytest.approx(rho) and rime.spread == pytest.approx(spread) and rime.updates == 1
-    # second update: β_1 = 3 − 2/30; ρ ← ρ + 0.1 (max_trusted − ρ)
+    # second update: β_1 = 3 − 2/30; τ_lower = −ln ρ + α ρ + β_1 s_KL; then ρ ← ρ + 0.1 (max_trusted − ρ)
     want = -math.log(rho) + 0.5 * rho + (3.0 - 2.0 / 30) * spread
     assert rime.threshold() == pytest.approx(want)
     new_kl = -np.log([0.99, 0.2])
@@ -165,6 +166,25 @@ def test_rime_discriminator_statistics_follow_the_paper_updates():
     assert trusted.tolist() == (new_kl < want).tolist()
     assert rime.rho == pytest.approx(rho + 0.1 * (new_kl[trusted].max() - rho))
     assert rime.spread == pytest.approx(new_kl[trusted].std())
+
+
+def test_rime_default_uncertainty_is_the_running_variance_of_all_trusted_kls_capped():
+    rime = RIME(alpha=0.5, beta_max=3.0, beta_min=1.0, decay_updates=30, ema=0.1)  # uncertainty="var"
+    first = np.array([0.9, 0.8, 0.6, 0.3])
+    rime.discriminate(first, np.ones(4))
+    second = np.array([0.99, 0.95, 0.7])
+    rime.discriminate(second, np.ones(3))
+    trusted_kls = -np.log(np.concatenate([first, second]))  # all trusted (the second threshold is about 4.5)
+    assert rime.kl_count == 7 and rime.kl_var == pytest.approx(trusted_kls.var())  # the pooled variance, exactly
+    rho = 0.1 * trusted_kls[:4].max()
+    rho += 0.1 * (trusted_kls[4:].max() - rho)
+    beta = 3.0 - 2.0 * 2 / 30
+    assert rime.threshold() == pytest.approx(-math.log(rho) + 0.5 * rho + min(beta * trusted_kls.var(), 3.0))
+    rime.kl_var = 10.0  # a wide spread: β_t · var is capped at 3
+    assert rime.threshold() == pytest.approx(-math.log(rho) + 0.5 * rho + 3.0)
+    restored = RIME()
+    restored.load_state_dict(rime.state_dict())
+    assert (restored.kl_count, restored.kl_mean, restored.kl_var) == (rime.kl_count, rime.kl_mean, rime.kl_var)
 
 
 def test_rime_update_fits_only_trusted_and_flipped_back_pairs():

@@ -17,16 +17,17 @@ flipped has KL ≥ −ln(1 − e^{−ρ}) = −ln ρ + ρ/2 + O(ρ²) (the paper
    + \underbrace{\beta_t \, s_{KL}}_{\tau_{\text{unc}}}, \quad
    \beta_t = \max(\beta_{\min}, \beta_{\max} - k t)
 
-with ρ the largest KL among the trusted pairs of the previous updates (an exponential moving average with weight
-0.1, as in the authors' code), s_KL the standard deviation of those KLs (the uncertainty term, which lets more pairs in
-while the reward model is still poor), α the coefficient of the expansion (≈ ½), t the number of reward updates so far
-and k = (β_max − β_min) / ``decay_updates``. Pairs with very large KL are taken to be flipped and are **flipped back**
-for this update: 𝒟_f = {D_KL > τ_upper}, τ_upper = −ln(0.001) = 3 ln 10 (the prediction gives the label < 0.1 %).
-The reward is trained on 𝒟_t ∪ 𝒟_f (flipped labels are not stored: the next update judges every pair afresh). At the
-first update there are no statistics yet and every pair is trusted. Defaults: α = 0.5, β_max = 3, β_min = 1,
-``decay_updates`` = 30 (the authors' code; the paper tunes these per domain). The authors' code uses the variance of
-the KLs where the paper writes s_KL; this module uses the standard deviation (``uncertainty="std"``) or, optionally,
-their capped variance (``"var"``).
+with ρ the largest KL among the trusted pairs of the previous updates (an exponential moving average with weight 0.1
+that starts at 0, as in the authors' code), s_KL the spread of the trusted KLs (the uncertainty term, which lets more
+pairs in while the reward model is still poor), α the coefficient of the expansion (≈ ½), t the number of reward
+updates so far and k = (β_max − β_min) / ``decay_updates``. Pairs with very large KL are taken to be flipped and are
+**flipped back** for this update: 𝒟_f = {D_KL > τ_upper}, τ_upper = −ln(0.001) = 3 ln 10 (the prediction gives the
+label < 0.1 %). The reward is trained on 𝒟_t ∪ 𝒟_f (flipped labels are not stored: the next update judges every pair
+afresh). At the first update there are no statistics yet and every pair is trusted. Defaults: α = 0.5, β_max = 3, β_min
+= 1, ``decay_updates`` = 30 (the authors' code; the paper tunes these per domain). The authors' code uses, where the
+paper writes s_KL, the running variance of every trusted KL so far with β_t · var capped at 3: the default here
+(``uncertainty="var"``); ``"std"`` takes the standard deviation of the last trusted set. Their code updates these
+statistics at every reward epoch; here they move once per reward update (one per feedback round).
 
 **Warm start** (§4.2). During PEBBLE's unsupervised phase the reward model is fitted by regression to the intrinsic
 (state-entropy) reward the policy is trained on, r̂_ψ(s, a) ≈ r̃_int(s), so that the switch to the learned reward does
@@ -112,7 +113,10 @@ class RIME:
         decay_updates: reward updates over which β_t falls from β_max to β_min.
         tau_upper: the flip threshold (default 3 ln 10).
         ema: weight of the newest maximum in ρ's moving average.
-        uncertainty: ``"std"`` (the paper's s_KL) or ``"var"`` (the authors' code: the variance, capped at 3).
+        uncertainty: ``"var"`` (the authors' code: β_t times the running variance of every trusted KL so far,
+            capped at 3) or ``"std"`` (the paper's s_KL read as the standard deviation of the last trusted set; on
+            Meta-World it fed back on itself: a low threshold leaves a narrow trusted set, whose small spread keeps
+            the threshold low).
         warm_start_updates: Adam steps of the warm-start regression (0 disables the warm start).
         warm_start_batch: transitions per warm-start step.
     """
@@ -127,7 +131,7 @@ class RIME:
         decay_updates: int = 30,
         tau_upper: float = TAU_UPPER,
         ema: float = 0.1,
-        uncertainty: Literal["std", "var"] = "std",
+        uncertainty: Literal["std", "var"] = "var",
         warm_start_updates: int = 500,
         warm_start_batch: int = 256,
     ):
@@ -143,6 +147,8 @@ class RIME:
         self.warm_start_updates, self.warm_start_batch = warm_start_updates, warm_start_batch
         self.rho: float | None = None  # EMA of the largest trusted KL
         self.spread = 0.0  # s_KL of the last trusted set
+        # running count, mean and variance of every trusted KL so far (the authors' uncertainty statistic)
+        self.kl_count, self.kl_mean, self.kl_var = 0, 0.0, 0.0
         self.updates = 0
         self.warm_started = False
         self.last: dict[str, float] = {}  # the newest record of ``log``
@@ -153,7 +159,7 @@ class RIME:
         if self.rho is None:
             return math.inf
         beta = rime_beta(self.updates, self.beta_max, self.beta_min, self.decay_updates)
-        spread = self.spread if self.uncertainty == "std" else min(self.spread**2, 3.0 / max(beta, 1e-12))
+        spread = self.spread if self.uncertainty == "std" else min(self.kl_var, 3.0 / max(beta, 1e-12))
         return rime_lower_threshold(self.rho, self.alpha, beta, spread)
 
     def discriminate(self, prob: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -161,11 +167,20 @@ class RIME:
         kl = preference_kl(prob, labels)
         trusted, flipped = select_and_flip(kl, self.threshold(), self.tau_upper)
         if trusted.any():
-            top = float(kl[trusted].max())
-            self.rho = top if self.rho is None else self.rho + self.ema * (top - self.rho)
-            self.spread = float(kl[trusted].std())
+            values = kl[trusted]
+            previous = 0.0 if self.rho is None else self.rho  # the moving average starts at 0 (the authors' code)
+            self.rho = previous + self.ema * (float(values.max()) - previous)
+            self.spread = float(values.std())
+            self._merge_variance(values)
         self.updates += 1
         return trusted, flipped, kl
+
+    def _merge_variance(self, values: np.ndarray) -> None:
+        """Fold a trusted set's KLs into the running count, mean and variance (Chan et al.'s pairwise merge)."""
+        n, total = len(values), self.kl_count + len(values)
+        delta = float(values.mean()) - self.kl_mean
+        merged = self.kl_var * self.kl_count + float(values.var()) * n + delta**2 * self.kl_count * n / total
+        self.kl_var, self.kl_mean, self.kl_count = merged / total, self.kl_mean + delta * n / total, total
 
     def warm_start(self, loop: PbRLLoop) -> None:
         """Regress every member's r̂(s, a) on the buffer's intrinsic rewards mapped to [−1, 1] (MSE, Adam)."""
@@ -222,6 +237,7 @@ class RIME:
         return {
             "rho": self.rho,
             "spread": self.spread,
+            "kl_stats": (self.kl_count, self.kl_mean, self.kl_var),
             "updates": self.updates,
             "warm_started": self.warm_started,
             "log": [dict(record) for record in self.log],
@@ -230,6 +246,7 @@ class RIME:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the discriminator's statistics."""
         self.rho, self.spread = state["rho"], state["spread"]
+        self.kl_count, self.kl_mean, self.kl_var = state.get("kl_stats", (0, 0.0, 0.0))
         self.updates, self.warm_started = state["updates"], state["warm_started"]
         self.log = [dict(record) for record in state.get("log", [])]  # checkpoints before the records had none
         self.last = self.log[-1] if self.log else {}
