@@ -59,7 +59,7 @@ def raw_step_rate(task: str, steps: int = 3000) -> float:
 def run_random(job: dict[str, Any]) -> dict[str, Any]:
     """A uniformly random policy, evaluated like the learners: the same goals, success at any step, whole episodes."""
     from mmpref.control.envs import goal_count, make_env
-    from mmpref.control.pbrl.loop import EVAL_SEED_OFFSET, evaluate_on_goals, evaluation_goals
+    from mmpref.control.pbrl.evaluation import EVAL_SEED_OFFSET, evaluate_on_goals, evaluation_goals
 
     c = job["config"]
     env = make_env(c["task"], seed=c["seed"] + EVAL_SEED_OFFSET)

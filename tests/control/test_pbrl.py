@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mmpref.control.envs import ExpertPolicy, make_env, set_goal
-from mmpref.control.pbrl.loop import PbRLConfig, PbRLLoop, evaluation_goals
+from mmpref.control.pbrl.evaluation import evaluation_goals
+from mmpref.control.pbrl.loop import PbRLConfig, PbRLLoop
 from mmpref.control.segments import cut_segments, random_pairs, rollout
 
 SHORT = dict(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pickle
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmpref.control.envs import goal_count, make_env, set_goal
+from mmpref.control.envs import goal_count, make_env
 from mmpref.control.pbrl.config import PbRLConfig
 from mmpref.control.pbrl.env import PreferenceEnv, RewardSource
+from mmpref.control.pbrl.evaluation import EVAL_SEED_OFFSET, evaluate_on_goals, evaluation_goals
 from mmpref.control.pbrl.parts import build_parts, hook
 from mmpref.control.pbrl.state import env_state, monitor_state, set_env_state, set_monitor_state, silence_logger
 from mmpref.control.reward import RewardEnsemble, select_queries
@@ -36,51 +37,6 @@ from mmpref.control.segments import Episode, cut_segments, random_pairs
 from mmpref.control.teachers import Budget, ScriptedTeacher
 from mmpref.data import SegmentPair
 from mmpref.data.io import atomic_write
-
-EVAL_SEED_OFFSET = 10_000  # the evaluation env and its goals are seeded config.seed + 10_000
-
-
-def evaluation_goals(seed: int, count: int, goals: int = 50) -> list[int]:
-    """The goals (indices among the task's ``goals``) of evaluation episodes 0 … ``count`` − 1, for run seed ``seed``.
-
-    A permutation of the task's goals drawn from ``seed + 10_000``, of which episode i takes entry i: the goals are
-    distinct, the same at every evaluation of a run and in every run with this seed (each PbRL variant, SAC on the
-    true reward, the random policy), so curves are compared on identical goals; a larger ``count`` only adds goals.
-
-    >>> evaluation_goals(0, 3) == evaluation_goals(0, 5)[:3]
-    True
-    """
-    if not 1 <= count <= goals:
-        raise ValueError(f"eval_episodes must lie in [1, {goals}] (one episode per distinct goal), got {count}")
-    order = np.random.default_rng(seed + EVAL_SEED_OFFSET).permutation(goals)
-    return [int(g) for g in order[:count]]
-
-
-def evaluate_on_goals(
-    env: Any, act: Callable[[np.ndarray], np.ndarray], goals: Sequence[int], max_steps: int = 500
-) -> dict[str, float]:
-    """Success rate and mean true return of ``act`` over one whole episode on each of ``goals`` (:func:`set_goal`).
-
-    Success is success at any step (Meta-World's convention). Episodes run to their end (``max_steps`` or the env's
-    time limit) even after a success, so that the return is that of the whole episode: a return cut at the first
-    success would rank a policy that succeeds early below one that hovers near the goal for 500 steps. Each episode's
-    start state is a function of its goal alone (:func:`set_goal`), so the result does not depend on the env's state
-    before the call.
-    """
-    successes, returns = [], []
-    for goal in goals:
-        set_goal(env, goal)
-        obs, _ = env.reset()
-        total, success = 0.0, False
-        for _ in range(max_steps):
-            obs, reward, terminated, truncated, info = env.step(act(obs))
-            total += float(reward)
-            success = success or info.get("success", 0.0) > 0
-            if terminated or truncated:
-                break
-        successes.append(success)
-        returns.append(total)
-    return {"success_rate": float(np.mean(successes)), "eval_return": float(np.mean(returns))}
 
 
 class PbRLLoop:
