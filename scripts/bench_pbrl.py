@@ -429,7 +429,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=50_000)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument(
-        "--label-settings", nargs="+", default=["efficient", "noisy"], choices=["efficient", "full", "noisy"]
+        "--label-settings",
+        nargs="*",
+        default=["efficient", "noisy"],
+        choices=["efficient", "full", "noisy"],
+        help="none: only the baselines (e.g. to measure how many steps SAC needs on a task)",
     )
     parser.add_argument(
         "--noisy-variants", nargs="+", default=None, choices=list(VARIANTS), help="variants of the noisy setting"

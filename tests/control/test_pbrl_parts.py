@@ -23,6 +23,7 @@ from mmpref.control.pbrl.qpa import QPA, HybridReplayBuffer, hybrid_indices, pol
 from mmpref.control.pbrl.rime import (
     RIME,
     TAU_UPPER,
+    for_each_epoch,
     preference_kl,
     rime_beta,
     rime_lower_threshold,
@@ -157,7 +158,9 @@ def test_rime_discriminator_statistics_follow_the_paper_updates():
     assert trusted.tolist() == [True, True, True, True, False] and flipped.tolist() == [False] * 4 + [True]
     # ρ's moving average starts at 0 (the authors' code): ρ_1 = 0 + 0.1 (max_trusted − 0)
     rho, spread = 0.1 * kl[:4].max(), kl[:4].std()
-    assert rime.rho == pytest.approx(rho) and rime.spread == pytest.approx(spread) and rime.updates == 1
+    assert rime.rho == pytest.approx(rho) and rime.spread == pytest.approx(spread) and rime.selections == 1
+    assert rime.updates == 0  # t (of β_t) counts reward updates, which update_reward ends, not selections
+    rime.updates = 1
     # second update: β_1 = 3 − 2/30; τ_lower = −ln ρ + α ρ + β_1 s_KL; then ρ ← ρ + 0.1 (max_trusted − ρ)
     want = -math.log(rho) + 0.5 * rho + (3.0 - 2.0 / 30) * spread
     assert rime.threshold() == pytest.approx(want)
@@ -174,6 +177,7 @@ def test_rime_default_uncertainty_is_the_running_variance_of_all_trusted_kls_cap
     rime.discriminate(first, np.ones(4))
     second = np.array([0.99, 0.95, 0.7])
     rime.discriminate(second, np.ones(3))
+    rime.updates = 2
     trusted_kls = -np.log(np.concatenate([first, second]))  # all trusted (the second threshold is about 4.5)
     assert rime.kl_count == 7 and rime.kl_var == pytest.approx(trusted_kls.var())  # the pooled variance, exactly
     rho = 0.1 * trusted_kls[:4].max()
@@ -197,7 +201,7 @@ def test_rime_update_fits_only_trusted_and_flipped_back_pairs():
         def fit(self, pairs, **kwargs):
             calls.update(pairs=pairs, **kwargs)
 
-    rime = RIME()
+    rime = RIME(select_every="update")
     rime.rho, rime.spread, rime.warm_started = 0.2, 0.0, True  # τ_lower = −ln 0.2 + 0.1 ≈ 1.71
     pairs = [SegmentPair(id=str(i), a=seg([1]), b=seg([0]), label=y) for i, y in enumerate([1.0, 0.0, 1.0])]
     loop = SimpleNamespace(
@@ -211,6 +215,49 @@ def test_rime_update_fits_only_trusted_and_flipped_back_pairs():
     assert [p.label for p in calls["pairs"]] == [1.0, 0.0, 0.0] and pairs[2].label == 1.0  # stored label unchanged
 
 
+def test_rime_selects_again_before_every_epoch_of_a_reward_update():
+    """The default (the authors' code): the round's updates are cut into epochs of ⌈|rows| / batch⌉ updates, each
+    after a new selection whose ρ and KL statistics follow the reward as it fits."""
+    fits = []
+
+    class Ensemble:  # its prediction on pair 1 (label 1) improves with every fit: 0.1, 0.5, 0.9, ...
+        def pair_probabilities(self, pairs):
+            return np.array([[0.9, min(0.1 + 0.4 * len(fits), 0.95), 0.9, 0.9]])
+
+        def fit(self, pairs, **kwargs):
+            fits.append(kwargs)
+
+    rime = RIME(alpha=0.5, beta_max=3.0, beta_min=1.0, decay_updates=30, ema=0.1)
+    rime.rho, rime.warm_started = 0.2, True
+    pairs = [SegmentPair(id=str(i), a=seg([1]), b=seg([0]), label=1.0) for i in range(4)]
+    loop = SimpleNamespace(
+        config=SimpleNamespace(reward_epochs=1, reward_batch_size=2, reward_updates=5),
+        labelled=pairs,
+        ensemble=Ensemble(),
+        steps=1000,
+    )
+    rime.update_reward(loop, [])
+    # selection 1: τ = −ln 0.2 + 0.1 = 1.709 (no KL statistics yet); pair 1 has KL −ln 0.1 = 2.303: dropped.
+    # 3 rows / batch 2 → an epoch of 2 updates. Selection 2: pair 1 at −ln 0.5 = 0.693 < τ: all 4 rows, 2 updates.
+    # Selection 3: one update is left.
+    assert [f["updates"] for f in fits] == [2, 2, 1]
+    assert [f["rows"].tolist() for f in fits] == [[0, 2, 3], [0, 1, 2, 3], [0, 1, 2, 3]]
+    kl = -np.log(0.9)
+    rho = 0.2 + 0.1 * (kl - 0.2)  # after selection 1
+    rho += 0.1 * (-math.log(0.5) - rho)  # after selection 2
+    rho += 0.1 * (-math.log(0.9) - rho)  # after selection 3 (pair 1 is at 0.9 now)
+    assert rime.rho == pytest.approx(rho)
+    assert rime.selections == 3 and rime.updates == 1 and len(rime.log) == 1  # one record per reward update
+    assert rime.log[-1]["selections"] == 3.0 and rime.log[-1]["trusted"] == 4.0
+    # without a fixed number of updates: reward_epochs selections of one pass each
+    fits.clear()
+    loop.config = SimpleNamespace(reward_epochs=3, reward_batch_size=2, reward_updates=None)
+    rime.update_reward(loop, [])
+    assert [f["epochs"] for f in fits] == [1, 1, 1] and rime.selections == 6 and rime.updates == 2
+    # a selection that keeps nothing ends the update without training
+    assert for_each_epoch(lambda: ([], np.array([], int)), lambda *a, **k: fits.append(k), 2, 5, 1) == 1
+
+
 def test_rime_records_each_selection_and_scores_it_against_the_teachers_mistakes():
     class Ensemble:
         def pair_probabilities(self, pairs):
@@ -219,7 +266,7 @@ def test_rime_records_each_selection_and_scores_it_against_the_teachers_mistakes
         def fit(self, pairs, **kwargs):
             pass
 
-    rime = RIME()
+    rime = RIME(select_every="update")
     rime.rho, rime.spread, rime.warm_started = 0.2, 0.0, True
     tau = -math.log(0.2) + 0.5 * 0.2  # τ_lower of this update (ρ moves after it)
     pairs = [SegmentPair(id=str(i), a=seg([1]), b=seg([0]), label=y) for i, y in enumerate([1.0, 0.0, 1.0, 1.0])]
@@ -247,7 +294,7 @@ def test_rime_records_each_selection_and_scores_it_against_the_teachers_mistakes
     restored.load_state_dict(rime.state_dict())
     assert restored.log == rime.log and restored.diagnostics() == rime.diagnostics()
     # the first update of a fresh RIME trusts everything under an infinite threshold, ρ undefined before it
-    first = RIME()
+    first = RIME(select_every="update")
     first.warm_started = True
     loop.teacher = teacher
     first.update_reward(loop, [])

@@ -80,7 +80,9 @@ class PbRLConfig:
         rime_alpha: RIME's α in τ_lower = −ln ρ + αρ + β_t s_KL.
         rime_beta_max: RIME's β_t at the first reward update.
         rime_beta_min: RIME's floor of β_t.
-        rime_decay_updates: reward updates over which RIME's β_t falls from max to min.
+        rime_decay_updates: reward updates (feedback rounds) over which RIME's β_t falls from max to min.
+        rime_select_every: ``"epoch"`` (RIME judges the labelled pairs again before every pass over the trusted ones,
+            as in the authors' code) or ``"update"`` (once per feedback round).
         rime_warm_start_updates: RIME's warm-start regression steps after pre-training (needs unsupervised_steps).
         qpa_recent_episodes: QPA's N: queries come from the N most recent episodes.
         qpa_hybrid_ratio: QPA's ω: share of each SAC minibatch from those episodes' transitions (0: off).
@@ -138,6 +140,7 @@ class PbRLConfig:
     rime_beta_max: float = 3.0
     rime_beta_min: float = 1.0
     rime_decay_updates: int = 30
+    rime_select_every: Literal["epoch", "update"] = "epoch"
     rime_warm_start_updates: int = 500
     qpa_recent_episodes: int = 10
     qpa_hybrid_ratio: float = 0.5

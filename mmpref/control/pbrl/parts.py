@@ -70,6 +70,7 @@ def build_parts(config: PbRLConfig) -> dict[str, Any]:
                 beta_min=config.rime_beta_min,
                 decay_updates=config.rime_decay_updates,
                 warm_start_updates=config.rime_warm_start_updates,
+                select_every=config.rime_select_every,
             )
         elif name == "qpa":
             from mmpref.control.pbrl.qpa import QPA

@@ -26,8 +26,16 @@ label < 0.1 %). The reward is trained on 𝒟_t ∪ 𝒟_f (flipped labels are n
 afresh). At the first update there are no statistics yet and every pair is trusted. Defaults: α = 0.5, β_max = 3, β_min
 = 1, ``decay_updates`` = 30 (the authors' code; the paper tunes these per domain). The authors' code uses, where the
 paper writes s_KL, the running variance of every trusted KL so far with β_t · var capped at 3: the default here
-(``uncertainty="var"``); ``"std"`` takes the standard deviation of the last trusted set. Their code updates these
-statistics at every reward epoch; here they move once per reward update (one per feedback round).
+(``uncertainty="var"``); ``"std"`` takes the standard deviation of the last trusted set.
+
+**When the selection runs.** The authors' code judges every labelled pair again at the start of every reward epoch
+(one pass over the trusted pairs), and ρ and the KL statistics move at each of these selections: within a round ρ
+follows the reward model as it fits the trusted set, so the threshold it sets is that of a fitted model, not of one
+that has not yet seen the round's new labels. That is the default here (``select_every="epoch"``): a round's
+``reward_updates`` minibatch updates are split into epochs of ⌈|trusted ∪ flipped| / batch⌉ updates, each after a new
+selection (with ``reward_updates`` unset, ``reward_epochs`` selections of one pass each). ``select_every="update"``
+selects once per feedback round (ρ then moves 15 times in a 30k-step run instead of about 100). β_t decays with the
+feedback rounds in both (t counts reward updates, as in the authors' code, whose epochs per round are fixed).
 
 **Warm start** (§4.2). During PEBBLE's unsupervised phase the reward model is fitted by regression to the intrinsic
 (state-entropy) reward the policy is trained on, r̂_ψ(s, a) ≈ r̃_int(s), so that the switch to the learned reward does
@@ -35,20 +43,21 @@ not change the policy's reward abruptly and the first trusted set is chosen by a
 Intrinsic rewards are mapped to r̂'s range [−1, 1] (min-max over the replay buffer) before the regression, which is a
 plain MSE fit with Adam (a pre-training step outside the preference loss).
 
-**Diagnostics.** Every reward update appends a record to :attr:`RIME.log` (kept in the checkpoint): the step, the
-labelled pairs, how many were trusted, flipped back and dropped (neither), the τ_lower that selected them and ρ after
-the update. With a scripted teacher that records its ε mistakes (``ScriptedTeacher.mistakes``, one entry per label,
-aligned with the loop's labelled pairs) the record also says how many labels were corrupted, how many of those were
-trusted anyway, how many of the dropped pairs were corrupted and how many flip-backs restored a corrupted label: the
-precision and recall of the discriminator, which the learning curve alone cannot show. The last record, prefixed
-``rime_``, goes into the loop's evaluation rows (:meth:`RIME.diagnostics`). The cost is a few counts over the
-labelled pairs per update.
+**Diagnostics.** Every reward update appends a record to :attr:`RIME.log` (kept in the checkpoint) of its last
+selection: the step, the labelled pairs, how many were trusted, flipped back and dropped (neither), the τ_lower that
+selected them, ρ after the update and the number of selections in the round. With a scripted teacher that records its ε
+mistakes (``ScriptedTeacher.mistakes``, one entry per label, aligned with the loop's labelled pairs) the record also
+says how many labels were corrupted, how many of those were trusted anyway, how many of the dropped pairs were
+corrupted and how many flip-backs restored a corrupted label: the precision and recall of the discriminator, which the
+learning curve alone cannot show. The last record, prefixed ``rime_``, goes into the loop's evaluation rows
+(:meth:`RIME.diagnostics`). The cost is a few counts over the labelled pairs per update.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -119,6 +128,8 @@ class RIME:
             the threshold low).
         warm_start_updates: Adam steps of the warm-start regression (0 disables the warm start).
         warm_start_batch: transitions per warm-start step.
+        select_every: ``"epoch"`` (the authors' code: a new selection before every pass over the trusted pairs) or
+            ``"update"`` (one selection per reward update).
     """
 
     name = "rime"
@@ -134,6 +145,7 @@ class RIME:
         uncertainty: Literal["std", "var"] = "var",
         warm_start_updates: int = 500,
         warm_start_batch: int = 256,
+        select_every: Literal["epoch", "update"] = "epoch",
     ):
         if beta_min > beta_max or beta_min < 0 or decay_updates < 1:
             raise ValueError(
@@ -142,6 +154,9 @@ class RIME:
             )
         if uncertainty not in ("std", "var"):
             raise ValueError(f"rime uncertainty must be 'std' or 'var', got {uncertainty!r}")
+        if select_every not in ("epoch", "update"):
+            raise ValueError(f"rime_select_every must be 'epoch' or 'update', got {select_every!r}")
+        self.select_every = select_every
         self.alpha, self.beta_max, self.beta_min, self.decay_updates = alpha, beta_max, beta_min, decay_updates
         self.tau_upper, self.ema, self.uncertainty = tau_upper, ema, uncertainty
         self.warm_start_updates, self.warm_start_batch = warm_start_updates, warm_start_batch
@@ -149,7 +164,8 @@ class RIME:
         self.spread = 0.0  # s_KL of the last trusted set
         # running count, mean and variance of every trusted KL so far (the authors' uncertainty statistic)
         self.kl_count, self.kl_mean, self.kl_var = 0, 0.0, 0.0
-        self.updates = 0
+        self.updates = 0  # reward updates (feedback rounds) so far: the t of β_t
+        self.selections = 0  # selections so far (one per epoch by default)
         self.warm_started = False
         self.last: dict[str, float] = {}  # the newest record of ``log``
         self.log: list[dict[str, float]] = []  # one record per reward update (see the module's Diagnostics)
@@ -163,7 +179,10 @@ class RIME:
         return rime_lower_threshold(self.rho, self.alpha, beta, spread)
 
     def discriminate(self, prob: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Judge every labelled pair and update ρ, s_KL and t; returns (trusted, flipped, kl)."""
+        """Judge every labelled pair and update ρ and the KL statistics; returns (trusted, flipped, kl).
+
+        t (the reward updates behind β_t) moves in :meth:`update_reward`, once per round, not here.
+        """
         kl = preference_kl(prob, labels)
         trusted, flipped = select_and_flip(kl, self.threshold(), self.tau_upper)
         if trusted.any():
@@ -172,7 +191,7 @@ class RIME:
             self.rho = previous + self.ema * (float(values.max()) - previous)
             self.spread = float(values.std())
             self._merge_variance(values)
-        self.updates += 1
+        self.selections += 1
         return trusted, flipped, kl
 
     def _merge_variance(self, values: np.ndarray) -> None:
@@ -208,25 +227,37 @@ class RIME:
         log.info("RIME warm start: %d updates, final MSE %.4f", self.warm_start_updates, loss.item())
 
     def update_reward(self, loop: PbRLLoop, new: list[SegmentPair]) -> None:
-        """Warm start (once), judge every labelled pair, then fit on the trusted and flipped-back ones."""
+        """Warm start (once); then per epoch (or once) judge every labelled pair, fit on the trusted and flipped."""
         if not self.warm_started:
             self.warm_start(loop)
         c, pairs, ensemble = loop.config, loop.labelled, loop.ensemble
         labels = np.array([p.label for p in pairs])
-        tau_lower = self.threshold()  # the threshold this update selects with (discriminate moves ρ for the next)
-        trusted, flipped, kl = self.discriminate(ensemble.pair_probabilities(pairs).mean(0), labels)
-        used = [
-            SegmentPair(id=p.id, a=p.a, b=p.b, label=1.0 - p.label, teacher=p.teacher) if f else p
-            for p, f in zip(pairs, flipped, strict=True)
-        ]
-        rows = np.flatnonzero(trusted | flipped)
         mistakes = getattr(getattr(loop, "teacher", None), "mistakes", None)
-        self.last = selection_record(trusted, flipped, tau_lower, self.rho, mistakes)
-        self.last = {"step": float(getattr(loop, "steps", math.nan))} | self.last
+        selections = 0
+
+        def select() -> tuple[list[SegmentPair], np.ndarray]:
+            nonlocal selections
+            tau_lower = self.threshold()  # the threshold this selection uses (discriminate moves ρ for the next)
+            trusted, flipped, _ = self.discriminate(ensemble.pair_probabilities(pairs).mean(0), labels)
+            selections += 1
+            self.last = {"step": float(getattr(loop, "steps", math.nan))}
+            self.last |= selection_record(trusted, flipped, tau_lower, self.rho, mistakes)
+            self.last["selections"] = float(selections)
+            used = [
+                SegmentPair(id=p.id, a=p.a, b=p.b, label=1.0 - p.label, teacher=p.teacher) if f else p
+                for p, f in zip(pairs, flipped, strict=True)
+            ]
+            return used, np.flatnonzero(trusted | flipped)
+
+        batch = c.reward_batch_size
+        if self.select_every == "update":
+            used, rows = select()
+            if len(rows):  # nothing trusted: keep the reward as it is rather than learn from nothing
+                ensemble.fit(used, epochs=c.reward_epochs, batch_size=batch, updates=c.reward_updates, rows=rows)
+        else:
+            for_each_epoch(select, ensemble.fit, batch, c.reward_updates, c.reward_epochs)
+        self.updates += 1
         self.log.append(self.last)
-        if len(rows) == 0:  # nothing trusted: keep the reward as it is rather than learn from nothing
-            return
-        ensemble.fit(used, epochs=c.reward_epochs, batch_size=c.reward_batch_size, updates=c.reward_updates, rows=rows)
 
     def diagnostics(self) -> dict[str, float]:
         """The last update's record with keys prefixed ``rime_`` (empty before the first update), for history rows."""
@@ -239,6 +270,7 @@ class RIME:
             "spread": self.spread,
             "kl_stats": (self.kl_count, self.kl_mean, self.kl_var),
             "updates": self.updates,
+            "selections": self.selections,
             "warm_started": self.warm_started,
             "log": [dict(record) for record in self.log],
         }
@@ -248,8 +280,42 @@ class RIME:
         self.rho, self.spread = state["rho"], state["spread"]
         self.kl_count, self.kl_mean, self.kl_var = state.get("kl_stats", (0, 0.0, 0.0))
         self.updates, self.warm_started = state["updates"], state["warm_started"]
+        self.selections = state.get("selections", self.updates)  # older checkpoints selected once per update
         self.log = [dict(record) for record in state.get("log", [])]  # checkpoints before the records had none
         self.last = self.log[-1] if self.log else {}
+
+
+def for_each_epoch(
+    select: Callable[[], tuple[list[SegmentPair], np.ndarray]],
+    fit: Callable[..., None],
+    batch_size: int,
+    updates: int | None,
+    epochs: int,
+) -> int:
+    """Split a reward update into epochs, each after a new ``select()`` → (pairs, rows to train on); returns the count.
+
+    With ``updates`` minibatch updates in all, an epoch is ⌈len(rows) / batch_size⌉ of them (the last one cut to
+    what is left); without, ``epochs`` passes of one epoch each. A selection that keeps no row ends the update: with
+    nothing to train on, the next selection would be the same (the reward is kept as it is).
+
+    >>> sizes = []
+    >>> for_each_epoch(lambda: ([], np.arange(5)), lambda p, **k: sizes.append(k["updates"]), 2, 7, 1), sizes
+    (3, [3, 3, 1])
+    """
+    count, left = 0, updates if updates is not None else epochs
+    while left > 0:
+        pairs, rows = select()
+        count += 1
+        if len(rows) == 0:
+            break
+        if updates is None:
+            fit(pairs, epochs=1, batch_size=batch_size, rows=rows)
+            left -= 1
+        else:
+            size = min(left, -(-len(rows) // batch_size))
+            fit(pairs, batch_size=batch_size, updates=size, rows=rows)
+            left -= size
+    return count
 
 
 def selection_record(
