@@ -433,6 +433,13 @@ def test_cpl_job_exits_2_naming_the_file(tmp_path, case, checks):
     checks.assert_unchanged(before, tmp_path)
 
 
+@pytest.mark.parametrize("goals", ["51", "-1"])
+def test_cpl_job_refuses_more_evaluation_goals_than_a_task_has(tmp_path, goals, checks):
+    result = checks.run_cli(["cpl", "--task", "reach-v3", "--eval_goals", goals, "--out", tmp_path / "out"])
+    checks.assert_clean_error(result, "eval_goals", job="cpl")
+    assert not (tmp_path / "out").exists()
+
+
 @st.composite
 def _pair_columns(draw):  # noqa: ANN001, ANN202
     k = draw(st.integers(1, 5))

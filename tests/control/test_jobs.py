@@ -97,7 +97,7 @@ def test_pearl_job_writes_transferred_labels(pearl_run):
 
 def test_cpl_job_trains_on_pearl_labels_and_evaluates(pearl_run, tmp_path, capsys):
     dataset = pearl_run / "run" / "target.hdf5"
-    tiny = [*TINY_CPL, "--eval_episodes", "1", "--horizon", "30"]
+    tiny = [*TINY_CPL, "--eval_episodes", "1", "--horizon", "30", "--eval_goals", "3"]
     argv = ["cpl", "--dataset", str(dataset), *tiny, "--out", str(tmp_path)]
     assert main(argv) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -106,9 +106,13 @@ def test_cpl_job_trains_on_pearl_labels_and_evaluates(pearl_run, tmp_path, capsy
     assert 0 <= summary["training"]["pair_accuracy"] <= 1
     for key in ("success", "success_warmup"):
         assert 0 <= summary[key]["stochastic"] <= 1 and summary[key]["deterministic"] in (0.0, 1.0)
+        # and over 3 other goals: a rate in thirds, and a return of 30-step episodes
+        assert summary[key]["goals"] == 3 and summary[key]["goals_deterministic"] in (0.0, 1 / 3, 2 / 3, 1.0)
+        assert 0 <= summary[key]["goals_return"] <= 30 * 10
     policy = load_policy(tmp_path / "policy.safetensors")
     assert policy.act(np.zeros(39, np.float32), True).shape == (4,)
-    assert "success on window-close-v3" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "success on window-close-v3" in out and "mean action over 3 other goals" in out
 
 
 def test_cpl_job_builds_the_benchmark_dataset(tmp_path):

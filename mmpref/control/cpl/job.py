@@ -6,7 +6,10 @@ dataset of ``scripts/bench_cpl.py`` for ``task`` (:func:`build_mixed_dataset`). 
 a Gaussian policy is warmed up by behaviour cloning on every transition (``warmup_steps`` minibatches of 256), trained
 with :func:`mmpref.control.cpl.algorithm.train_cpl` (score Σ α log π, conservative bias λ; ties dropped), saved as
 safetensors, and, with ``eval_episodes`` > 0, evaluated on the Meta-World task: the mean-action policy for one
-episode (the task instance is fixed by the seed) and the sampling policy over ``eval_episodes`` episodes.
+episode (the task instance is fixed by the seed) and the sampling policy over ``eval_episodes`` episodes, on the
+instance the built dataset comes from; and the mean-action policy over ``eval_goals`` other goals of the task (one
+episode each, the goals of :func:`mmpref.control.pbrl.evaluation.evaluation_goals`, as the PbRL suite's): how far a
+policy learned from one instance carries, which the single instance (0 or 1) cannot say.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ class CPLJobConfig:
         conservative_bias: λ multiplying the loser's score (paper: 0.5).
         bc_weight: weight of an extra behaviour-cloning term during CPL (0 = off).
         eval_episodes: sampling-policy evaluation episodes; 0 skips evaluation (then ``task`` is not needed).
+        eval_goals: distinct goals (of the task's 50) the mean-action policy is also evaluated on, one episode each;
+            0 skips them.
         trainer: Lightning settings of the CPL training (accelerator, devices, precision...).
     """
 
@@ -79,6 +84,7 @@ class CPLJobConfig:
     conservative_bias: float = 0.5
     bc_weight: float = 0.0
     eval_episodes: int = 10
+    eval_goals: int = 10
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
 
     def __post_init__(self) -> None:
@@ -90,7 +96,9 @@ class CPLJobConfig:
             )
         positive = ("episodes", "horizon", "length", "pairs", "value_horizon", "hidden", "steps", "batch_size")
         require_at_least(self, positive)
-        require_at_least(self, ("warmup_steps", "eval_episodes", "bc_weight"), 0)
+        require_at_least(self, ("warmup_steps", "eval_episodes", "eval_goals", "bc_weight"), 0)
+        if self.eval_goals > 50:
+            raise ValueError(f"eval_goals must be <= 50 (a Meta-World task has 50 goals), got {self.eval_goals}")
         if self.alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
         if not 0 < self.conservative_bias <= 1:
@@ -234,9 +242,17 @@ def pair_accuracy(policy: GaussianPolicy, pairs: Sequence[SegmentPair], alpha: f
     return float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean())
 
 
-def evaluate(policy: GaussianPolicy, task: str, seed: int, horizon: int, episodes: int) -> dict[str, float]:
-    """Success of the mean-action policy (1 episode) and of the sampling policy (``episodes`` episodes)."""
+def evaluate(
+    policy: GaussianPolicy, task: str, seed: int, horizon: int, episodes: int, goals: int = 0
+) -> dict[str, float]:
+    """Success on the seed's instance, and over ``goals`` distinct goals of the task.
+
+    On the instance: the mean-action policy (1 episode) and the sampling policy (``episodes`` episodes). With
+    ``goals`` > 0 also the mean-action policy's success and mean return over that many distinct goals
+    (``goals_deterministic``, ``goals_return``; one episode of ``horizon`` steps each).
+    """
     from mmpref.control.envs import make_env
+    from mmpref.control.pbrl.evaluation import evaluate_on_goals, evaluation_goals
     from mmpref.control.segments import rollout
 
     env = make_env(task, seed=seed)
@@ -245,8 +261,12 @@ def evaluate(policy: GaussianPolicy, task: str, seed: int, horizon: int, episode
         rollout(env, policy.numpy_policy(deterministic=False, seed=k), max_steps=horizon, seed=k).succeeded
         for k in range(episodes)
     ]
+    result = {"deterministic": float(deterministic), "stochastic": float(np.mean(sampled)), "episodes": episodes}
+    if goals > 0:
+        over = evaluate_on_goals(env, policy.numpy_policy(deterministic=True), evaluation_goals(seed, goals), horizon)
+        result |= {"goals": goals, "goals_deterministic": over["success_rate"], "goals_return": over["eval_return"]}
     env.close()
-    return {"deterministic": float(deterministic), "stochastic": float(np.mean(sampled)), "episodes": episodes}
+    return result
 
 
 def train(
@@ -321,8 +341,8 @@ def _run(config: CPLJobConfig, args: Any) -> int:
     save_policy(policy, out / "policy.safetensors")
     summary: dict[str, Any] = {"config": asdict(config), "task": task, "data": data, "training": metrics}
     if config.eval_episodes > 0:
-        summary["success"] = evaluate(policy, task, config.seed, config.horizon, config.eval_episodes)
-        summary["success_warmup"] = evaluate(warm, task, config.seed, config.horizon, config.eval_episodes)
+        run = (task, config.seed, config.horizon, config.eval_episodes, config.eval_goals)
+        summary["success"], summary["success_warmup"] = evaluate(policy, *run), evaluate(warm, *run)
     with atomic_write(out / "summary.json", "w") as handle:
         json.dump(summary, handle, indent=1)
     print(report(summary, out))
@@ -342,6 +362,12 @@ def report(summary: dict[str, Any], out: Path) -> str:
             f"success on {summary['task']}: mean action {s['deterministic']:.0f} (warm-up {w['deterministic']:.0f}), "
             f"sampled {s['stochastic']:.2f} over {s['episodes']} episodes (warm-up {w['stochastic']:.2f})"
         )
+        if "goals" in s:
+            lines.append(
+                f"mean action over {s['goals']} other goals of the task: success {s['goals_deterministic']:.2f} "
+                f"(warm-up {w['goals_deterministic']:.2f}), return {s['goals_return']:.0f} "
+                f"(warm-up {w['goals_return']:.0f})"
+            )
     written = [f"{out}/policy.safetensors", f"{out}/summary.json"]
     if data.get("built"):
         written.insert(0, f"{out}/dataset.hdf5")
