@@ -208,7 +208,8 @@ RIME_COUNTS = ("labelled", "trusted", "flipped", "dropped", "corrupted", "droppe
 def rime_lines(results: list[dict[str, Any]]) -> list[str]:
     """RIME's selection per run: totals over its reward updates and the last update's threshold.
 
-    Counts are summed over updates (every update judges all labels so far, so a pair counts once per update);
+    Counts are those of each reward update's last selection, summed over updates (every update judges all labels so
+    far, so a pair counts once per update); 'selections' counts every selection (one per epoch by default);
     'caught' is the share of the corrupted labels (the scripted teacher's ε mistakes) that were dropped or flipped
     back, 'flips right' the share of flip-backs that restored a corrupted label, 'dropped corrupt' the share of the
     dropped pairs that were corrupted (the rest were correct labels thrown away).
@@ -218,14 +219,15 @@ def rime_lines(results: list[dict[str, Any]]) -> list[str]:
         return []
     lines = [
         "",
-        "RIME's denoising per run, summed over its reward updates (each judges every label so far): trusted, "
+        "RIME's denoising per run, summed over its reward updates (the last selection of each, which judges every "
+        "label so far; 'selections' counts them all, one per reward epoch by default): trusted, "
         "flipped back and dropped pairs; with the scripted teacher's record of its mistakes, the share of corrupted "
         "labels caught (dropped or flipped back), of flip-backs that were right and of dropped pairs that were "
         "corrupted; τ_lower and ρ of the last update:",
         "",
-        "| task | seed | method | updates | pairs judged | trusted | flipped | dropped | corrupted | caught "
-        "| flips right | dropped corrupt | last τ_lower | last ρ |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| task | seed | method | updates | selections | pairs judged | trusted | flipped | dropped | corrupted "
+        "| caught | flips right | dropped corrupt | last τ_lower | last ρ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def share(part: float, whole: float) -> str:
@@ -235,6 +237,7 @@ def rime_lines(results: list[dict[str, Any]]) -> list[str]:
         log = r["rime_log"]
         total = {k: sum(u.get(k, 0.0) for u in log) for k in RIME_COUNTS}
         known = all("corrupted" in u for u in log)
+        selections = sum(u.get("selections", 1.0) for u in log)  # records before selections per epoch: one each
         caught = total.get("dropped_corrupted", 0.0) + total.get("flipped_correct", 0.0)
         truth = (
             [
@@ -247,7 +250,7 @@ def rime_lines(results: list[dict[str, Any]]) -> list[str]:
             else ["–"] * 4
         )
         lines.append(
-            f"| {r['task']} | {r['seed']} | {_name(r)} | {len(log)} | {total['labelled']:.0f} | "
+            f"| {r['task']} | {r['seed']} | {_name(r)} | {len(log)} | {selections:.0f} | {total['labelled']:.0f} | "
             f"{total['trusted']:.0f} | {total['flipped']:.0f} | {total['dropped']:.0f} | {' | '.join(truth)} | "
             f"{log[-1]['tau_lower']:.2f} | {log[-1]['rho']:.3f} |"
         )

@@ -108,7 +108,11 @@ def test_report_gives_the_evaluation_return_and_rimes_selection(tmp_path: Path) 
         row["eval_return"] = value
     record = {"labelled": 100.0, "trusted": 80.0, "flipped": 5.0, "dropped": 15.0, "tau_lower": 2.5, "rho": 0.4}
     record |= {"corrupted": 20.0, "trusted_corrupted": 6.0, "dropped_corrupted": 10.0, "flipped_correct": 4.0}
-    rime["rime_log"] = [record | {"step": 1000.0, "tau_lower": float("inf")}, record | {"step": 3000.0}]
+    # the first record comes from before selections per epoch (no count: one), the second from 7 selections
+    rime["rime_log"] = [
+        record | {"step": 1000.0, "tau_lower": float("inf")},
+        record | {"step": 3000.0, "selections": 7.0},
+    ]
     old = _result("sac", [0.0, 1.0], [10, 300])  # a result written before eval_return existed still reports
     meta = {"machine": "test", "steps": 5000, "seeds": [0], "label_settings": {}, "raw_steps_per_s": {}}
     SCRIPT["write_report"]([rime, old], meta | {"settings": {"eval_episodes": 10}, "noise_eps": 0.2}, tmp_path)
@@ -120,10 +124,8 @@ def test_report_gives_the_evaluation_return_and_rimes_selection(tmp_path: Path) 
     )  # no eval_return: skipped
     # summed over the two updates: 40 corrupted, 28 caught (20 dropped + 8 flipped back), 8 of 10 flips right,
     # 20 of 30 dropped pairs corrupted; the last update's threshold
-    assert (
-        "| button-press-v3 | 0 | +RIME, efficient | 2 | 200 | 160 | 10 | 30 | 40 | 70% | 80% | 67% | 2.50 | 0.400 |"
-        in text
-    )
+    row = "| button-press-v3 | 0 | +RIME, efficient | 2 | 8 | 200 | 160 | 10 | 30 | 40 | 70% | 80% | 67% | 2.50 "
+    assert row + "| 0.400 |" in text
 
 
 def test_resume_keeps_finished_runs_of_the_same_settings_only(tmp_path: Path) -> None:
