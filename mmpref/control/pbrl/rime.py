@@ -34,8 +34,8 @@ follows the reward model as it fits the trusted set, so the threshold it sets is
 that has not yet seen the round's new labels. That is the default here (``select_every="epoch"``): a round's
 ``reward_updates`` minibatch updates are split into epochs of ⌈|trusted ∪ flipped| / batch⌉ updates, each after a new
 selection (with ``reward_updates`` unset, ``reward_epochs`` selections of one pass each). ``select_every="update"``
-selects once per feedback round (ρ then moves 15 times in a 30k-step run instead of about 100). β_t decays with the
-feedback rounds in both (t counts reward updates, as in the authors' code, whose epochs per round are fixed).
+selects once per feedback round (ρ then moves 15 times in the suite's 30k-step runs instead of 110-131). β_t decays
+with the feedback rounds in both (t counts reward updates, as in the authors' code, whose epochs per round are fixed).
 
 **Warm start** (§4.2). During PEBBLE's unsupervised phase the reward model is fitted by regression to the intrinsic
 (state-entropy) reward the policy is trained on, r̂_ψ(s, a) ≈ r̃_int(s), so that the switch to the learned reward does
