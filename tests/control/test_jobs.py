@@ -106,13 +106,13 @@ def test_cpl_job_trains_on_pearl_labels_and_evaluates(pearl_run, tmp_path, capsy
     assert 0 <= summary["training"]["pair_accuracy"] <= 1
     for key in ("success", "success_warmup"):
         assert 0 <= summary[key]["stochastic"] <= 1 and summary[key]["deterministic"] in (0.0, 1.0)
-        # and over 3 other goals: a rate in thirds, and a return of 30-step episodes
+        # and over 3 distinct goals: a rate in thirds, and a return of 30-step episodes
         assert summary[key]["goals"] == 3 and summary[key]["goals_deterministic"] in (0.0, 1 / 3, 2 / 3, 1.0)
         assert 0 <= summary[key]["goals_return"] <= 30 * 10
     policy = load_policy(tmp_path / "policy.safetensors")
     assert policy.act(np.zeros(39, np.float32), True).shape == (4,)
     out = capsys.readouterr().out
-    assert "success on window-close-v3" in out and "mean action over 3 other goals" in out
+    assert "success on window-close-v3" in out and "mean action over 3 distinct goals" in out
 
 
 def test_cpl_job_builds_the_benchmark_dataset(tmp_path):

@@ -1,15 +1,16 @@
 """``mmpref cpl``: Contrastive Preference Learning, offline, from the preference pairs of a robomimic HDF5 file.
 
-The file is one written by :func:`mmpref.control.robomimic_io.write_robomimic` with segment pairs beside the
-episodes (e.g. by ``mmpref pearl``, or your own labels). Without a ``dataset`` the job first builds the mixed-quality
-dataset of ``scripts/bench_cpl.py`` for ``task`` (:func:`build_mixed_dataset`). Then, as the benchmark's CPL arm:
-a Gaussian policy is warmed up by behaviour cloning on every transition (``warmup_steps`` minibatches of 256), trained
-with :func:`mmpref.control.cpl.algorithm.train_cpl` (score Σ α log π, conservative bias λ; ties dropped), saved as
-safetensors, and, with ``eval_episodes`` > 0, evaluated on the Meta-World task: the mean-action policy for one
-episode (the task instance is fixed by the seed) and the sampling policy over ``eval_episodes`` episodes, on the
-instance the built dataset comes from; and the mean-action policy over ``eval_goals`` other goals of the task (one
-episode each, the goals of :func:`mmpref.control.pbrl.evaluation.evaluation_goals`, as the PbRL suite's): how far a
-policy learned from one instance carries, which the single instance (0 or 1) cannot say.
+The file is one written by :func:`mmpref.control.robomimic_io.write_robomimic` with segment pairs beside the episodes
+(e.g. by ``mmpref pearl``, or your own labels). Without a ``dataset`` the job first builds the mixed-quality dataset of
+``scripts/bench_cpl.py`` for ``task`` (:func:`build_mixed_dataset`). Then, as the benchmark's CPL arm: a Gaussian
+policy is warmed up by behaviour cloning on every transition (``warmup_steps`` minibatches of 256), trained with
+:func:`mmpref.control.cpl.algorithm.train_cpl` (score Σ α log π, conservative bias λ; ties dropped), saved as
+safetensors, and, with ``eval_episodes`` > 0, evaluated on the Meta-World task: the mean-action policy for one episode
+(the task instance is fixed by the seed) and the sampling policy over ``eval_episodes`` episodes, on the instance the
+built dataset comes from; and the mean-action policy over ``eval_goals`` distinct goals of the task (one episode each,
+drawn from the seed independently of the data's instance, which may be among them; the goals of
+:func:`mmpref.control.pbrl.evaluation.evaluation_goals`, as the PbRL suite's): how far a policy learned from one
+instance carries, which the single instance (0 or 1) cannot say.
 """
 
 from __future__ import annotations
@@ -364,7 +365,7 @@ def report(summary: dict[str, Any], out: Path) -> str:
         )
         if "goals" in s:
             lines.append(
-                f"mean action over {s['goals']} other goals of the task: success {s['goals_deterministic']:.2f} "
+                f"mean action over {s['goals']} distinct goals of the task: success {s['goals_deterministic']:.2f} "
                 f"(warm-up {w['goals_deterministic']:.2f}), return {s['goals_return']:.0f} "
                 f"(warm-up {w['goals_return']:.0f})"
             )
