@@ -259,6 +259,14 @@ def _field_hint(schema: type, dotted: str) -> Any:
     return hint
 
 
+def _example(hint: Any) -> str:
+    """One or two example values of ``hint`` as written in a list on the command line."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Literal:
+        return ", ".join(str(a) for a in args[:2])
+    return {int: "1, 2", float: "0.5, 1.0", str: "a, b", bool: "true, false"}.get(hint, "...")
+
+
 def _describe(hint: Any) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -274,6 +282,9 @@ def _describe(hint: Any) -> str:
     if hint is str:
         return "a string"
     if origin in (list, tuple, Sequence) or hint in (list, tuple):
+        same = len(args) == 1 or (len(args) == 2 and args[1] is Ellipsis)  # list[X], Sequence[X], tuple[X, ...]
+        if same:  # the element type says what goes in: "a list, each one of 'surf', 'rune', ..."
+            return f"a list, each {_describe(args[0])}, e.g. [{_example(args[0])}]"
         return "a list, e.g. [1, 2]"
     if (origin or hint) is dict:
         return "a mapping {key: value}"

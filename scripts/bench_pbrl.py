@@ -181,6 +181,47 @@ def retention(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def goal_lines(table: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """The suite's goals, judged from ``summarise``'s table (nothing when no PbRL run is there).
+
+    (a) per task, the best label-efficient configuration's mean final success against SAC's (goal: ≥ 80 %); the best
+    is chosen on the same seeds it is scored on, so the ratio is optimistic. (b) is the noise table above. Speed:
+    1 − (steps per CPU-s of the variant / SAC's), the cost of the preference machinery (goal: ≤ 15 %).
+    """
+    lines = []
+    for task in sorted({task for task, _ in table}):
+        sac = table.get((task, "SAC (true reward)"))
+        efficient = {name: row for (t, name), row in table.items() if t == task and name.endswith(", efficient")}
+        if sac is None or not efficient:
+            continue
+        name, best = max(efficient.items(), key=lambda item: np.mean(item[1]["final"]))
+        ratio = best["ratio"]
+        verdict = "met" if ratio >= 0.8 else ("missed" if not np.isnan(ratio) else "undefined (SAC at 0)")
+        lines.append(
+            f"| {task} | (a) label-efficient success | best of {len(efficient)}: {name}, mean final "
+            f"{np.mean(best['final']):.2f} vs SAC {np.mean(sac['final']):.2f} over {len(best['final'])} seeds | "
+            f"{ratio:.2f} of SAC | {verdict} (goal ≥ 0.80) |"
+        )
+        for (t, name), row in sorted(table.items()):
+            if t == task and name not in ("SAC (true reward)", "random policy") and not np.isnan(row["speed_ratio"]):
+                cost = 1 - row["speed_ratio"]
+                lines.append(
+                    f"| {task} | speed: {name} | {_mean(row['sps']):.1f} vs SAC {_mean(sac['sps']):.1f} steps/CPU-s | "
+                    f"costs {cost:.1%} | {'met' if cost <= 0.15 else 'missed'} (goal ≤ 15 %) |"
+                )
+    if not lines:
+        return []
+    return [
+        "",
+        "Goals (the best label-efficient configuration is picked on the seeds it is scored on: optimistic; speed is "
+        "per CPU second of single-threaded runs that shared the machine, a few points of spread between runs):",
+        "",
+        "| task | goal | measured | figure | verdict |",
+        "|---|---|---|---|---|",
+        *lines,
+    ]
+
+
 def curve_lines(results: list[dict[str, Any]], key: str, intro: str, column: str) -> list[str]:
     """A table of each run's ``history[key]`` at every evaluation, after a paragraph ``intro`` (none: no runs)."""
     runs = [r for r in results if any(key in h for h in r["history"])]
@@ -290,6 +331,7 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path)
             f"{row['ratio']:.2f} | {row['ratio_last3']:.2f} | {row['labels']} | {_mean(row['sps']):.1f} | "
             f"{row['speed_ratio']:.2f} | {np.mean(row['pref_cpu']):.0%} |"
         )
+    lines += goal_lines(table)
     kept = retention(results)
     if kept:
         lines += [

@@ -23,6 +23,7 @@ class Settings:
     steps: int = 10
     mode: Literal["a", "b"] = "a"
     sizes: tuple[int, ...] = (1, 2)
+    parts: list[Literal["surf", "rune"]] = field(default_factory=list)
     limit: int | None = None
     verbose: bool = False
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
@@ -83,7 +84,11 @@ def test_print_config_and_help_print_and_return_none(tmp_path, capsys):
         (["--name", "x", "--steps", "2.5"], "--steps: field 'steps' expects an integer, got '2.5'"),
         (["--name", "x", "--mode", "c"], "--mode: field 'mode' expects one of 'a', 'b', got 'c'"),
         (["--name", "x", "--verbose", "yes please"], "field 'verbose' expects true or false"),
-        (["--name", "x", "--sizes", "3"], "field 'sizes' expects a list"),
+        (["--name", "x", "--sizes", "3"], "field 'sizes' expects a list, each an integer, e.g. [1, 2]"),
+        (
+            ["--name", "x", "--parts", "[surf, bogus]"],
+            "--parts: field 'parts' expects a list, each one of 'surf', 'rune', e.g. [surf, rune], got 'bogus'",
+        ),
         (["--name", "x", "--steps", "0"], "--name, --steps: steps must be >= 1, got 0"),
     ],
 )
@@ -109,7 +114,7 @@ def test_bad_recipe_files_name_the_file_and_the_field(tmp_path):
     message = str(err.value)
     assert message.startswith(f"recipe {bad}: unknown field 'stepz' (did you mean steps?)")
     assert "unknown field 'trainer.acelerator' (did you mean trainer.accelerator?)" in message
-    assert "Valid fields: limit, lr, mode, name, no_video, out, sizes, steps, trainer, verbose" in message
+    assert "Valid fields: limit, lr, mode, name, no_video, out, parts, sizes, steps, trainer, verbose" in message
     (tmp_path / "typed.yaml").write_text("name: x\nsteps: many\n")
     with pytest.raises(RecipeError, match=f"recipe {tmp_path / 'typed.yaml'}: field 'steps' expects an integer"):
         _parse(["--config", str(tmp_path / "typed.yaml")])

@@ -46,6 +46,12 @@ def test_pbrl_job_runs_resumes_and_writes_its_outputs(tmp_path, capsys):
         )
         == 0
     )
+    checkpoint = {f.name: f.read_bytes() for f in (out / "checkpoint").iterdir()}
+    capsys.readouterr()
+    assert main(["pbrl", *tiny, "--out", str(out), "--no-video"]) == 2  # a new run would replace the checkpoint
+    refused = capsys.readouterr().err
+    assert "holds a run already" in refused and f"mmpref pbrl --resume --out {out}" in refused
+    assert {f.name: f.read_bytes() for f in (out / "checkpoint").iterdir()} == checkpoint  # nothing was touched
     assert main(["pbrl", "--resume", "--out", str(out), "--no-video"]) == 0  # continues the checkpoint
     summary = json.loads((out / "summary.json").read_text())
     assert summary["history"][-1]["steps"] == 300 and summary["budget"]["asked"] == 20
@@ -59,6 +65,12 @@ def test_bad_settings_fail_clearly(tmp_path, capsys):
     assert main(["pbrl", "--task", "button-pres-v3", "--out", str(tmp_path)]) == 2
     assert "did you mean button-press-v3" in capsys.readouterr().err
     assert main(["pbrl", "--colour", "red", "--out", str(tmp_path)]) == 2
+    capsys.readouterr()
+    for field in ("segment_length", "queries_per_round", "total_steps", "eval_every"):
+        assert main(["pbrl", f"--{field}", "0", "--out", str(tmp_path)]) == 2
+        assert f"{field} must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["pbrl", "--parts", "[surf, rime2]", "--out", str(tmp_path)]) == 2
+    assert "each one of 'surf', 'rune', 'rime', 'qpa', 'listwise'" in capsys.readouterr().err
 
 
 def test_policy_video_is_rendered_offscreen(tmp_path):

@@ -140,3 +140,20 @@ def test_resume_keeps_finished_runs_of_the_same_settings_only(tmp_path: Path) ->
     done, left = done_and_left(path, jobs)
     assert [r["wall_s"] for r in done] == [1.0, 2.0]
     assert left == [jobs[1], jobs[2], jobs[4]]
+
+
+def test_goals_pick_the_best_label_efficient_configuration_and_cost_each_variant() -> None:
+    sac = _result("sac", [0.0, 0.5], [10, 300]) | {"steps_per_cpu_s": 100.0}
+    pebble = _result("pbrl", [0.0, 0.3], [10, 200], variant="pebble") | {"steps_per_cpu_s": 90.0}
+    surf = _result("pbrl", [0.0, 0.45], [10, 200], variant="surf") | {"steps_per_cpu_s": 80.0}
+    noisy = _result("pbrl", [0.0, 0.9], [10, 200], variant="rime") | {"setting": "noisy"}  # not label-efficient
+    results = [sac, pebble, surf, noisy]
+    text = "\n".join(SCRIPT["goal_lines"](SCRIPT["summarise"](results)))
+    # the best of the two efficient rows is SURF: 0.45 / 0.5 = 0.90 >= 0.80; the noisy RIME run is not a candidate
+    assert "best of 2: +SURF, efficient, mean final 0.45 vs SAC 0.50 over 1 seeds | 0.90 of SAC | met" in text
+    assert "speed: PEBBLE, efficient | 90.0 vs SAC 100.0 steps/CPU-s | costs 10.0% | met" in text
+    assert "speed: +SURF, efficient | 80.0 vs SAC 100.0 steps/CPU-s | costs 20.0% | missed" in text
+    assert SCRIPT["goal_lines"](SCRIPT["summarise"]([sac])) == []  # no PbRL run: no goals
+    zero = _result("sac", [0.0, 0.0], [10, 300])
+    text = "\n".join(SCRIPT["goal_lines"](SCRIPT["summarise"]([zero, surf])))
+    assert "undefined (SAC at 0)" in text

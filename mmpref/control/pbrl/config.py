@@ -8,6 +8,7 @@ from typing import Any, Literal
 from mmpref.control.pbrl.parts import PartName, validate_parts
 from mmpref.control.reward import QueryMethod
 from mmpref.losses import ListwiseLossName
+from mmpref.recipe import require_at_least
 from mmpref.reward.trainers import TrainerSettings
 
 
@@ -151,6 +152,12 @@ class PbRLConfig:
         self.parts = list(self.parts)
         self.trainer = TrainerSettings.of(self.trainer)  # a mapping when read back from a checkpoint
         validate_parts(self.parts)
+        require_at_least(
+            self,
+            ("total_steps", "queries_per_round", "segment_length", "ensemble_size", "reward_epochs")
+            + ("reward_batch_size", "reward_hidden", "eval_every"),
+        )
+        require_at_least(self, ("unsupervised_steps", "learning_starts", "reward_layers"), minimum=0)
         if not 0 <= self.teacher_eps <= 1:
             raise ValueError(f"teacher_eps is a mistake probability and must lie in [0, 1], got {self.teacher_eps}")
         self._check_teacher()

@@ -32,6 +32,12 @@ def _run(config: PbRLConfig, args: Any) -> int:
     from mmpref.control.video import plot_success_curve, record_policy
 
     out = Path(args.out or f"runs/pbrl/{config.task}-seed{config.seed}")
+    if not args.resume and (out / "checkpoint").exists():
+        # a new run would replace the checkpoint (and the summary, curve and video) of the one already there
+        raise RecipeError(
+            f"--out {out}: holds a run already ({out / 'checkpoint'}); continue it with `mmpref pbrl --resume --out "
+            f"{out}`, or give another --out for a new run (nothing there was changed)"
+        )
     try:  # an unknown task, a missing checkpoint
         loop = PbRLLoop.load(out / "checkpoint") if args.resume else PbRLLoop(config)
     except (ValueError, FileNotFoundError) as err:
