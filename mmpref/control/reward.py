@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
-from mmpref.data import SegmentPair
+from mmpref.data import Segment, SegmentPair
 from mmpref.losses import LossName, is_listwise
 from mmpref.reward.datamodule import DictDataset
 from mmpref.reward.networks import mlp_blocks
@@ -160,6 +160,31 @@ class RewardEnsemble:
         self.bootstrap = np.zeros((0, members), np.float32)  # counts per labelled pair (rows) and member
         self.obs_dim, self.act_dim, self.use_actions = obs_dim, act_dim, use_actions
         self.trainer = trainer
+        # the stacked features of the labelled pairs last fitted on: the labelled set only grows, and RIME judges and
+        # fits it again every epoch, so re-stacking it each time was a few % of a run's CPU
+        self._cached: tuple[list[tuple[Segment, Segment]], np.ndarray, np.ndarray] | None = None
+
+    def features(self, pairs: Sequence[SegmentPair], keep: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``segment_features(pairs)``, reusing the rows of the cached pairs when those are a prefix of ``pairs``.
+
+        A pair is the same row when it holds the very same segment objects (its label may differ: RIME's flipped
+        copies). ``keep``: cache the result for the next call (the labelled set; not a one-off query pool).
+        """
+        done = self._cached_prefix(pairs)
+        x_a, x_b = (self._cached[1], self._cached[2]) if done else (None, None)
+        if done < len(pairs) or x_a is None:
+            new_a, new_b = segment_features(pairs[done:], self.use_actions)
+            x_a, x_b = (new_a, new_b) if x_a is None else (np.concatenate([x_a, new_a]), np.concatenate([x_b, new_b]))
+        if keep:
+            self._cached = ([(p.a, p.b) for p in pairs], x_a, x_b)
+        return x_a, x_b
+
+    def _cached_prefix(self, pairs: Sequence[SegmentPair]) -> int:
+        """How many cached rows answer the first pairs of ``pairs`` (0 unless all of the cached ones do)."""
+        if self._cached is None or not self._cached[0] or len(self._cached[0]) > len(pairs):
+            return 0
+        same = all(p.a is a and p.b is b for p, (a, b) in zip(pairs, self._cached[0], strict=False))
+        return len(self._cached[0]) if same else 0
 
     @property
     def scorer(self) -> SegmentReturnScorer:
@@ -197,12 +222,13 @@ class RewardEnsemble:
             raise ValueError("no labelled pairs to learn a reward from")
         self.add_bootstrap(len(pairs))
         weights = self.bootstrap[: len(pairs)]
-        if rows is not None:
-            pairs, weights = [pairs[i] for i in rows], weights[np.asarray(rows)]
-            if not pairs:
-                raise ValueError("rows selects no labelled pairs to learn a reward from")
-        x_a, x_b = segment_features(pairs, self.use_actions)
+        x_a, x_b = self.features(pairs, keep=True)
         labels = np.array([p.label for p in pairs], np.float32)
+        if rows is not None:
+            rows = np.asarray(rows, dtype=np.int64)
+            if not len(rows):
+                raise ValueError("rows selects no labelled pairs to learn a reward from")
+            x_a, x_b, labels, weights = x_a[rows], x_b[rows], labels[rows], weights[rows]
         dataset = DictDataset(
             x_a=torch.from_numpy(x_a),
             x_b=torch.from_numpy(x_b),
@@ -236,9 +262,14 @@ class RewardEnsemble:
     def pair_probabilities(self, pairs: Sequence[SegmentPair], chunk: int = 1024) -> np.ndarray:
         """P(a ≻ b) per member and pair, ``[members, N]``."""
         parts = []
+        labelled = self._cached_prefix(pairs) > 0  # the labelled set again (RIME): stacked once, then sliced
+        all_a, all_b = self.features(pairs) if labelled else (None, None)
         for start in range(0, len(pairs), chunk):
-            x_a, x_b = (torch.from_numpy(x) for x in segment_features(pairs[start : start + chunk], self.use_actions))
-            parts.append(self.system.preference_probability(x_a, x_b).numpy())
+            if labelled:
+                x_a, x_b = all_a[start : start + chunk], all_b[start : start + chunk]
+            else:
+                x_a, x_b = segment_features(pairs[start : start + chunk], self.use_actions)
+            parts.append(self.system.preference_probability(torch.from_numpy(x_a), torch.from_numpy(x_b)).numpy())
         return np.concatenate(parts, axis=1)
 
     def state_dict(self) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from mmpref.control.envs import ExpertPolicy, make_env
 from mmpref.control.reward import RewardEnsemble, query_scores, select_queries
@@ -171,3 +172,39 @@ def test_state_only_reward_ignores_actions_and_still_learns():
     truth = np.array([p.a.rewards.sum() > p.b.rewards.sum() for p in test_pairs])
     agreement = ((ensemble.pair_probabilities(test_pairs).mean(0) > 0.5) == truth).mean()
     assert agreement >= 0.8, agreement  # chance 0.5
+
+
+@pytest.mark.parametrize("use_actions", [True, False])
+def test_cached_labelled_features_give_the_same_fits_as_stacking_afresh(use_actions):
+    """The labelled set's stacked features are reused across fits and RIME-style judgements: results stay exact."""
+    from mmpref.control.reward import segment_features
+    from mmpref.data import SegmentPair
+
+    env = make_env("reach-v3", seed=0)
+    episodes = [rollout(env, ExpertPolicy("reach-v3", noise=n, seed=k), 60, seed=k) for k, n in enumerate([0, 1, 2])]
+    rng = np.random.default_rng(0)
+    pairs = ScriptedTeacher(seed=0).label_pairs(random_pairs(cut_segments(episodes, 10), 40, rng))
+    cached, fresh = (RewardEnsemble(39, 4, 3, hidden=16, layers=1, seed=1, use_actions=use_actions) for _ in "ab")
+
+    def no_cache(pairs, keep=False):  # the reference: every call stacks everything again
+        return segment_features(pairs, use_actions)
+
+    fresh.features = no_cache
+    for count, rows in ((20, None), (30, np.array([0, 3, 29, 3])), (40, np.arange(1, 40, 2))):
+        labelled = pairs[:count]
+        # RIME judges the grown set, flips some labels (new pair objects, same segments), fits on chosen rows
+        probs = cached.pair_probabilities(labelled, chunk=7)
+        np.testing.assert_array_equal(probs, fresh.pair_probabilities(labelled, chunk=7))
+        used = [
+            SegmentPair(id=p.id, a=p.a, b=p.b, label=1.0 - p.label) if i % 5 == 0 else p
+            for i, p in enumerate(labelled)
+        ]
+        for ensemble in (cached, fresh):
+            ensemble.fit(used, epochs=1, batch_size=8, updates=3, rows=rows)
+        for a, b in zip(cached.system.parameters(), fresh.system.parameters(), strict=True):
+            assert torch.equal(a, b)
+    assert cached._cached_prefix(pairs[:40]) == 40  # the cache holds the labelled set
+    other = random_pairs(cut_segments(episodes, 10), 50, rng)  # a query pool: other segments, not cached
+    np.testing.assert_array_equal(cached.pair_probabilities(other), fresh.pair_probabilities(other))
+    assert cached._cached_prefix(pairs[:40]) == 40
+    np.testing.assert_array_equal(cached.features(pairs[:40])[0], segment_features(pairs[:40], use_actions)[0])

@@ -257,7 +257,7 @@ class SURF:
         unlabelled_rows = rng.integers(len(self.unlabelled), size=(rows, self.mu))
         # Only the unlabelled pairs this update draws are turned into arrays (the pool holds up to ``capacity``).
         drawn, unlabelled_rows = np.unique(unlabelled_rows, return_inverse=True)
-        x_a, x_b = segment_features(pairs, ensemble.use_actions)
+        x_a, x_b = ensemble.features(pairs, keep=True)  # the labelled set: only its new rows are stacked
         u_a, u_b = segment_features([self.unlabelled[i] for i in drawn], ensemble.use_actions)
         tensors = {
             "x_a": torch.from_numpy(x_a),
