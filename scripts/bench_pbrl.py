@@ -214,7 +214,7 @@ def goal_lines(table: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     return [
         "",
         "Goals (the best label-efficient configuration is picked on the seeds it is scored on: optimistic; speed is "
-        "per CPU second of single-threaded runs that shared the machine, a few points of spread between runs):",
+        "per CPU second of single-threaded runs; runs that share the machine move it by several points):",
         "",
         "| task | goal | measured | figure | verdict |",
         "|---|---|---|---|---|",
