@@ -56,6 +56,12 @@ def raw_step_rate(task: str, steps: int = 3000) -> float:
     return steps / (time.perf_counter() - start)
 
 
+def evaluation_steps(total_steps: int, every: int) -> list[int]:
+    """The steps at which the loop evaluates (``PbRLLoop._end_chunk``): every ``every`` steps and at the end."""
+    steps = list(range(every, total_steps + 1, every))
+    return steps if steps and steps[-1] == total_steps else [*steps, total_steps]
+
+
 def run_random(job: dict[str, Any]) -> dict[str, Any]:
     """A uniformly random policy, evaluated like the learners: the same goals, success at any step, whole episodes."""
     from mmpref.control.envs import goal_count, make_env
@@ -67,7 +73,7 @@ def run_random(job: dict[str, Any]) -> dict[str, Any]:
     goals = evaluation_goals(c["seed"], c["eval_episodes"], goal_count(env))
     cpu0, wall0 = time.process_time(), time.perf_counter()
     history = []
-    for step in range(c["eval_every"], c["total_steps"] + 1, c["eval_every"]):
+    for step in evaluation_steps(c["total_steps"], c["eval_every"]):
         scores = evaluate_on_goals(env, lambda _obs: env.action_space.sample(), goals)
         history.append({"steps": step} | scores | {"labels": 0})
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
