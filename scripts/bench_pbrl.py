@@ -56,16 +56,10 @@ def raw_step_rate(task: str, steps: int = 3000) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def evaluation_steps(total_steps: int, every: int) -> list[int]:
-    """The steps at which the loop evaluates (``PbRLLoop._end_chunk``): every ``every`` steps and at the end."""
-    steps = list(range(every, total_steps + 1, every))
-    return steps if steps and steps[-1] == total_steps else [*steps, total_steps]
-
-
 def run_random(job: dict[str, Any]) -> dict[str, Any]:
     """A uniformly random policy, evaluated like the learners: the same goals, success at any step, whole episodes."""
     from mmpref.control.envs import goal_count, make_env
-    from mmpref.control.pbrl.evaluation import EVAL_SEED_OFFSET, evaluate_on_goals, evaluation_goals
+    from mmpref.control.pbrl.evaluation import EVAL_SEED_OFFSET, evaluate_on_goals, evaluation_goals, evaluation_steps
 
     c = job["config"]
     env = make_env(c["task"], seed=c["seed"] + EVAL_SEED_OFFSET)

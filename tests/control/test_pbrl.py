@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmpref.control.envs import ExpertPolicy, make_env, set_goal
-from mmpref.control.pbrl.evaluation import evaluation_goals
+from mmpref.control.pbrl.evaluation import evaluation_goals, evaluation_steps, is_evaluation_step
 from mmpref.control.pbrl.loop import PbRLConfig, PbRLLoop
 from mmpref.control.segments import cut_segments, random_pairs, rollout
 
@@ -155,3 +155,12 @@ def test_bad_settings_are_refused():
         PbRLConfig(reward_pessimism=-1.0)
     with pytest.raises(ValueError, match="did you mean"):
         PbRLLoop(PbRLConfig(task="drawer-opne-v3"), progress=False)
+
+
+@pytest.mark.parametrize(("total", "every"), [(30_000, 2500), (1500, 2500), (10_000, 3000), (2500, 2500)])
+def test_evaluation_steps_are_every_eval_every_steps_and_the_end(total: int, every: int) -> None:
+    # the loop evaluates after a chunk when steps % eval_every == 0 or at total_steps; a run shorter than eval_every
+    # has one evaluation, at its end, and a baseline evaluated outside the loop (bench_pbrl's random policy) too
+    expected = [s for s in range(1, total + 1) if s % every == 0 or s == total]
+    assert evaluation_steps(total, every) == expected
+    assert [s for s in range(1, total + 1) if is_evaluation_step(s, every, total)] == expected

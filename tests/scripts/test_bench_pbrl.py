@@ -29,14 +29,6 @@ def test_feedback_steps_match_the_loop(total: int, start: int, every: int, unsup
     assert SCRIPT["feedback_steps"](total, start, every, unsupervised) == expected
 
 
-@pytest.mark.parametrize(("total", "every"), [(30_000, 2500), (1500, 2500), (10_000, 3000), (2500, 2500)])
-def test_random_policy_is_evaluated_when_the_loop_evaluates(total: int, every: int) -> None:
-    # the loop evaluates after a chunk when steps % eval_every == 0 or at total_steps (PbRLLoop._end_chunk); a run
-    # shorter than eval_every has one evaluation, at its end, and the random baseline must have it too
-    expected = [s for s in range(1, total + 1) if s % every == 0 or s == total]
-    assert SCRIPT["evaluation_steps"](total, every) == expected
-
-
 def _args(**over) -> argparse.Namespace:
     base = {
         "tasks": ["button-press-v3"],

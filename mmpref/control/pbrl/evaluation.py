@@ -17,6 +17,21 @@ from mmpref.control.envs import set_goal
 EVAL_SEED_OFFSET = 10_000  # the evaluation env and its goals are seeded config.seed + 10_000
 
 
+def is_evaluation_step(step: int, every: int, total_steps: int) -> bool:
+    """Whether the loop evaluates after ``step`` environment steps: every ``every`` steps and at the end of the run."""
+    return step % every == 0 or step == total_steps
+
+
+def evaluation_steps(total_steps: int, every: int) -> list[int]:
+    """The steps at which :func:`is_evaluation_step` holds, in order (a baseline evaluated without the loop uses them).
+
+    >>> evaluation_steps(7000, 2500), evaluation_steps(1500, 2500)
+    ([2500, 5000, 7000], [1500])
+    """
+    steps = list(range(every, total_steps + 1, every))
+    return steps if steps and steps[-1] == total_steps else [*steps, total_steps]
+
+
 def evaluation_goals(seed: int, count: int, goals: int = 50) -> list[int]:
     """The goals (indices among the task's ``goals``) of evaluation episodes 0 … ``count`` − 1, for run seed ``seed``.
 

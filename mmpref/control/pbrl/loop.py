@@ -29,7 +29,12 @@ import torch
 from mmpref.control.envs import goal_count, make_env
 from mmpref.control.pbrl.config import PbRLConfig
 from mmpref.control.pbrl.env import PreferenceEnv, RewardSource
-from mmpref.control.pbrl.evaluation import EVAL_SEED_OFFSET, evaluate_on_goals, evaluation_goals
+from mmpref.control.pbrl.evaluation import (
+    EVAL_SEED_OFFSET,
+    evaluate_on_goals,
+    evaluation_goals,
+    is_evaluation_step,
+)
 from mmpref.control.pbrl.parts import build_parts, hook
 from mmpref.control.pbrl.state import env_state, monitor_state, set_env_state, set_monitor_state, silence_logger
 from mmpref.control.reward import RewardEnsemble, select_queries
@@ -248,7 +253,7 @@ class PbRLLoop:
         if self.round_due:
             self.feedback_round()
             self.round_due = False
-        if self.steps % c.eval_every == 0 or self.steps == c.total_steps:
+        if is_evaluation_step(self.steps, c.eval_every, c.total_steps):
             row = {"steps": self.steps} | self.evaluate()
             row |= {
                 "labels": self.teacher.budget.labelled,
